@@ -1,1 +1,2 @@
-//! mles placeholder
+//! mles: a shard-per-core Mles v2 publish/subscribe server.
+pub mod config;

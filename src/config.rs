@@ -1,0 +1,375 @@
+//! Command line and environment -> a validated [`Config`].
+//!
+//! This is the only module that reads arguments or environment variables;
+//! everything else receives the parts of `Config` it needs.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The `mles` command line: the reference server's flags plus ours.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "mles", version, about = "Mles v2 publish/subscribe server (shard-per-core)")]
+pub struct Cli {
+    /// Domain(s) served; with no TLS flags these get Let's Encrypt certificates (repeatable).
+    #[arg(short = 'd', long = "domains")]
+    pub domains: Vec<String>,
+    /// ACME contact e-mail address (repeatable).
+    #[arg(short = 'e', long = "email")]
+    pub email: Vec<String>,
+    /// Directory that keeps the ACME account and certificates across restarts.
+    #[arg(short = 'c', long = "cache")]
+    pub cache: Option<PathBuf>,
+    /// History limit in frames per channel.
+    #[arg(short = 'l', long = "limit", default_value_t = 200)]
+    pub limit: usize,
+    /// Open files limit for static file serving.
+    #[arg(short = 'f', long = "filelimit", default_value_t = 256)]
+    pub filelimit: usize,
+    /// Www-root directory for domain(s) (e.g. /path/static where domain example.io goes to static/example.io).
+    #[arg(short = 'w', long = "wwwroot")]
+    pub wwwroot: Option<PathBuf>,
+    /// Use Let's Encrypt staging environment.
+    #[arg(short = 's', long = "staging")]
+    pub staging: bool,
+    /// Port of the default listen address [default: 443 with TLS, 8080 otherwise].
+    #[arg(short = 'p', long = "port")]
+    pub port: Option<u16>,
+    /// Serve an HTTP redirect to https on port 80 (see --redirect-port).
+    #[arg(short = 'r', long = "redirect")]
+    pub redirect: bool,
+    /// Port of the redirect listener.
+    #[arg(long = "redirect-port", default_value_t = 80)]
+    pub redirect_port: u16,
+    /// Number of shards (threads) [default: CPUs in this process's affinity mask].
+    #[arg(long = "shards")]
+    pub shards: Option<usize>,
+    /// Full listen address, e.g. 0.0.0.0:9000 or [::]:443 (repeatable; wins over --port).
+    #[arg(long = "listen")]
+    pub listen: Vec<SocketAddr>,
+    /// TLS certificate chain (PEM); needs --tls-key.
+    #[arg(long = "tls-cert", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); needs --tls-cert.
+    #[arg(long = "tls-key", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain ws even with --domains (behind a TLS-terminating proxy).
+    #[arg(long = "plain", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub plain: bool,
+    /// ACME directory URL [default: Let's Encrypt production, or staging with --staging].
+    #[arg(long = "acme-directory")]
+    pub acme_directory: Option<String>,
+    /// PEM root certificate to trust for the ACME directory (a private or test CA).
+    #[arg(long = "acme-ca-root")]
+    pub acme_ca_root: Option<PathBuf>,
+    /// History bound in bytes per channel (suffixes: KiB, MiB, GiB).
+    #[arg(long = "history-bytes", default_value = "16MiB", value_parser = parse_size)]
+    pub history_bytes: usize,
+    /// Largest accepted message (suffixes: KiB, MiB); larger ones close with 1009.
+    #[arg(long = "max-message", default_value = "1MiB", value_parser = parse_size)]
+    pub max_message: usize,
+    /// Bound of a session's outbound queue in bytes; over it the session is closed with 1013.
+    #[arg(long = "max-queue", default_value = "8MiB", value_parser = parse_size)]
+    pub max_queue: usize,
+    /// Interval between server pings (e.g. 24s, 500ms); 3 silent intervals close a session.
+    #[arg(long = "ping-interval", default_value = "24s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// Time a new session has to send its header frame.
+    #[arg(long = "header-timeout", default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Drop client frames byte-identical to one already in the channel's history.
+    #[arg(long = "dedup")]
+    pub dedup: bool,
+    /// Size of the in-memory cache of compressed static files, in MB.
+    #[arg(long = "compression-cache", default_value_t = 64)]
+    pub compression_cache: usize,
+}
+
+/// How connections are secured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsChoice {
+    /// Plain ws (local use, or behind a TLS-terminating proxy).
+    Plain,
+    /// Certificate chain and key from PEM files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Certificates from an ACME CA (Let's Encrypt by default).
+    Acme(AcmeSettings),
+}
+
+/// ACME settings, from `--domains`, `--email`, `--cache`, `--staging`, `--acme-*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    pub domains: Vec<String>,
+    pub emails: Vec<String>,
+    pub cache: Option<PathBuf>,
+    /// Directory URL; production Let's Encrypt unless `--staging` or `--acme-directory`.
+    pub directory: String,
+    pub ca_root: Option<PathBuf>,
+}
+
+/// Let's Encrypt production directory (the default, unlike rustls-acme's).
+pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt staging directory (`--staging`).
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// Per-session and per-channel limits of the protocol core.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub history_frames: usize,
+    pub history_bytes: usize,
+    pub max_message: usize,
+    pub max_queue: usize,
+    pub ping_interval: Duration,
+    pub header_timeout: Duration,
+    pub dedup: bool,
+    /// `MLES_KEY`, when set: auth becomes mandatory.
+    pub key: Option<Vec<u8>>,
+}
+
+/// Static web serving settings.
+#[derive(Debug, Clone)]
+pub struct StaticSettings {
+    pub wwwroot: Option<PathBuf>,
+    /// Lower-cased domains; empty in local mode.
+    pub domains: Vec<String>,
+    pub file_limit: usize,
+    pub compression_cache_bytes: usize,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub shards: usize,
+    /// CPUs to pin shards to, round-robin (empty: no pinning).
+    pub cpus: Vec<usize>,
+    pub tls: TlsChoice,
+    pub limits: Limits,
+    pub statics: StaticSettings,
+    /// Port of the http->https redirect listener, when enabled.
+    pub redirect_port: Option<u16>,
+    /// Port that https URLs in redirects point to.
+    pub tls_port: u16,
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--shards 0` or similar.
+    #[error("--shards must be at least 1")]
+    NoShards,
+    /// `--limit 0`.
+    #[error("--limit must be at least 1")]
+    ZeroLimit,
+    /// A size flag too small to be useful.
+    #[error("{0} must be at least 1 byte")]
+    ZeroSize(&'static str),
+    /// A zero duration where time must pass.
+    #[error("{0} must be longer than zero")]
+    ZeroDuration(&'static str),
+    /// `--redirect` without a TLS mode to redirect to.
+    #[error("--redirect needs TLS (--domains or --tls-cert/--tls-key)")]
+    RedirectWithoutTls,
+    /// An empty domain name.
+    #[error("--domains must not be empty")]
+    EmptyDomain,
+}
+
+impl Config {
+    /// Validates the parsed command line; `mles_key` is the `MLES_KEY` environment variable.
+    pub fn from_cli(cli: Cli, mles_key: Option<String>) -> Result<Config, ConfigError> {
+        let cpus = affinity_cpus();
+        let shards = cli.shards.unwrap_or(cpus.len().max(1));
+        if shards == 0 {
+            return Err(ConfigError::NoShards);
+        }
+        if cli.limit == 0 {
+            return Err(ConfigError::ZeroLimit);
+        }
+        for (name, v) in [
+            ("--history-bytes", cli.history_bytes),
+            ("--max-message", cli.max_message),
+            ("--max-queue", cli.max_queue),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroSize(name));
+            }
+        }
+        for (name, v) in [("--ping-interval", cli.ping_interval), ("--header-timeout", cli.header_timeout)] {
+            if v.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        let domains: Vec<String> = cli.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect();
+        if domains.iter().any(|d| d.is_empty()) {
+            return Err(ConfigError::EmptyDomain);
+        }
+        let tls = match (&cli.tls_cert, &cli.tls_key) {
+            (Some(cert), Some(key)) => TlsChoice::Files { cert: cert.clone(), key: key.clone() },
+            _ if !domains.is_empty() && !cli.plain => TlsChoice::Acme(AcmeSettings {
+                domains: domains.clone(),
+                emails: cli.email.clone(),
+                cache: cli.cache.clone(),
+                directory: cli.acme_directory.clone().unwrap_or_else(|| {
+                    if cli.staging { LETS_ENCRYPT_STAGING } else { LETS_ENCRYPT_PRODUCTION }.to_string()
+                }),
+                ca_root: cli.acme_ca_root.clone(),
+            }),
+            _ => TlsChoice::Plain,
+        };
+        let secure = tls != TlsChoice::Plain;
+        let local = !secure && domains.is_empty();
+        let port = cli.port.unwrap_or(if secure { 443 } else { 8080 });
+        let listen = if !cli.listen.is_empty() {
+            cli.listen.clone()
+        } else if local {
+            vec![SocketAddr::from(([127, 0, 0, 1], port)), SocketAddr::from((Ipv6Addr::LOCALHOST, port))]
+        } else {
+            vec![SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))]
+        };
+        if cli.redirect && !secure {
+            return Err(ConfigError::RedirectWithoutTls);
+        }
+        let tls_port = listen.first().map(|a| a.port()).unwrap_or(port);
+        Ok(Config {
+            listen,
+            shards,
+            cpus,
+            tls,
+            limits: Limits {
+                history_frames: cli.limit,
+                history_bytes: cli.history_bytes,
+                max_message: cli.max_message,
+                max_queue: cli.max_queue,
+                ping_interval: cli.ping_interval,
+                header_timeout: cli.header_timeout,
+                dedup: cli.dedup,
+                key: mles_key.map(String::into_bytes),
+            },
+            statics: StaticSettings {
+                wwwroot: cli.wwwroot.clone(),
+                domains,
+                file_limit: cli.filelimit.max(1),
+                compression_cache_bytes: cli.compression_cache.saturating_mul(1 << 20),
+            },
+            redirect_port: cli.redirect.then_some(cli.redirect_port),
+            tls_port,
+        })
+    }
+
+    /// A local plain-ws configuration for tests and embedding: `shards` shards on 127.0.0.1:0.
+    pub fn local(shards: usize) -> Config {
+        let cli = Cli::parse_from(["mles", "--listen", "127.0.0.1:0", "--shards", &shards.to_string()]);
+        Config::from_cli(cli, None).expect("the local test configuration is valid")
+    }
+}
+
+/// The CPUs in this process's affinity mask (so `taskset` is honoured).
+pub fn affinity_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for pid 0 (this thread).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Parses `1048576`, `64KiB`, `1MiB`, `2GiB` (also `K`, `KB`, `M`, `MB`, binary multiples).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("'{s}' has an unknown unit (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parses `24s`, `500ms`, `2m`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 24s, 500ms)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["mles"];
+        v.extend_from_slice(args);
+        Config::from_cli(Cli::try_parse_from(v).expect("parses"), None)
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("1XB").is_err());
+        assert_eq!(parse_duration("24s"), Ok(Duration::from_secs(24)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn local_default_is_loopback_8080() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.tls, TlsChoice::Plain);
+        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap(), "[::1]:8080".parse().unwrap()]);
+    }
+
+    #[test]
+    fn domains_mean_acme_on_443_production() {
+        let c = cfg(&["-d", "Example.org"]).unwrap();
+        assert_eq!(c.listen, vec!["[::]:443".parse().unwrap()]);
+        match c.tls {
+            TlsChoice::Acme(a) => {
+                assert_eq!(a.domains, vec!["example.org"]);
+                assert_eq!(a.directory, LETS_ENCRYPT_PRODUCTION);
+            }
+            other => panic!("{other:?}"),
+        }
+        match cfg(&["-d", "x.org", "-s"]).unwrap().tls {
+            TlsChoice::Acme(a) => assert_eq!(a.directory, LETS_ENCRYPT_STAGING),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn listen_wins_over_port_and_plain_with_domains() {
+        let c = cfg(&["-d", "x.org", "--plain", "-p", "9000"]).unwrap();
+        assert_eq!(c.tls, TlsChoice::Plain);
+        assert_eq!(c.listen, vec!["[::]:9000".parse().unwrap()]);
+        let c = cfg(&["--listen", "127.0.0.1:7000", "-p", "9000"]).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:7000".parse().unwrap()]);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(matches!(cfg(&["--shards", "0"]), Err(ConfigError::NoShards)));
+        assert!(matches!(cfg(&["--limit", "0"]), Err(ConfigError::ZeroLimit)));
+        assert!(matches!(cfg(&["-r"]), Err(ConfigError::RedirectWithoutTls)));
+        assert!(Cli::try_parse_from(["mles", "--tls-cert", "a.pem"]).is_err());
+    }
+}

@@ -32,6 +32,11 @@ impl TestServer {
     }
 
     pub fn start_with_key(args: &[&str], key: Option<&str>) -> TestServer {
+        // RUST_LOG=debug cargo test ... shows the server's logs for a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let mut v = vec!["mles"];
         if !args.contains(&"--listen") {
             v.extend(["--listen", "127.0.0.1:0"]);
@@ -186,6 +191,7 @@ pub fn upgrade_request(addr: SocketAddr, extra: &str) -> String {
 pub async fn http_raw(addr: SocketAddr, request: &str) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp.shutdown().await.unwrap(); // EOF after the request: the server answers and closes
     let mut out = Vec::new();
     let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
         .await

@@ -13,7 +13,6 @@ apt_install() {
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
-export -f apt_install 2>/dev/null || true
 
 if ! python3 -c 'import websockets' 2>/dev/null; then
     echo "installing python websockets"

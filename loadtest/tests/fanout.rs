@@ -12,8 +12,26 @@ fn fanout(url: &str, extra: &[&str]) -> Report {
 
 fn fanout_pubs(url: &str, pubs: &str, extra: &[&str]) -> Report {
     let mut args = vec![
-        "fanout", "--url", url, "--channels", "2", "--subs", "3", "--pubs", pubs, "--size", "64",
-        "--warmup", "0.2", "--duration", "0.8", "--drain", "3", "--deadline", "9", "--quiet",
+        "fanout",
+        "--url",
+        url,
+        "--channels",
+        "2",
+        "--subs",
+        "3",
+        "--pubs",
+        pubs,
+        "--size",
+        "64",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "0.8",
+        "--drain",
+        "3",
+        "--deadline",
+        "9",
+        "--quiet",
     ];
     args.extend_from_slice(extra);
     mles_loadtest::run(&cli(&args).command).unwrap()
@@ -29,7 +47,11 @@ fn correct_relay_passes_at_fixed_rate() {
     assert_eq!(delivered, r.count("expected_deliveries"), "{}", r.table());
     assert!(r.count("delivered_in_window") > 0);
     assert!(r.count("latency.count") > 0);
-    assert_eq!(r.count("join.count"), 2 * 3 + 2 * 2, "every session's join is timed");
+    assert_eq!(
+        r.count("join.count"),
+        2 * 3 + 2 * 2,
+        "every session's join is timed"
+    );
     assert_eq!(r.get("subscribers").unwrap(), "6/6");
 }
 
@@ -49,7 +71,11 @@ fn dropped_frame_is_loss() {
     assert!(!r.passed, "{}", r.table());
     // Each channel drops one frame for its 3 subscribers (and 1 publisher).
     assert!(r.count("lost") >= 6, "{}", r.table());
-    assert!(r.failures.iter().any(|f| f.contains("lost")), "{:?}", r.failures);
+    assert!(
+        r.failures.iter().any(|f| f.contains("lost")),
+        "{:?}",
+        r.failures
+    );
 }
 
 #[test]
@@ -60,7 +86,12 @@ fn reordered_frames_are_late() {
     let r = fanout_pubs(&server.url, "1", &["--rate", "200"]);
     assert!(!r.passed, "{}", r.table());
     assert!(r.count("late") >= 6, "{}", r.table());
-    assert_eq!(r.count("lost"), 0, "a late frame is not lost: {}", r.table());
+    assert_eq!(
+        r.count("lost"),
+        0,
+        "a late frame is not lost: {}",
+        r.table()
+    );
 }
 
 #[test]
@@ -87,16 +118,39 @@ fn binary_exit_status_follows_the_checks() {
     let run = |url: &str| {
         std::process::Command::new(bin)
             .args([
-                "fanout", "--url", url, "--channels", "1", "--subs", "2", "--pubs", "1", "--rate",
-                "300", "--warmup", "0.1", "--duration", "0.5", "--drain", "2", "--deadline", "8",
-                "--json", "--quiet",
+                "fanout",
+                "--url",
+                url,
+                "--channels",
+                "1",
+                "--subs",
+                "2",
+                "--pubs",
+                "1",
+                "--rate",
+                "300",
+                "--warmup",
+                "0.1",
+                "--duration",
+                "0.5",
+                "--drain",
+                "2",
+                "--deadline",
+                "8",
+                "--json",
+                "--quiet",
             ])
             .output()
             .unwrap()
     };
     let bad = FakeServer::start(Fault::Duplicate(10));
     let out = run(&bad.url);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["passed"], false);
     assert!(json["results"]["duplicates"].as_u64().unwrap() >= 2);
@@ -104,7 +158,12 @@ fn binary_exit_status_follows_the_checks() {
 
     let good = FakeServer::start(Fault::None);
     let out = run(&good.url);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["passed"], true);
 }

@@ -8,7 +8,16 @@ use mles_loadtest::Report;
 
 fn history(url: &str, extra: &[&str]) -> Report {
     let mut args = vec![
-        "history", "--url", url, "--live", "40", "--rate", "400", "--timeout", "3", "--quiet",
+        "history",
+        "--url",
+        url,
+        "--live",
+        "40",
+        "--rate",
+        "400",
+        "--timeout",
+        "3",
+        "--quiet",
     ];
     args.extend_from_slice(extra);
     mles_loadtest::run(&cli(&args).command).unwrap()
@@ -30,7 +39,11 @@ fn correct_replay_passes_below_the_limit() {
     let server = FakeServer::start(Fault::None);
     let r = history(&server.url, &["--messages", "5"]);
     assert!(r.passed, "{}", r.table());
-    assert_eq!(r.count("history_expected"), 7, "two headers and five messages");
+    assert_eq!(
+        r.count("history_expected"),
+        7,
+        "two headers and five messages"
+    );
 }
 
 #[test]
@@ -38,7 +51,11 @@ fn short_replay_is_a_mismatch() {
     let server = FakeServer::start(Fault::HistoryShort);
     let r = history(&server.url, &["--messages", "300"]);
     assert!(!r.passed, "{}", r.table());
-    assert!(r.get("history_mismatch").unwrap().is_string(), "{}", r.table());
+    assert!(
+        r.get("history_mismatch").unwrap().is_string(),
+        "{}",
+        r.table()
+    );
 }
 
 #[test]
@@ -47,5 +64,9 @@ fn live_gap_fails() {
     let server = FakeServer::start(Fault::Drop(310));
     let r = history(&server.url, &["--messages", "300"]);
     assert!(!r.passed, "{}", r.table());
-    assert!(r.failures.iter().any(|f| f.contains("live")), "{:?}", r.failures);
+    assert!(
+        r.failures.iter().any(|f| f.contains("live")),
+        "{:?}",
+        r.failures
+    );
 }

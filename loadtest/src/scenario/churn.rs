@@ -68,8 +68,7 @@ pub struct ChurnResults {
 /// Runs the scenario (blocking).
 pub fn run(args: &ChurnArgs) -> Result<Report> {
     let common = &args.common;
-    let deadline =
-        now_ns() + secs_to_ns(crate::cli::Command::Churn(args.clone()).deadline_secs());
+    let deadline = now_ns() + secs_to_ns(crate::cli::Command::Churn(args.clone()).deadline_secs());
     let target = Target::new(common)?;
     let run_id = super::run_id(common);
     let channels: Vec<String> = (0..args.channels as usize)
@@ -174,7 +173,9 @@ pub fn run(args: &ChurnArgs) -> Result<Report> {
         harness,
         errors: sh.errors.messages(),
     };
-    Ok(Report::new("churn", run_id, args, &results, failures, warnings))
+    Ok(Report::new(
+        "churn", run_id, args, &results, failures, warnings,
+    ))
 }
 
 async fn worker(sh: Arc<Shared>, ids: Vec<usize>) -> (Hists, usize) {
@@ -198,15 +199,7 @@ struct Cycle {
 }
 
 async fn cycle(sh: &Shared, idx: usize, uid: &str, channel: &str) -> Result<Cycle> {
-    let j = super::connect_join(
-        &sh.target,
-        idx,
-        sh.args.read_buf,
-        uid,
-        channel,
-        |_| {},
-    )
-    .await?;
+    let j = super::connect_join(&sh.target, idx, sh.args.read_buf, uid, channel, |_| {}).await?;
     let mut conn = j.conn;
     let t = now_ns();
     conn.close(Duration::from_secs_f64(sh.args.common.connect_timeout))
@@ -231,10 +224,7 @@ async fn churn_loop(sh: &Shared, hists: &RefCell<Hists>, l: usize) {
     let loops = sh.args.concurrency as f64;
     // With a total rate R, each loop starts a cycle every loops / R seconds,
     // the loops offset from each other by 1 / R.
-    let pace = sh
-        .args
-        .rate
-        .map(|r| (l as f64 * 1e9 / r, loops * 1e9 / r));
+    let pace = sh.args.rate.map(|r| (l as f64 * 1e9 / r, loops * 1e9 / r));
     let timeout = Duration::from_secs_f64(sh.args.common.connect_timeout);
     let nch = sh.channels.len();
     for i in 0usize.. {
@@ -273,7 +263,8 @@ async fn churn_loop(sh: &Shared, hists: &RefCell<Hists>, l: usize) {
             }
             Err(_) => {
                 sh.failed.fetch_add(1, Ordering::Relaxed);
-                sh.errors.push(format!("{uid} on {channel}: cycle timed out"));
+                sh.errors
+                    .push(format!("{uid} on {channel}: cycle timed out"));
             }
         }
     }

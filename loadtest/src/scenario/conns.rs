@@ -90,8 +90,7 @@ pub struct ConnsResults {
 /// Runs the scenario (blocking).
 pub fn run(args: &ConnsArgs) -> Result<Report> {
     let common = &args.common;
-    let deadline =
-        now_ns() + secs_to_ns(crate::cli::Command::Conns(args.clone()).deadline_secs());
+    let deadline = now_ns() + secs_to_ns(crate::cli::Command::Conns(args.clone()).deadline_secs());
     let target = Target::new(common)?;
     let run_id = super::run_id(common);
     let n = args.conns as usize;
@@ -230,7 +229,9 @@ pub fn run(args: &ConnsArgs) -> Result<Report> {
         harness,
         errors: sh.errors.messages(),
     };
-    Ok(Report::new("conns", run_id, args, &results, failures, warnings))
+    Ok(Report::new(
+        "conns", run_id, args, &results, failures, warnings,
+    ))
 }
 
 async fn worker(sh: Arc<Shared>, ids: Vec<usize>) -> (Hists, usize) {

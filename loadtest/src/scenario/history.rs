@@ -118,7 +118,14 @@ pub fn run(args: &HistoryArgs) -> Result<Report> {
         Ok(Err(e)) => failures.push(format!("{e:#}")),
         Err(_) => failures.push(String::from("deadline passed")),
     }
-    Ok(Report::new("history", run_id, args, &res, failures, Vec::new()))
+    Ok(Report::new(
+        "history",
+        run_id,
+        args,
+        &res,
+        failures,
+        Vec::new(),
+    ))
 }
 
 /// Reads messages into `out` until `done(out)`; the server closing is an error.
@@ -153,7 +160,12 @@ async fn step(
 /// Checks that `entries` holds live messages `first..first + count` in order,
 /// with only headers of `allowed` uids in between. Returns how many matched
 /// and the first problem.
-fn check_live(entries: &[Entry], first: u64, count: u64, allowed: &[&str]) -> (u64, Option<String>) {
+fn check_live(
+    entries: &[Entry],
+    first: u64,
+    count: u64,
+    allowed: &[&str],
+) -> (u64, Option<String>) {
     let mut next = first;
     for e in entries {
         match e {
@@ -209,9 +221,13 @@ async fn check(
 
     // 1. The witness sees the publisher's header: the log starts [w, p].
     let mut seen = Vec::new();
-    step(t, "witness waiting for the publisher's header", &mut w, &mut seen, |e| {
-        !e.is_empty()
-    })
+    step(
+        t,
+        "witness waiting for the publisher's header",
+        &mut w,
+        &mut seen,
+        |e| !e.is_empty(),
+    )
     .await?;
     if seen[0] != Entry::Header(String::from("p")) {
         bail!("witness: expected the header of \"p\", got {}", seen[0]);
@@ -222,9 +238,13 @@ async fn check(
     let mut wseen = Vec::new();
     let (sent, read) = tokio::join!(
         publish(&mut p, &mut buf, 0..k),
-        step(t, "witness reading the first messages", &mut w, &mut wseen, |e| {
-            e.len() as u64 >= k
-        })
+        step(
+            t,
+            "witness reading the first messages",
+            &mut w,
+            &mut wseen,
+            |e| { e.len() as u64 >= k }
+        )
     );
     sent?;
     read?;
@@ -248,9 +268,15 @@ async fn check(
     })
     .await;
     res.history_replay_us = (now_ns() - t_join) as f64 / 1e3;
-    res.history_matched = hist.iter().zip(expected).take_while(|(a, b)| a == b).count();
+    res.history_matched = hist
+        .iter()
+        .zip(expected)
+        .take_while(|(a, b)| a == b)
+        .count();
     if let Some(i) = (0..n).find(|&i| hist.get(i) != Some(&expected[i])) {
-        let got = hist.get(i).map_or_else(|| String::from("nothing"), Entry::to_string);
+        let got = hist
+            .get(i)
+            .map_or_else(|| String::from("nothing"), Entry::to_string);
         let msg = format!(
             "history entry {i} of {n}: expected {}, got {got}",
             expected[i]
@@ -292,17 +318,30 @@ async fn check(
         let _ = l2.close(Duration::from_secs(1)).await;
         r.map(|()| seen)
     };
-    let done_live = |e: &[Entry]| e.iter().filter(|e| matches!(e, Entry::Msg(_))).count() as u64 >= m;
+    let done_live =
+        |e: &[Entry]| e.iter().filter(|e| matches!(e, Entry::Msg(_))).count() as u64 >= m;
     let mut l1_live = Vec::new();
     let mut w_live = Vec::new();
     let (pub_r, l2_r, l1_r, w_r) = tokio::join!(
         live_pub,
         l2_side,
-        step(t, "late joiner reading live messages", &mut l1, &mut l1_live, done_live),
-        step(t, "witness reading live messages", &mut w, &mut w_live, |e| {
-            // The witness also gets the headers of l1 and l2.
-            done_live(e)
-        }),
+        step(
+            t,
+            "late joiner reading live messages",
+            &mut l1,
+            &mut l1_live,
+            done_live
+        ),
+        step(
+            t,
+            "witness reading live messages",
+            &mut w,
+            &mut w_live,
+            |e| {
+                // The witness also gets the headers of l1 and l2.
+                done_live(e)
+            }
+        ),
     );
     pub_r?;
     let (ok, problem) = check_live(&l1_live, k, m, &["l2"]);

@@ -109,9 +109,12 @@ fn offers_mles(req: &Request) -> bool {
 }
 
 async fn session(stream: TcpStream, state: State, fault: Fault, id: u64) {
+    // The callback's type is fixed by tungstenite.
+    #[allow(clippy::result_large_err)]
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if !offers_mles(req) || fault == Fault::Refuse {
-            let mut e = ErrorResponse::new(Some(String::from("subprotocol mles-websocket required")));
+            let mut e =
+                ErrorResponse::new(Some(String::from("subprotocol mles-websocket required")));
             *e.status_mut() = StatusCode::BAD_REQUEST;
             return Err(e);
         }

@@ -103,7 +103,8 @@ fn blast(listener: TcpListener, secs: f64, size: usize) -> Result<u64> {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+            k.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| v.trim().to_string())
         })
         .context("no key")?;
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());

@@ -139,8 +139,8 @@ pub struct FanoutArgs {
     /// Messages per second per publisher; without it, as fast as --window allows.
     #[arg(long, value_parser = rate)]
     pub rate: Option<f64>,
-    /// Without --rate: a publisher sends message k only once the channel's
-    /// first subscriber has seen message k - window.
+    /// Without --rate: a publisher sends message k only once every
+    /// subscriber of its channel has seen message k - window.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub window: u64,
     /// Most messages a publisher writes with one syscall.

@@ -176,7 +176,14 @@ mod tests {
         let mut v = ChannelView::new(4, 2);
         let mut buf = payload::new_buffer(32);
         for (publisher, seq) in [(4, 0), (5, 0), (4, 1), (9, 0)] {
-            payload::write(&mut buf, payload::Stamp { publisher, seq, sent_ns: 7 });
+            payload::write(
+                &mut buf,
+                payload::Stamp {
+                    publisher,
+                    seq,
+                    sent_ns: 7,
+                },
+            );
             let r = v.on_msg(OP_BINARY, &buf);
             assert_eq!(r.is_some(), publisher != 9);
         }

@@ -33,12 +33,38 @@ use crate::target::Target;
 use crate::tracker::ChannelView;
 use crate::workers::{self, Phase, Ticker};
 
-/// What the first subscriber of a channel has seen of one publisher.
-#[derive(Debug, Default)]
+/// What the subscribers of a channel have seen of one publisher, for the
+/// window (publishers without --rate).
+#[derive(Debug)]
 struct PubProgress {
-    /// One past the highest sequence number seen.
-    seen: AtomicU64,
+    /// Per subscriber: one past the highest sequence number seen
+    /// (`u64::MAX` once the subscriber is gone, so it holds nobody back).
+    seen: Vec<AtomicU64>,
+    /// Woken when a subscriber advances.
     notify: Notify,
+}
+
+impl PubProgress {
+    fn new(subs: usize) -> Self {
+        Self {
+            seen: (0..subs).map(|_| AtomicU64::new(0)).collect(),
+            notify: Notify::new(),
+        }
+    }
+
+    /// What the slowest subscriber has seen.
+    fn min_seen(&self) -> u64 {
+        self.seen
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    fn set(&self, sub: usize, seen: u64) {
+        self.seen[sub].store(seen, Ordering::Release);
+        self.notify.notify_one();
+    }
 }
 
 /// State all threads share.
@@ -217,7 +243,7 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
         pubs_failed: AtomicUsize::new(0),
         pubs_done: AtomicUsize::new(0),
         sent: (0..c * p).map(|_| AtomicU64::new(0)).collect(),
-        progress: (0..c * p).map(|_| PubProgress::default()).collect(),
+        progress: (0..c * p).map(|_| PubProgress::new(s)).collect(),
         recv_total: AtomicU64::new(0),
         sent_total: AtomicU64::new(0),
         errors: ErrorLog::default(),
@@ -523,11 +549,12 @@ async fn sub_task(
         .await
     else {
         sh.subs_failed.fetch_add(1, Ordering::Relaxed);
+        release_window(&sh, base, idx);
         return res;
     };
     sh.subs_joined.fetch_add(1, Ordering::Relaxed);
 
-    let designated = idx == 0;
+    let windowed = sh.args.rate.is_none();
     let (mut ws, mut we) = (u64::MAX, 0);
     let mut draining = false;
     let mut done = false;
@@ -566,12 +593,11 @@ async fn sub_task(
                 let n = st.received - before;
                 if n > 0 {
                     sh.recv_total.fetch_add(n, Ordering::Relaxed);
-                    if designated {
+                    if windowed {
                         for (j, t) in st.trackers.iter().enumerate() {
                             let pr = &sh.progress[base + j];
-                            if t.next() > pr.seen.load(Ordering::Relaxed) {
-                                pr.seen.store(t.next(), Ordering::Release);
-                                pr.notify.notify_one();
+                            if t.next() > pr.seen[idx].load(Ordering::Relaxed) {
+                                pr.set(idx, t.next());
                             }
                         }
                     }
@@ -595,6 +621,11 @@ async fn sub_task(
                     done = true;
                     sh.subs_done.fetch_add(1, Ordering::Release);
                 }
+                // A socket that always has data never returns Pending, and
+                // tokio's budget would let this task read ~128 buffers (8 MiB)
+                // per turn while the thread's other sessions wait: take one
+                // buffer per turn instead, so latency measures the server.
+                tokio::task::yield_now().await;
             }
             changed = phase.changed() => {
                 if changed.is_err() {
@@ -619,6 +650,7 @@ async fn sub_task(
     if !done {
         sh.subs_done.fetch_add(1, Ordering::Release);
     }
+    release_window(&sh, base, idx);
     if stopped {
         let _ = conn.close(Duration::from_millis(500)).await;
     } else {
@@ -636,6 +668,13 @@ async fn sub_task(
     res.in_window = in_window;
     res.foreign = st.foreign;
     res
+}
+
+/// A subscriber that is gone no longer holds its channel's publishers back.
+fn release_window(sh: &Shared, base: usize, idx: usize) {
+    for pr in &sh.progress[base..base + sh.args.pubs as usize] {
+        pr.set(idx, u64::MAX);
+    }
 }
 
 /// Counts frames that came back to publisher `id`.
@@ -759,6 +798,8 @@ async fn publish(
     let mut buf = payload::new_buffer(sh.args.size);
     let mut seq = 0u64;
     let mut in_window = 0u64;
+    // The slowest subscriber's progress, refreshed only when it blocks sending.
+    let mut min_seen = 0u64;
     loop {
         let now = now_ns();
         if now >= end {
@@ -767,7 +808,12 @@ async fn publish(
         let allowed = match rate {
             Some(_) if now < start => 0,
             Some(_) => (((now - start) as f64 / period) as u64 + 1).saturating_sub(seq),
-            None => (prog.seen.load(Ordering::Acquire) + window).saturating_sub(seq),
+            None => {
+                if min_seen.saturating_add(window) <= seq {
+                    min_seen = prog.min_seen();
+                }
+                min_seen.saturating_add(window).saturating_sub(seq)
+            }
         };
         let n = allowed.min(batch);
         let wake = match rate {
@@ -804,6 +850,8 @@ async fn publish(
                     return (seq, in_window, false);
                 }
                 sh.sent_total.fetch_add(n, Ordering::Relaxed);
+                // One batch per turn (see the subscriber loop).
+                tokio::task::yield_now().await;
             }
             () = tokio::time::sleep_until(clock::instant(wake)), if n == 0 => {}
             () = prog.notify.notified(), if n == 0 && rate.is_none() => {}

@@ -30,6 +30,9 @@ use crate::report::Report;
 use crate::target::Target;
 use crate::workers;
 
+/// Read buffer per connection.
+const READ_BUF: usize = 65536;
+
 /// What a received message is, for comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Entry {
@@ -106,10 +109,18 @@ pub fn run(args: &HistoryArgs) -> Result<Report> {
     };
     let mut failures = Vec::new();
     let rt = workers::runtime()?;
+    // Not reaching the server at all is an error, not a failed check.
+    let step_limit = Duration::from_secs_f64(args.timeout);
+    let w = rt.block_on(async {
+        match tokio::time::timeout(step_limit, target.connect(0, READ_BUF)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("connect timed out")),
+        }
+    })?;
     let outcome = rt.block_on(async {
         tokio::time::timeout(
             Duration::from_secs_f64(deadline),
-            check(args, &target, &channel, &mut res, &mut failures),
+            check(args, &target, &channel, w, &mut res, &mut failures),
         )
         .await
     });
@@ -208,13 +219,13 @@ async fn check(
     args: &HistoryArgs,
     target: &Arc<Target>,
     channel: &str,
+    mut w: Conn,
     res: &mut HistoryResults,
     failures: &mut Vec<String>,
 ) -> Result<()> {
     let t = Duration::from_secs_f64(args.timeout);
     let (k, m, limit) = (args.messages, args.live, args.limit);
-    let rb = 65536;
-    let mut w = target.connect(0, rb).await?;
+    let rb = READ_BUF;
     w.join("w", channel).await?;
     let mut p = target.connect(1, rb).await?;
     p.join("p", channel).await?;

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -77,6 +78,30 @@ impl Drop for FakeServer {
 impl FakeServer {
     /// Starts on an ephemeral loopback port.
     pub fn start(fault: Fault) -> FakeServer {
+        Self::start_inner(fault, None)
+    }
+
+    /// Starts a wss:// server with a fresh self-signed certificate for
+    /// 127.0.0.1; returns it and the certificate as PEM.
+    pub fn start_tls(fault: Fault) -> (FakeServer, String) {
+        let ck = rcgen::generate_simple_self_signed(vec![String::from("127.0.0.1")]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key =
+            rustls_pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let mut server = Self::start_inner(fault, Some(acceptor));
+        server.url = format!("wss://{}/", server.addr);
+        (server, ck.cert.pem())
+    }
+
+    fn start_inner(fault: Fault, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeServer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -89,7 +114,19 @@ impl FakeServer {
             let mut next_id = 0;
             while let Ok((s, _)) = listener.accept().await {
                 next_id += 1;
-                tokio::spawn(session(s, state.clone(), fault, next_id));
+                let state = state.clone();
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(session(s, state, fault, next_id));
+                    }
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            if let Ok(s) = acceptor.accept(s).await {
+                                session(s, state, fault, next_id).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         FakeServer {
@@ -108,7 +145,10 @@ fn offers_mles(req: &Request) -> bool {
         .any(|v| v.split(',').any(|p| p.trim() == "mles-websocket"))
 }
 
-async fn session(stream: TcpStream, state: State, fault: Fault, id: u64) {
+async fn session<S>(stream: S, state: State, fault: Fault, id: u64)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // The callback's type is fixed by tungstenite.
     #[allow(clippy::result_large_err)]
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {

@@ -8,6 +8,7 @@
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
 //! - [`protocol`]: sans-IO header parsing, auth, close codes, frame codec.
 
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod protocol;

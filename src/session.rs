@@ -17,7 +17,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::{self, Millis};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -59,7 +61,7 @@ pub enum Phase {
 
 /// A probe of this session on behalf of a newcomer with the same uid.
 struct Probe {
-    deadline: Instant,
+    deadline: Millis,
     key: ChannelKey,
     uid: Arc<str>,
 }
@@ -79,12 +81,12 @@ struct Inner {
     /// Channel and uid once joined, for leaving.
     joined: Option<(ChannelKey, Arc<str>)>,
     /// Index in the shard's local member list of `joined`'s channel.
-    member_pos: usize,
-    probe: Option<Probe>,
+    member_pos: u32,
+    probe: Option<Box<Probe>>,
     /// When the phase last changed (header timeout, close linger).
-    since: Instant,
-    last_rx: Instant,
-    last_ping: Instant,
+    since: Millis,
+    last_rx: Millis,
+    last_ping: Millis,
 }
 
 /// The part of a session the shard holds: its outbound queue and state.
@@ -104,7 +106,7 @@ pub enum TickOutcome {
 }
 
 impl Session {
-    pub fn new(id: SessionId, now: Instant) -> Session {
+    pub fn new(id: SessionId, now: Millis) -> Session {
         Session {
             id,
             inner: RefCell::new(Inner {
@@ -174,7 +176,7 @@ impl Session {
             "closing"
         );
         i.phase = Phase::Closing;
-        i.since = Instant::now();
+        i.since = clock::now();
         if c == close::SLOW_CONSUMER {
             // Keep only a frame already partly written, so the stream stays well-formed.
             let keep = if i.written > 0 {
@@ -219,7 +221,7 @@ impl Session {
         }
         i.phase = Phase::Member;
         i.joined = Some((key, uid));
-        i.member_pos = member_pos;
+        i.member_pos = member_pos as u32;
         i.replay = history.into();
         if let Some(w) = i.waker.take() {
             w.wake();
@@ -230,7 +232,7 @@ impl Session {
     /// The channel and uid this session joined, taken when it ends.
     pub fn take_joined(&self) -> Option<(ChannelKey, Arc<str>, usize)> {
         let mut i = self.inner.borrow_mut();
-        let pos = i.member_pos;
+        let pos = i.member_pos as usize;
         i.joined.take().map(|(k, u)| (k, u, pos))
     }
 
@@ -240,23 +242,23 @@ impl Session {
     }
 
     pub fn set_member_pos(&self, pos: usize) {
-        self.inner.borrow_mut().member_pos = pos;
+        self.inner.borrow_mut().member_pos = pos as u32;
     }
 
     /// Starts a half-open probe; `Some(alive)` when it can be answered at once.
-    pub fn probe(&self, key: ChannelKey, uid: Arc<str>, now: Instant) -> Option<bool> {
+    pub fn probe(&self, key: ChannelKey, uid: Arc<str>, now: Millis) -> Option<bool> {
         let mut i = self.inner.borrow_mut();
         if i.phase == Phase::Closing {
             return Some(false);
         }
-        if now.duration_since(i.last_rx) < PROBE_QUIET {
+        if clock::since(now, i.last_rx) < PROBE_QUIET {
             return Some(true);
         }
-        i.probe = Some(Probe {
-            deadline: now + PROBE_ANSWER,
+        i.probe = Some(Box::new(Probe {
+            deadline: clock::after(now, PROBE_ANSWER),
             key,
             uid,
-        });
+        }));
         drop(i);
         self.push_control(Bytes::from_static(PING));
         None
@@ -265,19 +267,19 @@ impl Session {
     /// Keepalive, timeouts and probe deadlines, called by the shard's timer.
     pub fn tick(
         &self,
-        now: Instant,
+        now: Millis,
         ping_interval: Duration,
         header_timeout: Duration,
     ) -> TickOutcome {
         let mut i = self.inner.borrow_mut();
         if i.phase == Phase::Closing {
-            if now.duration_since(i.since) >= CLOSE_LINGER {
+            if clock::since(now, i.since) >= CLOSE_LINGER {
                 drop(i);
                 self.kill();
             }
             return TickOutcome::Nothing;
         }
-        if let Some(p) = i.probe.take_if(|p| now >= p.deadline) {
+        if let Some(p) = i.probe.take_if(|p| clock::reached(now, p.deadline)) {
             drop(i);
             self.close(close::KEEPALIVE_TIMEOUT);
             return TickOutcome::ProbeFailed {
@@ -285,13 +287,13 @@ impl Session {
                 uid: p.uid,
             };
         }
-        if i.phase == Phase::Header && now.duration_since(i.since) >= header_timeout {
+        if i.phase == Phase::Header && clock::since(now, i.since) >= header_timeout {
             drop(i);
             self.close(close::HEADER_TIMEOUT);
-        } else if now.duration_since(i.last_rx) >= ping_interval * 3 {
+        } else if clock::since(now, i.last_rx) >= ping_interval * 3 {
             drop(i);
             self.close(close::KEEPALIVE_TIMEOUT);
-        } else if now.duration_since(i.last_ping) >= ping_interval {
+        } else if clock::since(now, i.last_ping) >= ping_interval {
             i.last_ping = now;
             drop(i);
             self.push_control(Bytes::from_static(PING));
@@ -404,7 +406,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
 
     /// Records that the peer is alive and answers a pending probe.
     fn touch(&self) {
-        let now = Instant::now();
+        let now = clock::now();
         let probe = {
             let mut i = self.session.inner.borrow_mut();
             i.last_rx = now;
@@ -570,7 +572,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
         {
             let mut i = self.session.inner.borrow_mut();
             i.phase = Phase::Joining;
-            i.since = Instant::now();
+            i.since = clock::now();
         }
         self.shard.join(self.session.id, h);
     }
@@ -599,6 +601,13 @@ fn advance(i: &mut Inner, n: usize) {
         } else {
             i.replay.pop_front();
         }
+    }
+    // An idle session keeps no queue memory: drained queues give theirs back.
+    if i.replay.is_empty() && i.replay.capacity() > 0 {
+        i.replay = VecDeque::new();
+    }
+    if i.out.is_empty() && i.out.capacity() > 0 {
+        i.out = VecDeque::new();
     }
 }
 

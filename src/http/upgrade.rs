@@ -73,8 +73,13 @@ where
             Ok(p) => p,
             Err(_) => return tracing::warn!("upgraded connection is not the accepted stream type"),
         };
-        let session = shard.new_session();
-        SessionTask::new(parts.io.into_inner(), session, shard, &parts.read_buf).await
+        // Copy what hyper read ahead and drop its buffer now: `read_buf` may be a
+        // slice of hyper's read buffer, which must not stay pinned for the session's life.
+        let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+        let task = SessionTask::new(io.into_inner(), shard.new_session(), shard, &read_buf);
+        // The session gets a task of its own, sized to the session alone rather
+        // than to this handshake future; this one ends here.
+        tokio::task::spawn_local(task);
     });
     let mut r = Response::new(super::full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

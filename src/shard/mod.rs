@@ -103,7 +103,7 @@ impl Shard {
         let n = self.next_session.get();
         self.next_session.set(n + 1);
         let id = ((self.id as u64) << 48) | (n & ((1 << 48) - 1));
-        let s = Rc::new(Session::new(id, Instant::now()));
+        let s = Rc::new(Session::new(id, crate::clock::now()));
         if self.shutting_down.get() {
             s.close(close::SHUTDOWN);
         }
@@ -466,7 +466,7 @@ impl Shard {
     fn on_probe(&self, session: SessionId, key: ChannelKey, uid: Arc<str>) {
         let s = self.state.borrow().sessions.get(&session).cloned();
         let answer = match s {
-            Some(s) => s.probe(key, uid.clone(), Instant::now()),
+            Some(s) => s.probe(key, uid.clone(), crate::clock::now()),
             None => Some(false),
         };
         if let Some(alive) = answer {
@@ -478,13 +478,16 @@ impl Shard {
 
     /// Keepalive, header timeouts, probe deadlines; expires idle channels.
     pub fn tick(&self, now: Instant, expire_channels: bool) {
+        let now_ms = crate::clock::now();
         let mut failed = Vec::new();
         {
             let st = self.state.borrow();
             for s in st.sessions.values() {
-                if let TickOutcome::ProbeFailed { key, uid } =
-                    s.tick(now, self.limits.ping_interval, self.limits.header_timeout)
-                {
+                if let TickOutcome::ProbeFailed { key, uid } = s.tick(
+                    now_ms,
+                    self.limits.ping_interval,
+                    self.limits.header_timeout,
+                ) {
                     failed.push((key, uid, s.id));
                 }
             }

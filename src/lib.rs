@@ -1,2 +1,4 @@
 //! mles: a shard-per-core Mles v2 publish/subscribe server.
 pub mod config;
+pub mod redirect;
+pub mod tls;

@@ -6,7 +6,8 @@
 //! certificate in use and logs why; it never touches live connections.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,6 +34,21 @@ pub(crate) struct FileCert {
     key: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
+    reloaded: AtomicU64,
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Reloads of the certificate files since start (watcher, SIGHUP and
+/// [`super::Tls::reload_now`] together).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadStats {
+    /// Reloads that swapped a certificate in.
+    pub reloaded: u64,
+    /// Reloads that failed and kept the previous certificate.
+    pub failed: u64,
+    /// Why the latest failed reload failed.
+    pub last_error: Option<String>,
 }
 
 impl FileCert {
@@ -48,6 +64,9 @@ impl FileCert {
             key,
             provider,
             current: RwLock::new(Arc::new(current)),
+            reloaded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_error: Mutex::new(None),
         })
     }
 
@@ -57,9 +76,33 @@ impl FileCert {
 
     /// Reads the files again and swaps the certificate in; on error the old one stays.
     pub(crate) fn reload(&self) -> Result<(), TlsError> {
-        let fresh = Arc::new(read_certified_key(&self.cert, &self.key, &self.provider)?);
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
-        Ok(())
+        match read_certified_key(&self.cert, &self.key, &self.provider) {
+            Ok(fresh) => {
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+                self.reloaded.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                *self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ReloadStats {
+        ReloadStats {
+            reloaded: self.reloaded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
     }
 
     /// Reloads and logs the outcome; `why` says what triggered it.

@@ -32,6 +32,7 @@ use tracing::debug;
 use crate::config::{Config, TlsChoice};
 
 pub use acme::AcmeStatus;
+pub use files::ReloadStats;
 
 /// How long a client has for the whole TLS handshake. Long enough for a slow
 /// mobile link (a few round trips of a second each), short enough that
@@ -218,6 +219,11 @@ impl Tls {
             Some(files) => files.reload(),
             None => Ok(()),
         }
+    }
+
+    /// Certificate-file reloads so far (`None` outside certificate-file mode).
+    pub fn reload_stats(&self) -> Option<ReloadStats> {
+        self.files.as_ref().map(|f| f.stats())
     }
 
     /// What the ACME driver has done so far (`None` outside ACME mode).

@@ -24,6 +24,7 @@ use rustls_acme::caches::DirCache;
 use rustls_acme::{AcmeConfig, AcmeState, EventOk, ResolvesServerCertAcme};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -127,12 +128,14 @@ pub(crate) fn start(
         .enable_all()
         .build()
         .map_err(thread_error)?;
+    // SIGHUP reloads certificate files; here it must not kill the process.
+    let hangup = super::listen_for_hangup(&runtime);
     info!(domains = ?settings.domains, directory = %settings.directory, "ACME: one certificate for all domains");
     let thread = std::thread::Builder::new()
         .name("mles-acme".into())
         .spawn({
             let status = status.clone();
-            move || runtime.block_on(drive(state, status, shutdown))
+            move || runtime.block_on(drive(state, status, hangup, shutdown))
         })
         .map_err(thread_error)?;
     Ok(Driver {
@@ -147,6 +150,7 @@ pub(crate) fn start(
 async fn drive(
     mut state: AcmeState<std::io::Error, std::io::Error>,
     status: Arc<StatusCell>,
+    mut hangup: Option<Signal>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -178,6 +182,9 @@ async fn drive(
                 }
                 None => return,
             },
+            Some(()) = super::next_signal(&mut hangup) => {
+                info!("SIGHUP: nothing to reload, ACME certificates renew by themselves");
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     return;

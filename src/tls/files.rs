@@ -16,7 +16,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -224,16 +224,7 @@ pub(crate) fn spawn_watcher(
         .enable_all()
         .build()
         .map_err(thread_error)?;
-    let hangup = {
-        let _entered = runtime.enter();
-        match signal(SignalKind::hangup()) {
-            Ok(sig) => Some(sig),
-            Err(error) => {
-                warn!(%error, "cannot listen for SIGHUP; certificate files are still watched");
-                None
-            }
-        }
-    };
+    let hangup = super::listen_for_hangup(&runtime);
     std::thread::Builder::new()
         .name("mles-tls-watch".into())
         .spawn(move || runtime.block_on(watch_files(files, hangup, shutdown)))
@@ -262,7 +253,7 @@ async fn watch_files(
                     files.reload_logged("files changed");
                 }
             }
-            Some(()) = recv_signal(&mut hangup) => {
+            Some(()) = super::next_signal(&mut hangup) => {
                 seen = files.stamp();
                 files.reload_logged("SIGHUP");
             }
@@ -272,12 +263,5 @@ async fn watch_files(
                 }
             }
         }
-    }
-}
-
-async fn recv_signal(sig: &mut Option<Signal>) -> Option<()> {
-    match sig {
-        Some(sig) => sig.recv().await,
-        None => std::future::pending().await,
     }
 }

@@ -24,6 +24,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{Acceptor, ResolvesServerCert};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -119,7 +120,8 @@ impl Tls {
     /// Starts what runs in the background on its own thread: the single ACME
     /// driver for the process, or the certificate-file watcher + SIGHUP
     /// reload. Both end when `shutdown` becomes true (or its sender is
-    /// dropped). Unreadable or mismatched files at start, a bad CA root file
+    /// dropped). Both handle SIGHUP (in ACME mode it is only logged), so the
+    /// signal never terminates a TLS server. Unreadable or mismatched files at start, a bad CA root file
     /// or an unusable cache directory are errors.
     pub fn start(
         config: &Config,
@@ -268,4 +270,25 @@ fn server_config(
     // ticket keys rotate in memory and never touch disk.
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
+}
+
+/// Registers for SIGHUP on `runtime` (so the signal no longer terminates the
+/// process). `None`, after a warning, when that is impossible.
+fn listen_for_hangup(runtime: &tokio::runtime::Runtime) -> Option<Signal> {
+    let _entered = runtime.enter();
+    match signal(SignalKind::hangup()) {
+        Ok(sig) => Some(sig),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP");
+            None
+        }
+    }
+}
+
+/// The next delivery of `sig`; never, when there is none.
+async fn next_signal(sig: &mut Option<Signal>) -> Option<()> {
+    match sig {
+        Some(sig) => sig.recv().await,
+        None => std::future::pending().await,
+    }
 }

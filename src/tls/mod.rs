@@ -136,7 +136,7 @@ impl Tls {
                     key.clone(),
                     provider.clone(),
                 )?);
-                let config = server_config(&provider, files.clone(), ALPN_HTTP11)?;
+                let config = server_config(&provider, files.clone(), ALPN_HTTP11, true)?;
                 let watcher = files::spawn_watcher(files.clone(), shutdown)?;
                 Ok(Some(Arc::new(Tls {
                     config,
@@ -148,11 +148,12 @@ impl Tls {
             }
             TlsChoice::Acme(settings) => {
                 let driver = acme::start(settings, provider.clone(), shutdown)?;
-                let config = server_config(&provider, driver.resolver, ALPN_HTTP11)?;
+                let config = server_config(&provider, driver.resolver, ALPN_HTTP11, true)?;
                 let challenge = server_config(
                     &provider,
                     driver.challenge_resolver,
                     rustls_acme::acme::ACME_TLS_ALPN_NAME,
+                    false,
                 )?;
                 Ok(Some(Arc::new(Tls {
                     config,
@@ -255,11 +256,13 @@ pub fn install_crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A server config: TLS 1.3 and 1.2 only, one ALPN protocol, session tickets on.
+/// A server config: TLS 1.3 and 1.2 only, one ALPN protocol; session
+/// tickets on for regular connections (`tickets`), not for ACME validators.
 fn server_config(
     provider: &Arc<CryptoProvider>,
     resolver: Arc<dyn ResolvesServerCert>,
     alpn: &[u8],
+    tickets: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -268,7 +271,9 @@ fn server_config(
     config.alpn_protocols = vec![alpn.to_vec()];
     // Stateless resumption saves returning clients a full handshake; the
     // ticket keys rotate in memory and never touch disk.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    if tickets {
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    }
     Ok(Arc::new(config))
 }
 
@@ -290,5 +295,15 @@ async fn next_signal(sig: &mut Option<Signal>) -> Option<()> {
     match sig {
         Some(sig) => sig.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The shards share one `Tls` through `Arc` across threads.
+    #[test]
+    fn tls_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Tls>();
     }
 }

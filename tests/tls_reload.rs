@@ -5,6 +5,7 @@
 //! SIGHUP reaches every `Tls` in this test process; every assertion here
 //! holds whether or not another test's signal caused an extra reload.
 
+mod common;
 mod tlsutil;
 
 use std::time::Duration;
@@ -163,4 +164,46 @@ fn the_watcher_ends_on_shutdown() {
     done_rx
         .recv_timeout(tlsutil::STEP)
         .expect("the watcher thread should end on shutdown");
+}
+
+/// The whole server: a wss session opened before a reload keeps relaying
+/// after it, while new handshakes get the new certificate.
+#[tokio::test]
+#[ignore = "enable once server::start wires mles::tls (main still answers 'TLS is not available yet')"]
+async fn wss_sessions_survive_a_reload_of_the_server() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = TestCa::new("reload CA");
+    ca.issue(&["localhost"]).write(&cert, &key);
+    let server = common::TestServer::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let roots = client(ca.roots());
+    let mut alice =
+        tlsutil::wss_join(server.addr, "localhost", roots.clone(), "alice", "reload").await;
+    let mut bob = tlsutil::wss_join(server.addr, "localhost", roots.clone(), "bob", "reload").await;
+    assert!(tlsutil::wss_text(&mut bob).await.contains("\"alice\""));
+    assert!(tlsutil::wss_text(&mut alice).await.contains("\"bob\""));
+
+    let second = ca.issue(&["localhost"]);
+    second.write_atomically(&cert, &key);
+    eventually(
+        RELOAD_LIMIT,
+        "the new certificate from the server",
+        || async {
+            let s = connect(server.addr, "localhost", roots.clone())
+                .await
+                .ok()?;
+            (leaf_of(&s) == second.der).then_some(())
+        },
+    )
+    .await;
+    alice.send(Message::text("after reload")).await.unwrap();
+    assert_eq!(tlsutil::wss_text(&mut bob).await, "after reload");
+    assert!(server.stop());
 }

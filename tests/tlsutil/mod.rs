@@ -207,3 +207,73 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A WebSocket over TLS (what a browser's `wss://` gives).
+pub type Wss = tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>;
+
+/// Opens `wss://name:port/` with the mles subprotocol and sends the header for (uid, channel).
+pub async fn wss_join(
+    addr: SocketAddr,
+    name: &str,
+    config: Arc<ClientConfig>,
+    uid: &str,
+    channel: &str,
+) -> Wss {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tls = connect(addr, name, config).await.expect("TLS handshake");
+    let mut req = format!("wss://{name}:{}/", addr.port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mles-websocket".parse().unwrap());
+    let (mut ws, resp) = tokio::time::timeout(STEP, tokio_tungstenite::client_async(req, tls))
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade succeeds");
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "mles-websocket"
+    );
+    let header = serde_json::json!({"uid": uid, "channel": channel}).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(header))
+        .await
+        .unwrap();
+    ws
+}
+
+/// The next text frame (pings skipped).
+pub async fn wss_text(ws: &mut Wss) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Two members on one channel over wss: history, live header, relay both ways.
+pub async fn wss_relay_check(addr: SocketAddr, name: &str, config: Arc<ClientConfig>) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut alice = wss_join(addr, name, config.clone(), "alice", "tls-channel").await;
+    let mut bob = wss_join(addr, name, config, "bob", "tls-channel").await;
+    assert!(
+        wss_text(&mut bob).await.contains("\"alice\""),
+        "history: alice's header"
+    );
+    assert!(
+        wss_text(&mut alice).await.contains("\"bob\""),
+        "live: bob's header"
+    );
+    alice.send(Message::text("hello over tls")).await.unwrap();
+    assert_eq!(wss_text(&mut bob).await, "hello over tls");
+    bob.send(Message::text("hi back")).await.unwrap();
+    assert_eq!(wss_text(&mut alice).await, "hi back");
+}

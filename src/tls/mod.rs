@@ -119,10 +119,13 @@ impl Tls {
     ///
     /// Starts what runs in the background on its own thread: the single ACME
     /// driver for the process, or the certificate-file watcher + SIGHUP
-    /// reload. Both end when `shutdown` becomes true (or its sender is
-    /// dropped). Both handle SIGHUP (in ACME mode it is only logged), so the
-    /// signal never terminates a TLS server. Unreadable or mismatched files at start, a bad CA root file
-    /// or an unusable cache directory are errors.
+    /// reload. It ends when `shutdown` becomes true (or its sender is
+    /// dropped). SIGHUP is handled in both modes (in ACME mode only logged),
+    /// so the signal never terminates a TLS server.
+    ///
+    /// Unreadable or mismatched files at start, a bad CA root file or an
+    /// unusable cache directory are errors. The caller's runtimes need the
+    /// time driver (`accept` has a timeout).
     pub fn start(
         config: &Config,
         shutdown: watch::Receiver<bool>,

@@ -48,7 +48,9 @@ impl Command {
             Command::Churn(a) => (a.warmup + a.duration, &a.common),
             Command::History(a) => (a.timeout * 4.0, &a.common),
         };
-        common.deadline.unwrap_or(times + 2.0 * common.connect_timeout + 30.0)
+        common
+            .deadline
+            .unwrap_or(times + 2.0 * common.connect_timeout + 30.0)
     }
 }
 

@@ -399,7 +399,11 @@ mod tests {
         stream.extend(server_frame(true, OP_PING, b""));
         stream.extend(server_frame(true, OP_CONT, b"llo"));
         stream.extend(server_frame(true, OP_PONG, b"x"));
-        stream.extend(server_frame(true, OP_CLOSE, &[0x03, 0xe8, b'b', b'y', b'e']));
+        stream.extend(server_frame(
+            true,
+            OP_CLOSE,
+            &[0x03, 0xe8, b'b', b'y', b'e'],
+        ));
         let frames = feed(&stream, 3, 256);
         assert_eq!(
             frames,
@@ -415,10 +419,16 @@ mod tests {
 
     #[test]
     fn violations_are_errors() {
-        assert_eq!(parse_header(&[0x82 | 0x40, 0]), Err(FrameError::ReservedBits));
+        assert_eq!(
+            parse_header(&[0x82 | 0x40, 0]),
+            Err(FrameError::ReservedBits)
+        );
         assert_eq!(parse_header(&[0x83, 0]), Err(FrameError::UnknownOpcode(3)));
         assert_eq!(parse_header(&[0x09, 0]), Err(FrameError::FragmentedControl));
-        assert_eq!(parse_header(&[0x89, 126, 0, 126]), Err(FrameError::ControlTooLong));
+        assert_eq!(
+            parse_header(&[0x89, 126, 0, 126]),
+            Err(FrameError::ControlTooLong)
+        );
         let mut big = vec![0x82, 127];
         big.extend_from_slice(&(1u64 << 63).to_be_bytes());
         assert_eq!(parse_header(&big), Err(FrameError::BadLength));

@@ -157,7 +157,10 @@ mod tests {
         assert_eq!(r.count("lost"), 3);
         assert_eq!(r.get("lat.p50_us").and_then(Value::as_f64), Some(1.5));
         let t = r.table();
-        assert!(t.contains("lat.p50_us") && t.contains("FAIL") && t.contains("e1; e2"), "{t}");
+        assert!(
+            t.contains("lat.p50_us") && t.contains("FAIL") && t.contains("e1; e2"),
+            "{t}"
+        );
         let j: Value = serde_json::from_str(&r.json()).unwrap();
         assert_eq!(j["params"]["a"], 1);
     }

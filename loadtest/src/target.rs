@@ -58,7 +58,10 @@ pub fn parse_url(s: &str) -> Result<Url> {
         (h, port)
     } else {
         match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().with_context(|| format!("url {s:?}: bad port"))?),
+            Some((h, p)) => (
+                h,
+                p.parse().with_context(|| format!("url {s:?}: bad port"))?,
+            ),
             None => (authority, default_port),
         }
     };
@@ -173,14 +176,7 @@ impl Target {
             )),
         };
         let seed = self.seed ^ self.counter.fetch_add(1, Ordering::Relaxed);
-        Conn::handshake(
-            stream,
-            &self.host_header,
-            &self.url.path,
-            read_buf,
-            seed,
-        )
-        .await
+        Conn::handshake(stream, &self.host_header, &self.url.path, read_buf, seed).await
     }
 }
 
@@ -213,9 +209,15 @@ mod tests {
     #[test]
     fn urls() {
         let u = parse_url("ws://127.0.0.1:8080").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.path.as_str()), (false, "127.0.0.1", 8080, "/"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (false, "127.0.0.1", 8080, "/")
+        );
         let u = parse_url("wss://example.org/chat?x=1").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.path.as_str()), (true, "example.org", 443, "/chat?x=1"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (true, "example.org", 443, "/chat?x=1")
+        );
         let u = parse_url("ws://[::1]:9/").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 9));
         let u = parse_url("ws://h?q").unwrap();

@@ -10,8 +10,8 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -304,10 +304,26 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
     check(&mut failures, lost, "deliveries lost");
     check(&mut failures, late, "deliveries out of order (late)");
     check(&mut failures, dups, "duplicate deliveries");
-    check(&mut failures, foreign, "frames from no publisher of the channel");
-    check(&mut failures, echoed, "frames echoed back to their publisher");
-    check(&mut failures, closed_early, "sessions closed before the end");
-    check(&mut failures, aborted as u64, "tasks aborted at the deadline");
+    check(
+        &mut failures,
+        foreign,
+        "frames from no publisher of the channel",
+    );
+    check(
+        &mut failures,
+        echoed,
+        "frames echoed back to their publisher",
+    );
+    check(
+        &mut failures,
+        closed_early,
+        "sessions closed before the end",
+    );
+    check(
+        &mut failures,
+        aborted as u64,
+        "tasks aborted at the deadline",
+    );
     let sf = sh.subs_failed.load(Ordering::Relaxed) as u64;
     check(&mut failures, sf, "subscribers failed to join");
     let pf = sh.pubs_failed.load(Ordering::Relaxed) as u64;
@@ -325,7 +341,11 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
         .map(|s| s.cpu_s * 1e9 / delivered_in_window as f64);
     let results = FanoutResults {
         target: target.addr.to_string(),
-        mode: if args.rate.is_some() { "rate" } else { "window" },
+        mode: if args.rate.is_some() {
+            "rate"
+        } else {
+            "window"
+        },
         window_s,
         subscribers: format!("{subs_joined}/{}", c * s),
         publishers: format!("{pubs_joined}/{}", c * p),
@@ -351,7 +371,9 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
         harness,
         errors,
     };
-    Ok(Report::new("fanout", run_id, args, &results, failures, warnings))
+    Ok(Report::new(
+        "fanout", run_id, args, &results, failures, warnings,
+    ))
 }
 
 /// Drives the phases; returns the samples at the start and end of the

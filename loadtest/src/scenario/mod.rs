@@ -201,11 +201,7 @@ pub struct HarnessFigures {
 }
 
 /// Figures between two samples.
-pub fn figures(
-    common: &Common,
-    a: &Sample,
-    b: &Sample,
-) -> (Option<ServerFigures>, HarnessFigures) {
+pub fn figures(common: &Common, a: &Sample, b: &Sample) -> (Option<ServerFigures>, HarnessFigures) {
     let wall = (b.at_ns.saturating_sub(a.at_ns)).max(1) as f64 / 1e9;
     let server = match (common.server_pid, a.server, b.server) {
         (Some(pid), Some(sa), Some(sb)) => {
@@ -233,7 +229,11 @@ pub fn figures(
 }
 
 /// Warnings about the figures themselves.
-pub fn figure_warnings(common: &Common, harness: &HarnessFigures, server: &Option<ServerFigures>) -> Vec<String> {
+pub fn figure_warnings(
+    common: &Common,
+    harness: &HarnessFigures,
+    server: &Option<ServerFigures>,
+) -> Vec<String> {
     let mut w = Vec::new();
     if harness.saturated {
         w.push(format!(

@@ -1,6 +1,6 @@
 //! TLS for the server: one rustls `ServerConfig` shared by every shard, whose
 //! certificate comes from PEM files (reloaded on change or SIGHUP, see
-//! [`files`]) or from an ACME CA through rustls-acme (see [`acme`]).
+//! `files.rs`) or from an ACME CA through rustls-acme (see `acme.rs`).
 //!
 //! The `ServerConfig` is built once and never replaced: its certificate
 //! resolver is what changes, so a reload or an ACME renewal needs no restart

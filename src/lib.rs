@@ -7,11 +7,15 @@
 //! - [`session`]: one WebSocket session: framing, header, relay, close.
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
 //! - [`protocol`]: sans-IO header parsing, auth, close codes, frame codec.
+//! - [`tls`]: the shared rustls config: certificate files (with reload) or ACME.
+//! - [`redirect`]: the plain-HTTP listener that redirects to https.
 
 pub mod clock;
 pub mod config;
 pub mod http;
 pub mod protocol;
+pub mod redirect;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod tls;

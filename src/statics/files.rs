@@ -423,6 +423,9 @@ impl FileServer {
 
     /// The file compressed with `encoding`, from the cache or made now (and
     /// then cached). The permit is given back as soon as the file is read.
+    /// Concurrent cold requests for one file may each compress it (the last
+    /// one's result stays); that only happens while the cache is cold, and
+    /// waiting on each other would need a map of pending work.
     async fn compressed(
         &self,
         opened: Opened,

@@ -11,7 +11,11 @@ use clap::Parser;
 
 /// The `mles` command line: the reference server's flags plus ours.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "mles", version, about = "Mles v2 publish/subscribe server (shard-per-core)")]
+#[command(
+    name = "mles",
+    version,
+    about = "Mles v2 publish/subscribe server (shard-per-core)"
+)]
 pub struct Cli {
     /// Domain(s) served; with no TLS flags these get Let's Encrypt certificates (repeatable).
     #[arg(short = 'd', long = "domains")]
@@ -197,23 +201,38 @@ impl Config {
                 return Err(ConfigError::ZeroSize(name));
             }
         }
-        for (name, v) in [("--ping-interval", cli.ping_interval), ("--header-timeout", cli.header_timeout)] {
+        for (name, v) in [
+            ("--ping-interval", cli.ping_interval),
+            ("--header-timeout", cli.header_timeout),
+        ] {
             if v.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
             }
         }
-        let domains: Vec<String> = cli.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect();
+        let domains: Vec<String> = cli
+            .domains
+            .iter()
+            .map(|d| d.trim().to_ascii_lowercase())
+            .collect();
         if domains.iter().any(|d| d.is_empty()) {
             return Err(ConfigError::EmptyDomain);
         }
         let tls = match (&cli.tls_cert, &cli.tls_key) {
-            (Some(cert), Some(key)) => TlsChoice::Files { cert: cert.clone(), key: key.clone() },
+            (Some(cert), Some(key)) => TlsChoice::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
             _ if !domains.is_empty() && !cli.plain => TlsChoice::Acme(AcmeSettings {
                 domains: domains.clone(),
                 emails: cli.email.clone(),
                 cache: cli.cache.clone(),
                 directory: cli.acme_directory.clone().unwrap_or_else(|| {
-                    if cli.staging { LETS_ENCRYPT_STAGING } else { LETS_ENCRYPT_PRODUCTION }.to_string()
+                    if cli.staging {
+                        LETS_ENCRYPT_STAGING
+                    } else {
+                        LETS_ENCRYPT_PRODUCTION
+                    }
+                    .to_string()
                 }),
                 ca_root: cli.acme_ca_root.clone(),
             }),
@@ -225,7 +244,10 @@ impl Config {
         let listen = if !cli.listen.is_empty() {
             cli.listen.clone()
         } else if local {
-            vec![SocketAddr::from(([127, 0, 0, 1], port)), SocketAddr::from((Ipv6Addr::LOCALHOST, port))]
+            vec![
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+            ]
         } else {
             vec![SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))]
         };
@@ -261,7 +283,13 @@ impl Config {
 
     /// A local plain-ws configuration for tests and embedding: `shards` shards on 127.0.0.1:0.
     pub fn local(shards: usize) -> Config {
-        let cli = Cli::parse_from(["mles", "--listen", "127.0.0.1:0", "--shards", &shards.to_string()]);
+        let cli = Cli::parse_from([
+            "mles",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            &shards.to_string(),
+        ]);
         Config::from_cli(cli, None).expect("the local test configuration is valid")
     }
 }
@@ -274,7 +302,9 @@ pub fn affinity_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return Vec::new();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
     }
 }
 
@@ -283,7 +313,9 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
     let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -291,15 +323,20 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("'{s}' has an unknown unit (use KiB, MiB or GiB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// Parses `24s`, `500ms`, `2m`, or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 24s, 500ms)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 24s, 500ms)"))?;
     let secs = match unit.trim() {
         "" | "s" => n,
         "ms" => n / 1000.0,
@@ -336,7 +373,13 @@ mod tests {
     fn local_default_is_loopback_8080() {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.tls, TlsChoice::Plain);
-        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap(), "[::1]:8080".parse().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec![
+                "127.0.0.1:8080".parse().unwrap(),
+                "[::1]:8080".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -367,8 +410,14 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(matches!(cfg(&["--shards", "0"]), Err(ConfigError::NoShards)));
-        assert!(matches!(cfg(&["--limit", "0"]), Err(ConfigError::ZeroLimit)));
+        assert!(matches!(
+            cfg(&["--shards", "0"]),
+            Err(ConfigError::NoShards)
+        ));
+        assert!(matches!(
+            cfg(&["--limit", "0"]),
+            Err(ConfigError::ZeroLimit)
+        ));
         assert!(matches!(cfg(&["-r"]), Err(ConfigError::RedirectWithoutTls)));
         assert!(Cli::try_parse_from(["mles", "--tls-cert", "a.pem"]).is_err());
     }

@@ -1,3 +1,17 @@
 //! mles: a shard-per-core Mles v2 publish/subscribe server.
+//!
+//! - [`config`]: the command line and environment, validated into a `Config`.
+//! - [`server`]: start the shards, wait for signals, shut down.
+//! - [`shard`]: one thread per core: runtime, listeners, the cross-shard mesh,
+//!   channel ownership (history, members) and local fan-out.
+//! - [`session`]: one WebSocket session: framing, header, relay, close.
+//! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
+//! - [`protocol`]: sans-IO header parsing, auth, close codes, frame codec.
+
 pub mod config;
+pub mod http;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shard;
 pub mod statics;

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, builds once, runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-test-deps.sh
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked "$@"

@@ -1,0 +1,97 @@
+//! The HTTP side of a connection: TLS (if configured), HTTP/1.1 through
+//! hyper, then either the WebSocket upgrade into a [`SessionTask`] or an
+//! ordinary HTTP response.
+//!
+//! A connection's error ends that connection only and is logged here at debug.
+
+pub mod upgrade;
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::shard::Shard;
+
+/// Response body type for everything the HTTP side serves.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Time a client has to send its request head.
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every shard's HTTP side shares: TLS and static files.
+#[derive(Default)]
+pub struct Frontend {}
+
+/// Serves one accepted connection until it closes or becomes a session.
+pub async fn serve_connection(shard: Rc<Shard>, frontend: Arc<Frontend>, tcp: TcpStream) {
+    serve_http(shard, frontend, tcp).await
+}
+
+async fn serve_http<S>(shard: Rc<Shard>, frontend: Arc<Frontend>, io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let shard = shard.clone();
+        let frontend = frontend.clone();
+        async move { Ok::<_, Infallible>(route::<S>(req, shard, frontend).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+        .half_close(true)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+async fn route<S>(
+    req: Request<Incoming>,
+    shard: Rc<Shard>,
+    _frontend: Arc<Frontend>,
+) -> Response<Body>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if upgrade::is_websocket(&req) {
+        return upgrade::accept::<S>(req, shard);
+    }
+    if req.uri().path() == "/"
+        && (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
+    {
+        return text(
+            StatusCode::OK,
+            "mles: Mles v2 server; open a WebSocket with subprotocol mles-websocket\n",
+        );
+    }
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// A short plain-text response.
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A body from bytes in memory.
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}

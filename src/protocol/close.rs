@@ -1,0 +1,45 @@
+//! Close codes and reasons the server sends (PROTOCOL.md, "Close codes").
+
+/// A close code with its short human-readable reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl Close {
+    pub const fn new(code: u16, reason: &'static str) -> Close {
+        Close { code, reason }
+    }
+}
+
+pub const SHUTDOWN: Close = Close::new(1001, "server shutting down");
+pub const NOT_TEXT_HEADER: Close = Close::new(1002, "header frame must be a text frame");
+pub const BAD_HEADER_JSON: Close = Close::new(1002, "header frame is not a JSON object");
+pub const BAD_HEADER_FIELD: Close =
+    Close::new(1002, "header uid, channel and auth must be strings");
+pub const MISSING_HEADER_FIELD: Close = Close::new(1002, "header needs uid and channel");
+pub const UNMASKED: Close = Close::new(1002, "client frames must be masked");
+pub const RESERVED_BITS: Close = Close::new(1002, "reserved bits set");
+pub const BAD_OPCODE: Close = Close::new(1002, "unknown opcode");
+pub const BAD_CONTROL: Close = Close::new(1002, "control frame too long or fragmented");
+pub const BAD_CONTINUATION: Close = Close::new(1002, "unexpected continuation frame");
+pub const UNFINISHED_MESSAGE: Close = Close::new(1002, "new message inside a fragmented message");
+pub const BAD_CLOSE_PAYLOAD: Close = Close::new(1002, "invalid close frame");
+pub const BAD_LENGTH: Close = Close::new(1002, "invalid frame length");
+pub const INVALID_UTF8: Close = Close::new(1007, "invalid utf-8 in text frame");
+pub const EMPTY_FIELD: Close = Close::new(1008, "header uid and channel must not be empty");
+pub const OVERSIZED_FIELD: Close = Close::new(1008, "header uid or channel over 1024 bytes");
+pub const AUTH_REQUIRED: Close = Close::new(1008, "auth required");
+pub const AUTH_FAILED: Close = Close::new(1008, "auth failed");
+pub const DUPLICATE: Close = Close::new(1008, "uid already joined on this channel");
+pub const HEADER_TIMEOUT: Close = Close::new(1008, "no header frame in time");
+pub const KEEPALIVE_TIMEOUT: Close = Close::new(1008, "keepalive timeout");
+pub const TOO_BIG: Close = Close::new(1009, "message too big");
+pub const INTERNAL: Close = Close::new(1011, "internal error");
+pub const SLOW_CONSUMER: Close = Close::new(1013, "slow consumer: outbound queue full");
+
+/// Whether a close code received from a client is one RFC 6455 allows on the wire.
+pub fn valid_received_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}

@@ -1,0 +1,128 @@
+//! Starting and stopping the whole server: listeners, shard threads, the
+//! shutdown signal, and joining with a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{Config, TlsChoice};
+use crate::http::Frontend;
+use crate::shard::listener::{self, ListenError};
+use crate::shard::mesh::Mesh;
+use crate::shard::runtime::{self, SHUTDOWN_GRACE, ShardStart};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address is unusable (in use, not local, no permission).
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// A shard thread could not be created.
+    #[error("cannot start shard thread: {0}")]
+    Thread(std::io::Error),
+    /// A configured feature is not in this build yet.
+    #[error("{0} is not available yet")]
+    Unavailable(&'static str),
+}
+
+/// A running server.
+pub struct ServerHandle {
+    addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The addresses actually bound (ephemeral ports resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Starts graceful shutdown: stop accepting, Close 1001 to every session.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Shuts down and waits for the shard threads, at most the grace period plus a margin.
+    /// Returns false if some thread did not finish in time.
+    pub fn stop(self) -> bool {
+        self.shutdown();
+        let deadline = Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(2);
+        for t in &self.threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let all = self.threads.iter().all(|t| t.is_finished());
+        for t in self.threads {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        all
+    }
+}
+
+/// Binds every listener and starts the shards; returns once they accept.
+pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+    let nofile = listener::raise_nofile_limit();
+    tracing::debug!(nofile, "open-file limit");
+    if config.tls != TlsChoice::Plain {
+        return Err(StartError::Unavailable("TLS"));
+    }
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let frontend = Arc::new(Frontend::default());
+    let (mut by_shard, addrs) = listener::bind_all(&config.listen, config.shards)?;
+    let (mesh, inboxes) = Mesh::new(config.shards);
+    let mut threads = Vec::with_capacity(config.shards);
+    for (id, inbox) in inboxes.into_iter().enumerate() {
+        let start = ShardStart {
+            id: id as u16,
+            cpu: (!config.cpus.is_empty()).then(|| config.cpus[id % config.cpus.len()]),
+            listeners: std::mem::take(&mut by_shard[id]),
+            inbox,
+            mesh: mesh.clone(),
+            limits: config.limits.clone(),
+            frontend: frontend.clone(),
+            shutdown: shutdown_rx.clone(),
+        };
+        match runtime::spawn(start) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                shutdown.send_replace(true);
+                return Err(StartError::Thread(e));
+            }
+        }
+    }
+    tracing::info!(shards = config.shards, addrs = ?addrs, "listening");
+    Ok(ServerHandle {
+        addrs,
+        shutdown,
+        threads,
+    })
+}
+
+/// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let handle = start(config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        anyhow::Ok(())
+    })?;
+    if !handle.stop() {
+        tracing::warn!("some shards did not stop in time");
+    }
+    Ok(())
+}

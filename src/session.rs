@@ -1,0 +1,681 @@
+//! One WebSocket session after the upgrade: reads and validates client frames,
+//! writes what the shard queued for it, and closes with a code and reason.
+//!
+//! A session is one task (a hand-written future, [`SessionTask`]) plus shared
+//! state ([`Session`]) that the shard reaches through an `Rc`: the shard pushes
+//! encoded frames into the outbound queue and wakes the task; the task writes
+//! everything queued in one vectored write per turn. An idle session holds no
+//! read buffer: reads go into the shard's scratch buffer and only an
+//! incomplete frame is copied out. This module must not touch other sessions
+//! or channel state directly: it goes through [`Shard`].
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::protocol::close::{self, Close};
+use crate::protocol::frame::{
+    self, Head, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+};
+use crate::protocol::{auth, header};
+use crate::shard::Shard;
+use crate::shard::mesh::{ChannelKey, SessionId};
+
+/// How long a closing session may take to flush its Close and see the peer's EOF.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Half-open probe (PROTOCOL.md §4): silence before pinging, and time to answer.
+pub const PROBE_QUIET: Duration = Duration::from_secs(2);
+const PROBE_ANSWER: Duration = Duration::from_secs(2);
+/// Frames gathered into one vectored write; Linux takes up to 1024.
+const MAX_IOV: usize = 64;
+/// Reads a session may do in one turn before it yields to its neighbours.
+const READ_BUDGET: u32 = 16;
+/// An empty server Ping.
+static PING: &[u8] = &[0x80 | OP_PING, 0];
+/// An empty Close, the reply to a Close without a status code.
+static EMPTY_CLOSE: &[u8] = &[0x80 | OP_CLOSE, 0];
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the header frame.
+    Header,
+    /// Header sent to the channel's owner; reading paused until it answers.
+    Joining,
+    /// A member: frames read are published.
+    Member,
+    /// Close queued: flush, shut down, wait for EOF (bounded by [`CLOSE_LINGER`]).
+    Closing,
+}
+
+/// A probe of this session on behalf of a newcomer with the same uid.
+struct Probe {
+    deadline: Instant,
+    key: ChannelKey,
+    uid: Arc<str>,
+}
+
+struct Inner {
+    phase: Phase,
+    /// Live frames waiting to be written, and their bytes (bounded by `--max-queue`).
+    out: VecDeque<Bytes>,
+    out_bytes: usize,
+    /// History being replayed, written before `out`; paced by the socket.
+    replay: VecDeque<Bytes>,
+    /// Bytes of the front frame (of `replay`, else `out`) already written.
+    written: usize,
+    waker: Option<Waker>,
+    /// Set to end the task at once (close linger over, or shutdown deadline).
+    kill: bool,
+    /// Channel and uid once joined, for leaving.
+    joined: Option<(ChannelKey, Arc<str>)>,
+    /// Index in the shard's local member list of `joined`'s channel.
+    member_pos: usize,
+    probe: Option<Probe>,
+    /// When the phase last changed (header timeout, close linger).
+    since: Instant,
+    last_rx: Instant,
+    last_ping: Instant,
+}
+
+/// The part of a session the shard holds: its outbound queue and state.
+pub struct Session {
+    pub id: SessionId,
+    inner: RefCell<Inner>,
+}
+
+/// What a shard's timer tick found about a session.
+pub enum TickOutcome {
+    Nothing,
+    /// The incumbent did not answer the probe: it is being closed.
+    ProbeFailed {
+        key: ChannelKey,
+        uid: Arc<str>,
+    },
+}
+
+impl Session {
+    pub fn new(id: SessionId, now: Instant) -> Session {
+        Session {
+            id,
+            inner: RefCell::new(Inner {
+                phase: Phase::Header,
+                out: VecDeque::new(),
+                out_bytes: 0,
+                replay: VecDeque::new(),
+                written: 0,
+                waker: None,
+                kill: false,
+                joined: None,
+                member_pos: 0,
+                probe: None,
+                since: now,
+                last_rx: now,
+                last_ping: now,
+            }),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.inner.borrow().phase
+    }
+
+    /// Queues a live frame; over `max_queue` bytes the session is closed with 1013.
+    pub fn push(&self, frame: Bytes, max_queue: usize) {
+        let mut i = self.inner.borrow_mut();
+        if i.phase == Phase::Closing {
+            return;
+        }
+        i.out_bytes += frame.len();
+        i.out.push_back(frame);
+        if i.out_bytes > max_queue {
+            drop(i);
+            self.close(close::SLOW_CONSUMER);
+            return;
+        }
+        if let Some(w) = i.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues a control frame (not counted against the queue bound).
+    fn push_control(&self, frame: Bytes) {
+        let mut i = self.inner.borrow_mut();
+        i.out.push_back(frame);
+        if let Some(w) = i.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Starts closing with `c`: queued frames are still written (except for a
+    /// slow consumer, whose queue is dropped), then the Close frame.
+    pub fn close(&self, c: Close) {
+        self.close_with(c, frame::encode_close(c));
+    }
+
+    fn close_with(&self, c: Close, close_frame: Bytes) {
+        let mut i = self.inner.borrow_mut();
+        if i.phase == Phase::Closing {
+            return;
+        }
+        tracing::debug!(
+            session = self.id,
+            code = c.code,
+            reason = c.reason,
+            "closing"
+        );
+        i.phase = Phase::Closing;
+        i.since = Instant::now();
+        if c == close::SLOW_CONSUMER {
+            // Keep only a frame already partly written, so the stream stays well-formed.
+            let keep = if i.written > 0 {
+                i.replay.pop_front().or_else(|| i.out.pop_front())
+            } else {
+                None
+            };
+            i.replay.clear();
+            i.out.clear();
+            i.out_bytes = 0;
+            if let Some(f) = keep {
+                i.out.push_back(f);
+            }
+        }
+        i.out.push_back(close_frame);
+        if let Some(w) = i.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Ends the task at once, without waiting for the peer.
+    pub fn kill(&self) {
+        let mut i = self.inner.borrow_mut();
+        i.kill = true;
+        if let Some(w) = i.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// The owner accepted the join: replay `history`, then live frames.
+    /// Returns false when the session is no longer waiting for it.
+    pub fn joined(
+        &self,
+        key: ChannelKey,
+        uid: Arc<str>,
+        history: Vec<Bytes>,
+        member_pos: usize,
+    ) -> bool {
+        let mut i = self.inner.borrow_mut();
+        if i.phase != Phase::Joining {
+            return false;
+        }
+        i.phase = Phase::Member;
+        i.joined = Some((key, uid));
+        i.member_pos = member_pos;
+        i.replay = history.into();
+        if let Some(w) = i.waker.take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// The channel and uid this session joined, taken when it ends.
+    pub fn take_joined(&self) -> Option<(ChannelKey, Arc<str>, usize)> {
+        let mut i = self.inner.borrow_mut();
+        let pos = i.member_pos;
+        i.joined.take().map(|(k, u)| (k, u, pos))
+    }
+
+    /// The channel this session is a member of.
+    pub fn key(&self) -> Option<ChannelKey> {
+        self.inner.borrow().joined.as_ref().map(|(k, _)| *k)
+    }
+
+    pub fn set_member_pos(&self, pos: usize) {
+        self.inner.borrow_mut().member_pos = pos;
+    }
+
+    /// Starts a half-open probe; `Some(alive)` when it can be answered at once.
+    pub fn probe(&self, key: ChannelKey, uid: Arc<str>, now: Instant) -> Option<bool> {
+        let mut i = self.inner.borrow_mut();
+        if i.phase == Phase::Closing {
+            return Some(false);
+        }
+        if now.duration_since(i.last_rx) < PROBE_QUIET {
+            return Some(true);
+        }
+        i.probe = Some(Probe {
+            deadline: now + PROBE_ANSWER,
+            key,
+            uid,
+        });
+        drop(i);
+        self.push_control(Bytes::from_static(PING));
+        None
+    }
+
+    /// Keepalive, timeouts and probe deadlines, called by the shard's timer.
+    pub fn tick(
+        &self,
+        now: Instant,
+        ping_interval: Duration,
+        header_timeout: Duration,
+    ) -> TickOutcome {
+        let mut i = self.inner.borrow_mut();
+        if i.phase == Phase::Closing {
+            if now.duration_since(i.since) >= CLOSE_LINGER {
+                drop(i);
+                self.kill();
+            }
+            return TickOutcome::Nothing;
+        }
+        if let Some(p) = i.probe.take_if(|p| now >= p.deadline) {
+            drop(i);
+            self.close(close::KEEPALIVE_TIMEOUT);
+            return TickOutcome::ProbeFailed {
+                key: p.key,
+                uid: p.uid,
+            };
+        }
+        if i.phase == Phase::Header && now.duration_since(i.since) >= header_timeout {
+            drop(i);
+            self.close(close::HEADER_TIMEOUT);
+        } else if now.duration_since(i.last_rx) >= ping_interval * 3 {
+            drop(i);
+            self.close(close::KEEPALIVE_TIMEOUT);
+        } else if now.duration_since(i.last_ping) >= ping_interval {
+            i.last_ping = now;
+            drop(i);
+            self.push_control(Bytes::from_static(PING));
+        }
+        TickOutcome::Nothing
+    }
+}
+
+/// A message being reassembled from fragments.
+struct Fragments {
+    opcode: u8,
+    payload: BytesMut,
+}
+
+/// The task that drives one session's socket. Dropping it leaves the channel.
+pub struct SessionTask<S> {
+    io: S,
+    session: Rc<Session>,
+    shard: Rc<Shard>,
+    /// Bytes of an incomplete frame (or of frames read ahead while joining).
+    partial: Vec<u8>,
+    /// `partial` holds only an incomplete frame: read more before parsing again.
+    stalled: bool,
+    frag: Option<Box<Fragments>>,
+    needs_flush: bool,
+    shut_down: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
+    /// `read_ahead` is what the HTTP layer had already read past the upgrade request.
+    pub fn new(io: S, session: Rc<Session>, shard: Rc<Shard>, read_ahead: &[u8]) -> Self {
+        SessionTask {
+            io,
+            session,
+            shard,
+            partial: read_ahead.to_vec(),
+            stalled: false,
+            frag: None,
+            needs_flush: false,
+            shut_down: false,
+        }
+    }
+
+    /// Writes as much of the queue as the socket takes, in vectored writes.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        loop {
+            let mut i = self.session.inner.borrow_mut();
+            if i.out.is_empty() && i.replay.is_empty() {
+                break;
+            }
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for f in i.replay.iter().chain(i.out.iter()).take(MAX_IOV) {
+                iov[k] = IoSlice::new(if k == 0 { &f[i.written..] } else { &f[..] });
+                k += 1;
+            }
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.needs_flush = true;
+                    advance(&mut i, n);
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(()),
+            }
+        }
+        if self.needs_flush {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads once into the shard's scratch buffer and handles what arrived.
+    /// `Ready(false)` means the connection is finished (EOF or error).
+    fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let shard = self.shard.clone();
+        let mut scratch = shard.scratch.borrow_mut();
+        let mut rb = ReadBuf::new(&mut scratch[..]);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(false),
+            Poll::Ready(Ok(())) => {
+                let data = rb.filled();
+                self.touch();
+                if self.session.phase() == Phase::Closing {
+                    return Poll::Ready(true);
+                }
+                if self.partial.is_empty() {
+                    let used = self.process(data);
+                    if used < data.len() {
+                        self.partial.extend_from_slice(&data[used..]);
+                        self.stalled = self.can_parse();
+                    }
+                } else {
+                    self.partial.extend_from_slice(data);
+                    self.process_partial();
+                }
+                Poll::Ready(true)
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(session = self.session.id, error = %e, "read failed");
+                Poll::Ready(false)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Records that the peer is alive and answers a pending probe.
+    fn touch(&self) {
+        let now = Instant::now();
+        let probe = {
+            let mut i = self.session.inner.borrow_mut();
+            i.last_rx = now;
+            i.probe.take()
+        };
+        if let Some(p) = probe {
+            self.shard
+                .probe_answered(p.key, p.uid, self.session.id, true);
+        }
+    }
+
+    fn can_parse(&self) -> bool {
+        matches!(self.session.phase(), Phase::Header | Phase::Member)
+    }
+
+    fn process_partial(&mut self) {
+        let mut p = std::mem::take(&mut self.partial);
+        let used = self.process(&p);
+        p.drain(..used);
+        self.stalled = self.can_parse() && !p.is_empty();
+        if !p.is_empty() {
+            if p.capacity() > 4 * p.len().max(4096) {
+                p.shrink_to_fit();
+            }
+            self.partial = p;
+        }
+    }
+
+    /// Handles the complete frames at the start of `buf`; returns the bytes used.
+    fn process(&mut self, buf: &[u8]) -> usize {
+        let max = self.shard.limits.max_message as u64;
+        let mut pos = 0;
+        while self.can_parse() {
+            let head = match frame::parse_head(&buf[pos..]) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(c) => {
+                    self.session.close(c);
+                    break;
+                }
+            };
+            if !head.is_control() {
+                let so_far = self.frag.as_ref().map_or(0, |f| f.payload.len() as u64);
+                if so_far + head.len > max {
+                    self.session.close(close::TOO_BIG);
+                    break;
+                }
+            }
+            let end = head.head_len as u64 + head.len;
+            if ((buf.len() - pos) as u64) < end {
+                break;
+            }
+            let payload = &buf[pos + head.head_len..pos + end as usize];
+            pos += end as usize;
+            self.on_frame(head, payload);
+        }
+        pos
+    }
+
+    fn on_frame(&mut self, head: Head, masked: &[u8]) {
+        match head.opcode {
+            OP_PING => {
+                let mut p = masked.to_vec();
+                frame::unmask(&mut p, head.mask, 0);
+                self.session.push_control(frame::encode(OP_PONG, &p));
+            }
+            OP_PONG => {}
+            OP_CLOSE => self.on_close(head, masked),
+            OP_TEXT | OP_BINARY if self.frag.is_some() => {
+                self.session.close(close::UNFINISHED_MESSAGE)
+            }
+            OP_TEXT | OP_BINARY if head.fin => {
+                let f = frame::encode_unmasking(head.opcode, masked, head.mask);
+                self.on_message(head.opcode, f);
+            }
+            OP_TEXT | OP_BINARY => {
+                let mut payload = BytesMut::from(masked);
+                frame::unmask(&mut payload, head.mask, 0);
+                self.frag = Some(Box::new(Fragments {
+                    opcode: head.opcode,
+                    payload,
+                }));
+            }
+            OP_CONTINUATION => {
+                let Some(fr) = self.frag.as_mut() else {
+                    self.session.close(close::BAD_CONTINUATION);
+                    return;
+                };
+                let start = fr.payload.len();
+                fr.payload.extend_from_slice(masked);
+                frame::unmask(&mut fr.payload[start..], head.mask, 0);
+                if head.fin {
+                    let fr = self.frag.take().expect("checked above");
+                    self.on_message(fr.opcode, frame::encode(fr.opcode, &fr.payload));
+                }
+            }
+            _ => self.session.close(close::BAD_OPCODE),
+        }
+    }
+
+    fn on_close(&mut self, head: Head, masked: &[u8]) {
+        let mut p = masked.to_vec();
+        frame::unmask(&mut p, head.mask, 0);
+        match p.len() {
+            0 => self
+                .session
+                .close_with(Close::new(1000, ""), Bytes::from_static(EMPTY_CLOSE)),
+            1 => self.session.close(close::BAD_CLOSE_PAYLOAD),
+            _ => {
+                let code = u16::from_be_bytes([p[0], p[1]]);
+                if !close::valid_received_code(code) {
+                    self.session.close(close::BAD_CLOSE_PAYLOAD);
+                } else if std::str::from_utf8(&p[2..]).is_err() {
+                    self.session.close(close::INVALID_UTF8);
+                } else {
+                    let echo = Close::new(code, "");
+                    self.session.close_with(echo, frame::encode_close(echo));
+                }
+            }
+        }
+    }
+
+    /// A complete message, `f` already encoded for receivers.
+    fn on_message(&mut self, opcode: u8, f: Bytes) {
+        let payload = frame::payload_of(&f);
+        if opcode == OP_TEXT && std::str::from_utf8(payload).is_err() {
+            self.session.close(close::INVALID_UTF8);
+            return;
+        }
+        match self.session.phase() {
+            Phase::Header => self.on_header(opcode, payload),
+            Phase::Member => {
+                if let Some(key) = self.session.key() {
+                    self.shard.publish(key, self.session.id, f);
+                }
+            }
+            Phase::Joining | Phase::Closing => {}
+        }
+    }
+
+    fn on_header(&mut self, opcode: u8, payload: &[u8]) {
+        if opcode != OP_TEXT {
+            self.session.close(close::NOT_TEXT_HEADER);
+            return;
+        }
+        let h = match header::parse(payload) {
+            Ok(h) => h,
+            Err(c) => return self.session.close(c),
+        };
+        if let Err(e) = auth::verify(
+            &h.uid,
+            &h.channel,
+            h.auth.as_deref(),
+            self.shard.limits.key.as_deref(),
+        ) {
+            let c = if e == auth::AuthError::Missing {
+                close::AUTH_REQUIRED
+            } else {
+                close::AUTH_FAILED
+            };
+            return self.session.close(c);
+        }
+        {
+            let mut i = self.session.inner.borrow_mut();
+            i.phase = Phase::Joining;
+            i.since = Instant::now();
+        }
+        self.shard.join(self.session.id, h);
+    }
+}
+
+/// Drops `n` written bytes from the front of the replay and live queues.
+fn advance(i: &mut Inner, n: usize) {
+    let mut n = n + i.written;
+    i.written = 0;
+    while n > 0 {
+        let (len, from_out) = if let Some(f) = i.replay.front() {
+            (f.len(), false)
+        } else if let Some(f) = i.out.front() {
+            (f.len(), true)
+        } else {
+            break;
+        };
+        if n < len {
+            i.written = n;
+            break;
+        }
+        n -= len;
+        if from_out {
+            i.out.pop_front();
+            i.out_bytes = i.out_bytes.saturating_sub(len);
+        } else {
+            i.replay.pop_front();
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for SessionTask<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        {
+            let mut i = this.session.inner.borrow_mut();
+            if i.kill {
+                return Poll::Ready(());
+            }
+            if !i.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                i.waker = Some(cx.waker().clone());
+            }
+        }
+        let mut budget = READ_BUDGET;
+        loop {
+            if let Err(e) = this.poll_write_out(cx) {
+                tracing::debug!(session = this.session.id, error = %e, "write failed");
+                return Poll::Ready(());
+            }
+            let (phase, pending_out) = {
+                let i = this.session.inner.borrow();
+                (i.phase, !i.out.is_empty() || !i.replay.is_empty())
+            };
+            match phase {
+                Phase::Closing => {
+                    if pending_out || this.needs_flush {
+                        return Poll::Pending;
+                    }
+                    if !this.shut_down {
+                        match Pin::new(&mut this.io).poll_shutdown(cx) {
+                            Poll::Ready(_) => this.shut_down = true,
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                    // Discard until the peer's EOF, so our Close is not lost to a reset.
+                    loop {
+                        match this.poll_read_in(cx) {
+                            Poll::Ready(true) if budget > 0 => budget -= 1,
+                            Poll::Ready(true) => {
+                                cx.waker().wake_by_ref();
+                                return Poll::Pending;
+                            }
+                            Poll::Ready(false) => return Poll::Ready(()),
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                }
+                Phase::Joining => return Poll::Pending,
+                Phase::Header | Phase::Member => {}
+            }
+            if !this.partial.is_empty() && !this.stalled {
+                this.process_partial();
+                continue;
+            }
+            if this.shard.owner_backlogged(&this.session, cx.waker()) {
+                return Poll::Pending;
+            }
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            budget -= 1;
+            match this.poll_read_in(cx) {
+                Poll::Ready(true) => continue,
+                Poll::Ready(false) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S> Drop for SessionTask<S> {
+    fn drop(&mut self) {
+        self.shard.session_ended(&self.session);
+    }
+}

@@ -1,0 +1,175 @@
+//! The shard thread: pinned to a CPU, a current-thread tokio runtime with a
+//! `LocalSet`, the accept loops, the inbox drain, the timer, and shutdown.
+
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::LocalSet;
+
+use super::Shard;
+use super::listener::is_fd_exhaustion;
+use super::mesh::{InboxRx, Mesh};
+use crate::config::Limits;
+use crate::http::Frontend;
+
+/// How long shutdown waits for sessions to flush their Close 1001.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after accept fails for lack of file descriptors.
+const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+/// Idle channels are looked at this often.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+/// Everything a shard thread starts with.
+pub struct ShardStart {
+    pub id: u16,
+    pub cpu: Option<usize>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub inbox: InboxRx,
+    pub mesh: Arc<Mesh>,
+    pub limits: Limits,
+    pub frontend: Arc<Frontend>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Starts a shard on its own named thread.
+pub fn spawn(start: ShardStart) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("mles-shard-{}", start.id))
+        .spawn(move || {
+            if let Some(cpu) = start.cpu {
+                pin_to_cpu(cpu);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime builds unless the OS is out of resources");
+            LocalSet::new().block_on(&rt, run(start));
+        })
+}
+
+/// Timer period: fine enough for the shortest configured timeout.
+fn tick_period(limits: &Limits) -> Duration {
+    (limits.ping_interval.min(limits.header_timeout) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
+
+async fn run(start: ShardStart) {
+    let ShardStart {
+        id,
+        listeners,
+        inbox,
+        mesh,
+        limits,
+        frontend,
+        mut shutdown,
+        ..
+    } = start;
+    let shard = Rc::new(Shard::new(id, mesh, limits));
+    let mut tasks = Vec::new();
+    let s = shard.clone();
+    tasks.push(tokio::task::spawn_local(
+        async move { s.run_inbox(inbox).await },
+    ));
+    let s = shard.clone();
+    tasks.push(tokio::task::spawn_local(
+        async move { s.resume_paused().await },
+    ));
+    let s = shard.clone();
+    tasks.push(tokio::task::spawn_local(async move {
+        let mut every = tokio::time::interval(tick_period(&s.limits));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_expire = Instant::now();
+        loop {
+            every.tick().await;
+            let now = Instant::now();
+            let expire = now.duration_since(last_expire) >= EXPIRE_EVERY;
+            if expire {
+                last_expire = now;
+            }
+            s.tick(now, expire);
+        }
+    }));
+    let mut accepting = Vec::new();
+    for l in listeners {
+        let listener =
+            TcpListener::from_std(l).expect("a non-blocking std listener registers with tokio");
+        let (s, f) = (shard.clone(), frontend.clone());
+        accepting.push(tokio::task::spawn_local(accept_loop(s, f, listener)));
+    }
+    tracing::debug!(shard = id, "started");
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    // Stop accepting first, then close every session with 1001.
+    for t in &accepting {
+        t.abort();
+    }
+    shard.begin_shutdown();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while shard.session_count() > 0 {
+            shard.drained.notified().await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            shard = id,
+            sessions = shard.session_count(),
+            "shutdown grace over; dropping sessions"
+        );
+        shard.kill_all();
+        tokio::task::yield_now().await;
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    tracing::debug!(shard = id, "stopped");
+}
+
+async fn accept_loop(shard: Rc<Shard>, frontend: Arc<Frontend>, listener: TcpListener) {
+    let mut warned = false;
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _peer)) => {
+                warned = false;
+                let _ = tcp.set_nodelay(true);
+                tokio::task::spawn_local(crate::http::serve_connection(
+                    shard.clone(),
+                    frontend.clone(),
+                    tcp,
+                ));
+            }
+            Err(e) if is_fd_exhaustion(&e) => {
+                if !warned {
+                    tracing::warn!(shard = shard.id, error = %e, "accept: out of file descriptors; backing off");
+                    warned = true;
+                }
+                tokio::time::sleep(EMFILE_BACKOFF).await;
+            }
+            Err(e) => {
+                tracing::debug!(shard = shard.id, error = %e, "accept failed");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu`; failure (e.g. a restricted container) is only logged.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data, filled with CPU_SET; pid 0 is this thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        tracing::debug!(cpu, error = %io::Error::last_os_error(), "could not pin shard");
+    }
+}

@@ -1,0 +1,32 @@
+//! A stock client not written here (Python `websockets`) joins and relays.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn python_websockets_client_joins_and_relays() {
+    let ok = std::process::Command::new("python3").args(["-c", "import websockets"]).status();
+    assert!(
+        ok.is_ok_and(|s| s.success()),
+        "python3 with the `websockets` package is needed: run ./scripts/install-test-deps.sh"
+    );
+    let srv = TestServer::start(&[]);
+    let mut rust = srv.join("rust", "stock").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/mles_client.py");
+    let child = tokio::process::Command::new("python3")
+        .args([script, &srv.ws_url(), "python", "stock"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert_eq!(header_uid(&rust.recv_text().await).as_deref(), Some("python"));
+    assert_eq!(rust.recv_text().await, "hello from python");
+    rust.send_text("hello from rust").await;
+    let out = tokio::time::timeout(WAIT, child.wait_with_output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let history = stdout.lines().find_map(|l| l.strip_prefix("history ")).expect("history line");
+    assert_eq!(header_uid(history).as_deref(), Some("rust"), "{stdout}");
+    assert!(stdout.contains("reply hello from rust"), "{stdout}");
+}

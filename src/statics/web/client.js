@@ -43,6 +43,8 @@
     attempt: 0,
     timer: 0,
     openedAt: 0,
+    // Connections opened so far (also on <body data-joins>, for tests).
+    joins: 0,
     members: new Set(),
   };
 
@@ -129,6 +131,8 @@
     ws.onopen = () => {
       if (state.ws !== ws) return;
       state.openedAt = Date.now();
+      state.joins += 1;
+      document.body.dataset.joins = String(state.joins);
       // The history comes again with every join: start the view afresh.
       ui.log.replaceChildren();
       ui.members.replaceChildren();

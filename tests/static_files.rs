@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use mles::config::StaticSettings;
 use mles::statics::StaticFiles;
 
-pub fn settings(root: Option<&Path>, domains: &[&str]) -> StaticSettings {
+fn settings(root: Option<&Path>, domains: &[&str]) -> StaticSettings {
     StaticSettings {
         wwwroot: root.map(Path::to_path_buf),
         domains: domains.iter().map(|d| d.to_string()).collect(),
@@ -30,14 +30,14 @@ pub fn settings(root: Option<&Path>, domains: &[&str]) -> StaticSettings {
 
 /// A site in a temporary directory; `www` is the root, `outside` is next
 /// to it (the target of escape attempts).
-pub struct Site {
+struct Site {
     _dir: tempfile::TempDir,
-    pub www: PathBuf,
-    pub outside: PathBuf,
+    www: PathBuf,
+    outside: PathBuf,
 }
 
 impl Site {
-    pub fn new() -> Site {
+    fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
         let www = dir.path().join("www");
         let outside = dir.path().join("outside");
@@ -51,25 +51,25 @@ impl Site {
         }
     }
 
-    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+    fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
         let p = self.www.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, content).unwrap();
         p
     }
 
-    pub fn files(&self) -> StaticFiles {
+    fn files(&self) -> StaticFiles {
         StaticFiles::new(&settings(Some(&self.www), &[])).unwrap()
     }
 }
 
 /// Text that compresses well, `n` bytes long.
-pub fn text(n: usize) -> Vec<u8> {
+fn text(n: usize) -> Vec<u8> {
     let line = b"function hello(name) { return 'hello, ' + name + '!'; } // mles\n";
     line.iter().copied().cycle().take(n).collect()
 }
 
-pub fn decode(encoding: &str, data: &[u8]) -> Vec<u8> {
+fn decode(encoding: &str, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     match encoding {
         "br" => {

@@ -53,7 +53,10 @@ async function openPage(name, viewport) {
   page.setDefaultTimeout(WAIT_MS);
   page.on("pageerror", (e) => problems.push(`${name}: page error: ${e.message}`));
   page.on("console", (m) => {
-    if (m.type() === "error") problems.push(`${name}: console error: ${m.text()}`);
+    // A reconnect attempt while the server restarts fails by design.
+    if (m.type() === "error" && !/WebSocket connection to .* failed/.test(m.text())) {
+      problems.push(`${name}: console error: ${m.text()}`);
+    }
   });
   const res = await page.goto(base);
   if (!res || res.status() !== 200) throw new Error(`${name}: GET / answered ${res && res.status()}`);
@@ -130,6 +133,17 @@ try {
   // The Rust client sends a frame of its own.
   await phase("chatted");
   for (const p of [alice, bob, carol]) await sees(p, "beep from robot");
+  // A second "alice" is refused while the first one is alive (the server
+  // probes her, she answers), and the page says so instead of retrying.
+  const impostor = await openPage("impostor", { width: 390, height: 844 });
+  await impostor.getByLabel("Your name", { exact: true }).fill("alice");
+  await impostor.getByLabel("Channel", { exact: true }).fill(CHANNEL);
+  await impostor.getByRole("button", { name: "Join", exact: true }).click();
+  await impostor.waitForSelector('body[data-state="closed"]');
+  const refusal = await impostor.locator("#status").textContent();
+  if (!refusal.includes("(1008)")) throw new Error(`impostor's status: ${refusal}`);
+  await impostor.context().close();
+
   await carol.screenshot({ path: joinPath(artifacts, "web_client_phone.png"), fullPage: true });
   await alice.screenshot({ path: joinPath(artifacts, "web_client_desktop.png") });
 

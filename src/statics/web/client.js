@@ -40,6 +40,8 @@
     channel: "",
     // True while the user wants to be in the channel (reconnect on drops).
     wanted: false,
+    // True after the first connection of this join has ended.
+    rejoining: false,
     attempt: 0,
     timer: 0,
     openedAt: 0,
@@ -152,11 +154,15 @@
       state.ws = null;
       if (!state.wanted) return;
       const why = ev.reason ? `${ev.reason} (${ev.code})` : `code ${ev.code}`;
-      if (FATAL.has(ev.code)) {
+      // 1008 on the first connection of a join is a refusal (name taken,
+      // auth, size) that retrying cannot fix; on a rejoin it may be our own
+      // half-open earlier connection, which the server probes and drops.
+      if (FATAL.has(ev.code) || (ev.code === 1008 && !state.rejoining)) {
         state.wanted = false;
         setState("closed", `The server closed the connection: ${why}.`);
         return;
       }
+      state.rejoining = true;
       if (state.openedAt && Date.now() - state.openedAt >= STABLE_MS) state.attempt = 0;
       state.openedAt = 0;
       scheduleReconnect(`Connection lost: ${why}.`);
@@ -190,6 +196,7 @@
     state.uid = uid;
     state.channel = channel;
     state.wanted = true;
+    state.rejoining = false;
     state.attempt = 0;
     try {
       localStorage.setItem("mles.uid", uid);

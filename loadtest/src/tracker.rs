@@ -1,5 +1,9 @@
 //! Per-publisher sequence tracking at one subscriber: loss, late
 //! (out-of-order) arrivals and duplicates. The in-order case is one compare.
+//! [`ChannelView`] is a subscriber's hot path: classify a message, track it.
+
+use crate::frame::OP_BINARY;
+use crate::payload;
 
 /// Gaps remembered per publisher; older gaps are forgotten (still counted as
 /// missing, but a late arrival inside one then counts as a duplicate).
@@ -74,6 +78,66 @@ impl SeqTracker {
     }
 }
 
+/// What one subscriber saw of its channel's publishers (global ids
+/// `base..base + n`).
+#[derive(Debug, Clone)]
+pub struct ChannelView {
+    base: u32,
+    /// One tracker per publisher of the channel.
+    pub trackers: Vec<SeqTracker>,
+    /// Harness messages seen.
+    pub received: u64,
+    /// Binary frames that are not from a publisher of this channel.
+    pub foreign: u64,
+}
+
+impl ChannelView {
+    /// A view of publishers `base..base + n`.
+    pub fn new(base: u32, n: usize) -> Self {
+        Self {
+            base,
+            trackers: vec![SeqTracker::default(); n],
+            received: 0,
+            foreign: 0,
+        }
+    }
+
+    /// Tracks one message; returns its send time when it is a harness
+    /// message. Text frames (joiners' headers, live or from history) are
+    /// skipped.
+    #[inline]
+    pub fn on_msg(&mut self, opcode: u8, data: &[u8]) -> Option<u64> {
+        if opcode != OP_BINARY {
+            return None;
+        }
+        let stamp = payload::read(data);
+        let tracker = stamp.and_then(|s| {
+            self.trackers
+                .get_mut(s.publisher.wrapping_sub(self.base) as usize)
+        });
+        match (stamp, tracker) {
+            (Some(s), Some(t)) => {
+                t.on_seq(s.seq);
+                self.received += 1;
+                Some(s.sent_ns)
+            }
+            _ => {
+                self.foreign += 1;
+                None
+            }
+        }
+    }
+
+    /// Whether every publisher's last message has arrived; `sent(j)` is how
+    /// many publisher `base + j` sent.
+    pub fn complete(&self, sent: impl Fn(usize) -> u64) -> bool {
+        self.trackers
+            .iter()
+            .enumerate()
+            .all(|(j, t)| t.next() >= sent(j))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +169,22 @@ mod tests {
         assert_eq!((t.lost(4), t.late, t.dups), (0, 1, 0));
         let t = track(&[0, 5, 2, 1, 4, 3]);
         assert_eq!((t.lost(6), t.late, t.dups), (0, 4, 0));
+    }
+
+    #[test]
+    fn view_skips_text_and_flags_foreign() {
+        let mut v = ChannelView::new(4, 2);
+        let mut buf = payload::new_buffer(32);
+        for (publisher, seq) in [(4, 0), (5, 0), (4, 1), (9, 0)] {
+            payload::write(&mut buf, payload::Stamp { publisher, seq, sent_ns: 7 });
+            let r = v.on_msg(OP_BINARY, &buf);
+            assert_eq!(r.is_some(), publisher != 9);
+        }
+        assert_eq!(v.on_msg(crate::frame::OP_TEXT, b"{}"), None);
+        assert_eq!(v.on_msg(OP_BINARY, b"junk"), None);
+        assert_eq!((v.received, v.foreign), (3, 2));
+        assert!(v.complete(|j| [2, 1][j]));
+        assert!(!v.complete(|j| [3, 1][j]));
     }
 
     #[test]

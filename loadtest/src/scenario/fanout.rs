@@ -30,7 +30,7 @@ use crate::payload::{self, Stamp};
 use crate::report::Report;
 use crate::rng::{self, Rng};
 use crate::target::Target;
-use crate::tracker::SeqTracker;
+use crate::tracker::ChannelView;
 use crate::workers::{self, Phase, Ticker};
 
 /// What the first subscriber of a channel has seen of one publisher.
@@ -500,49 +500,6 @@ async fn worker(sh: Arc<Shared>, jobs: Vec<Job>) -> WorkerOut {
     }
 }
 
-/// A subscriber's view of its channel's publishers.
-struct SubState {
-    base: u32,
-    trackers: Vec<SeqTracker>,
-    received: u64,
-    in_window: u64,
-    foreign: u64,
-}
-
-impl SubState {
-    /// Tracks one message; returns its send time when it is a harness frame.
-    #[inline]
-    fn on_msg(&mut self, m: Msg<'_>) -> Option<u64> {
-        if m.opcode != OP_BINARY {
-            // Header frames of joiners (live or from history).
-            return None;
-        }
-        let stamp = payload::read(m.payload);
-        let tracker = stamp.and_then(|s| {
-            self.trackers
-                .get_mut(s.publisher.wrapping_sub(self.base) as usize)
-        });
-        match (stamp, tracker) {
-            (Some(s), Some(t)) => {
-                t.on_seq(s.seq);
-                self.received += 1;
-                Some(s.sent_ns)
-            }
-            _ => {
-                self.foreign += 1;
-                None
-            }
-        }
-    }
-
-    fn complete(&self, sent: &[AtomicU64]) -> bool {
-        self.trackers
-            .iter()
-            .enumerate()
-            .all(|(j, t)| t.next() >= sent[self.base as usize + j].load(Ordering::Acquire))
-    }
-}
-
 async fn sub_task(
     sh: Arc<Shared>,
     hists: Rc<RefCell<Hists>>,
@@ -552,13 +509,8 @@ async fn sub_task(
 ) -> SubResult {
     let pubs = sh.args.pubs as usize;
     let base = chan * pubs;
-    let mut st = SubState {
-        base: base as u32,
-        trackers: vec![SeqTracker::default(); pubs],
-        received: 0,
-        in_window: 0,
-        foreign: 0,
-    };
+    let mut st = ChannelView::new(base as u32, pubs);
+    let mut in_window = 0u64;
     let mut res = SubResult::default();
     let mut phase = sh.phase.subscribe();
     let uid = format!("sub-{idx}");
@@ -566,7 +518,7 @@ async fn sub_task(
     let Some(mut conn) = sh
         .join_ctx(&hists, &sem)
         .join(global, &uid, &sh.channels[chan], |m| {
-            st.on_msg(m);
+            st.on_msg(m.opcode, m.payload);
         })
         .await
     else {
@@ -601,14 +553,14 @@ async fn sub_task(
                     let mut h = hists.borrow_mut();
                     let lat = &mut h.latency;
                     conn.process(|m| {
-                        if let Some(sent) = st.on_msg(m) {
-                            st.in_window += 1;
+                        if let Some(sent) = st.on_msg(m.opcode, m.payload) {
+                            in_window += 1;
                             lat.saturating_record(now.saturating_sub(sent).max(1));
                         }
                     })
                 } else {
                     conn.process(|m| {
-                        st.on_msg(m);
+                        st.on_msg(m.opcode, m.payload);
                     })
                 };
                 let n = st.received - before;
@@ -639,7 +591,7 @@ async fn sub_task(
                     sh.error(format!("{uid} on channel {chan}: {}", super::closed_reason(&conn)));
                     break;
                 }
-                if draining && !done && st.complete(&sh.sent) {
+                if draining && !done && st.complete(|j| sh.sent[base + j].load(Ordering::Acquire)) {
                     done = true;
                     sh.subs_done.fetch_add(1, Ordering::Release);
                 }
@@ -652,7 +604,7 @@ async fn sub_task(
                 let ph = *phase.borrow_and_update();
                 if ph >= Phase::Drain && !draining {
                     draining = true;
-                    if !done && st.complete(&sh.sent) {
+                    if !done && st.complete(|j| sh.sent[base + j].load(Ordering::Acquire)) {
                         done = true;
                         sh.subs_done.fetch_add(1, Ordering::Release);
                     }
@@ -681,7 +633,7 @@ async fn sub_task(
         res.dups += t.dups;
     }
     res.received = st.received;
-    res.in_window = st.in_window;
+    res.in_window = in_window;
     res.foreign = st.foreign;
     res
 }

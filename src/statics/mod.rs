@@ -9,13 +9,17 @@
 //! - `path`: request path and Host -> a path below a site root (pure)
 //! - `negotiate`, `range`, `validators`: header logic (pure)
 //! - `compress`: coding bodies, the bounded cache of compressed variants
-//! - `files`: resolving, opening, reading and streaming files
+//! - `files`: per request: site, representation, 304/206, the file limit
+//! - `open`: resolving below a root, opening, reading, streaming (blocking pool)
+//! - `media`: media type, compressibility and cache lifetime by file name
 //! - `response`: error responses and representation headers
 //! - `webclient`: the compiled-in chat client (`web/`)
 
 mod compress;
 mod files;
+mod media;
 mod negotiate;
+mod open;
 mod path;
 mod range;
 mod response;

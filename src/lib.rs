@@ -7,6 +7,7 @@
 //! - [`session`]: one WebSocket session: framing, header, relay, close.
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
 //! - [`protocol`]: sans-IO header parsing, auth, close codes, frame codec.
+//! - [`statics`]: static files per domain and the built-in web client.
 //! - [`tls`]: the shared rustls config: certificate files (with reload) or ACME.
 //! - [`redirect`]: the plain-HTTP listener that redirects to https.
 
@@ -18,4 +19,5 @@ pub mod redirect;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod statics;
 pub mod tls;

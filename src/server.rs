@@ -23,6 +23,9 @@ pub enum StartError {
     /// A shard thread could not be created.
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
+    /// The static-file root is unusable (missing, not a directory).
+    #[error("cannot serve static files: {0}")]
+    Statics(std::io::Error),
     /// A configured feature is not in this build yet.
     #[error("{0} is not available yet")]
     Unavailable(&'static str),
@@ -74,7 +77,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         return Err(StartError::Unavailable("TLS"));
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let frontend = Arc::new(Frontend::default());
+    let statics = crate::statics::StaticFiles::new(&config.statics).map_err(StartError::Statics)?;
+    let frontend = Arc::new(Frontend { statics });
     let (mut by_shard, addrs) = listener::bind_all(&config.listen, config.shards)?;
     let (mesh, inboxes) = Mesh::new(config.shards);
     let mut threads = Vec::with_capacity(config.shards);

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::shard::Shard;
+use crate::statics::StaticFiles;
 
 /// Response body type for everything the HTTP side serves.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -30,8 +31,10 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error
 const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every shard's HTTP side shares: TLS and static files.
-#[derive(Default)]
-pub struct Frontend {}
+pub struct Frontend {
+    /// Answers every request that is not a WebSocket upgrade.
+    pub statics: StaticFiles,
+}
 
 /// Serves one accepted connection until it closes or becomes a session.
 pub async fn serve_connection(shard: Rc<Shard>, frontend: Arc<Frontend>, tcp: TcpStream) {
@@ -61,7 +64,7 @@ where
 async fn route<S>(
     req: Request<Incoming>,
     shard: Rc<Shard>,
-    _frontend: Arc<Frontend>,
+    frontend: Arc<Frontend>,
 ) -> Response<Body>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -69,15 +72,7 @@ where
     if upgrade::is_websocket(&req) {
         return upgrade::accept::<S>(req, shard);
     }
-    if req.uri().path() == "/"
-        && (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
-    {
-        return text(
-            StatusCode::OK,
-            "mles: Mles v2 server; open a WebSocket with subprotocol mles-websocket\n",
-        );
-    }
-    text(StatusCode::NOT_FOUND, "not found\n")
+    frontend.statics.serve(&req).await
 }
 
 /// A short plain-text response.

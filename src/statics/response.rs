@@ -1,0 +1,134 @@
+//! Building responses: plain-text errors, and the headers every
+//! representation carries (type, validators, caching, coding).
+
+use std::convert::Infallible;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+
+use super::Body;
+use super::negotiate::Encoding;
+use super::validators::{none_match_hits, not_modified_since};
+
+fn never(e: Infallible) -> std::io::Error {
+    match e {}
+}
+
+/// A body with these bytes.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(never).boxed_unsync()
+}
+
+/// A body with nothing in it.
+pub fn empty() -> Body {
+    Empty::new().map_err(never).boxed_unsync()
+}
+
+const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+
+/// A short plain-text response (errors, redirects), never cached.
+pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut res = Response::new(full(Bytes::from_static(text.as_bytes())));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, TEXT_PLAIN);
+    h.insert(header::CACHE_CONTROL, NO_STORE);
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+    res
+}
+
+/// What is known about the representation chosen for a request before its
+/// bytes are read: enough to answer a conditional request.
+pub struct Meta {
+    pub content_type: HeaderValue,
+    /// Quoted strong entity tag of this representation (coding included).
+    pub etag: HeaderValue,
+    pub last_modified: Option<SystemTime>,
+    pub cache_control: HeaderValue,
+    pub encoding: Encoding,
+    /// The resource has compressed variants: caches must key on Accept-Encoding.
+    pub vary: bool,
+    /// `Range` is honoured for this resource.
+    pub ranges: bool,
+}
+
+impl Meta {
+    /// True when the client's copy is current (304): `If-None-Match` decides
+    /// when present, `If-Modified-Since` only otherwise (RFC 9110 §13.2.2).
+    pub fn is_fresh(&self, headers: &HeaderMap) -> bool {
+        let etag = self.etag.to_str().expect("etags are built from ASCII");
+        if headers.contains_key(header::IF_NONE_MATCH) {
+            return headers
+                .get_all(header::IF_NONE_MATCH)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| none_match_hits(v, etag));
+        }
+        match (
+            headers
+                .get(header::IF_MODIFIED_SINCE)
+                .and_then(|v| v.to_str().ok()),
+            self.last_modified,
+        ) {
+            (Some(since), Some(modified)) => not_modified_since(since, modified),
+            _ => false,
+        }
+    }
+
+    /// A response with the validator and caching headers, and no body yet.
+    fn headers(&self, status: StatusCode, body: Body) -> Response<Body> {
+        let mut res = Response::new(body);
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        h.insert(header::ETAG, self.etag.clone());
+        if let Some(m) = self.last_modified {
+            let date =
+                HeaderValue::from_str(&httpdate::fmt_http_date(m)).expect("HTTP dates are ASCII");
+            h.insert(header::LAST_MODIFIED, date);
+        }
+        h.insert(header::CACHE_CONTROL, self.cache_control.clone());
+        if self.vary {
+            h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        }
+        res
+    }
+
+    /// 304 Not Modified.
+    pub fn not_modified(&self) -> Response<Body> {
+        self.headers(StatusCode::NOT_MODIFIED, empty())
+    }
+
+    /// A response whose body is `len` bytes of the representation (or none
+    /// for HEAD; `Content-Length` still tells its size).
+    pub fn response(&self, status: StatusCode, len: u64, body: Body) -> Response<Body> {
+        let mut res = self.headers(status, body);
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, self.content_type.clone());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+        h.insert(
+            header::ACCEPT_RANGES,
+            HeaderValue::from_static(if self.ranges { "bytes" } else { "none" }),
+        );
+        if self.encoding != Encoding::Identity {
+            h.insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(self.encoding.token()),
+            );
+        }
+        res
+    }
+}
+
+/// The `Accept-Encoding` values of a request, as text.
+pub fn accept_encoding(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+}

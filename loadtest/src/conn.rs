@@ -129,6 +129,8 @@ pub struct Conn {
     sent_close: bool,
     closed: Option<CloseInfo>,
     eof: bool,
+    /// The last read filled all the space it was given.
+    read_full: bool,
     inbox: VecDeque<OwnedMsg>,
 }
 
@@ -159,6 +161,7 @@ impl Conn {
             sent_close: false,
             closed: None,
             eof: false,
+            read_full: false,
             inbox: VecDeque::new(),
         };
         loop {
@@ -174,12 +177,21 @@ impl Conn {
 
     /// Reads once into the buffer; 0 means end of stream. Cancel-safe.
     pub async fn read_more(&mut self) -> io::Result<usize> {
-        let n = self.stream.read(self.rbuf.space()).await?;
+        let space = self.rbuf.space();
+        let room = space.len();
+        let n = self.stream.read(space).await?;
+        self.read_full = n == room;
         self.rbuf.filled(n);
         if n == 0 {
             self.eof = true;
         }
         Ok(n)
+    }
+
+    /// Whether the last read filled its buffer, so more data is probably
+    /// waiting (a short read means the socket was drained).
+    pub fn read_was_full(&self) -> bool {
+        self.read_full
     }
 
     /// Hands every complete data message in the buffer to `on_msg`; records

@@ -624,8 +624,12 @@ async fn sub_task(
                 // A socket that always has data never returns Pending, and
                 // tokio's budget would let this task read ~128 buffers (8 MiB)
                 // per turn while the thread's other sessions wait: take one
-                // buffer per turn instead, so latency measures the server.
-                tokio::task::yield_now().await;
+                // full buffer per turn instead, so latency measures the
+                // server. (After a short read the next read returns Pending
+                // and yields by itself.)
+                if conn.read_was_full() {
+                    tokio::task::yield_now().await;
+                }
             }
             changed = phase.changed() => {
                 if changed.is_err() {

@@ -1,18 +1,20 @@
 //! Starting and stopping the whole server: listeners, shard threads, the
 //! shutdown signal, and joining with a deadline.
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::config::{Config, TlsChoice};
+use crate::config::Config;
 use crate::http::Frontend;
+use crate::redirect;
 use crate::shard::listener::{self, ListenError};
 use crate::shard::mesh::Mesh;
 use crate::shard::runtime::{self, SHUTDOWN_GRACE, ShardStart};
+use crate::tls::{Tls, TlsError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,22 +28,38 @@ pub enum StartError {
     /// The static-file root is unusable (missing, not a directory).
     #[error("cannot serve static files: {0}")]
     Statics(std::io::Error),
-    /// A configured feature is not in this build yet.
-    #[error("{0} is not available yet")]
-    Unavailable(&'static str),
+    /// TLS could not be set up (unreadable or mismatched files, bad CA root, cache).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The http->https redirect listener could not start.
+    #[error("cannot start the redirect listener on port {port}: {source}")]
+    Redirect { port: u16, source: std::io::Error },
 }
 
 /// A running server.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
+    redirect_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
+    /// Shard threads, then the redirect thread if any.
     threads: Vec<JoinHandle<()>>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl ServerHandle {
     /// The addresses actually bound (ephemeral ports resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The redirect listener's address, with `--redirect`.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect_addr
+    }
+
+    /// TLS state (certificate reload, ACME status), when configured.
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
     }
 
     /// Starts graceful shutdown: stop accepting, Close 1001 to every session.
@@ -59,6 +77,9 @@ impl ServerHandle {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        if let Some(tls) = &self.tls {
+            tls.join();
+        }
         let all = self.threads.iter().all(|t| t.is_finished());
         for t in self.threads {
             if t.is_finished() {
@@ -73,15 +94,30 @@ impl ServerHandle {
 pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let nofile = listener::raise_nofile_limit();
     tracing::debug!(nofile, "open-file limit");
-    if config.tls != TlsChoice::Plain {
-        return Err(StartError::Unavailable("TLS"));
-    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let statics = crate::statics::StaticFiles::new(&config.statics).map_err(StartError::Statics)?;
-    let frontend = Arc::new(Frontend { statics });
     let (mut by_shard, addrs) = listener::bind_all(&config.listen, config.shards)?;
+    // Dropping `shutdown` on an early return stops whatever already started.
+    let tls = Tls::start(&config, shutdown_rx.clone())?;
+    let mut threads = Vec::with_capacity(config.shards + 1);
+    let mut redirect_addr = None;
+    if let Some(port) = config.redirect_port {
+        let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+        let (bound, thread) = redirect::start(
+            addr,
+            config.statics.domains.clone(),
+            config.tls_port,
+            shutdown_rx.clone(),
+        )
+        .map_err(|source| StartError::Redirect { port, source })?;
+        redirect_addr = Some(bound);
+        threads.push(thread);
+    }
+    let frontend = Arc::new(Frontend {
+        statics,
+        tls: tls.clone(),
+    });
     let (mesh, inboxes) = Mesh::new(config.shards);
-    let mut threads = Vec::with_capacity(config.shards);
     for (id, inbox) in inboxes.into_iter().enumerate() {
         let start = ShardStart {
             id: id as u16,
@@ -104,8 +140,10 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     tracing::info!(shards = config.shards, addrs = ?addrs, "listening");
     Ok(ServerHandle {
         addrs,
+        redirect_addr,
         shutdown,
         threads,
+        tls,
     })
 }
 
@@ -119,9 +157,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        // SIGHUP reloads certificate files (the tls module listens too); it never terminates.
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => break tracing::info!("SIGINT: shutting down"),
+                _ = hup.recv() => tracing::info!("SIGHUP received"),
+            }
         }
         anyhow::Ok(())
     })?;

@@ -404,7 +404,6 @@ fn bad_acme_settings_are_clear_errors() {
 /// client that trusts only pebble's root joins a channel and relays, and a
 /// restart with the same cache serves at once without a new order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "enable once server::start wires mles::tls (main still answers 'TLS is not available yet')"]
 async fn the_server_gets_a_certificate_from_pebble_and_relays_over_wss() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("acme-cache");

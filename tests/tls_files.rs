@@ -156,7 +156,6 @@ fn bad_files_are_clear_errors() {
 
 /// The whole server: wss join and relay over certificate-file TLS, on 4 shards.
 #[tokio::test]
-#[ignore = "enable once server::start wires mles::tls (main still answers 'TLS is not available yet')"]
 async fn wss_relay_through_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));

@@ -169,7 +169,6 @@ fn the_watcher_ends_on_shutdown() {
 /// The whole server: a wss session opened before a reload keeps relaying
 /// after it, while new handshakes get the new certificate.
 #[tokio::test]
-#[ignore = "enable once server::start wires mles::tls (main still answers 'TLS is not available yet')"]
 async fn wss_sessions_survive_a_reload_of_the_server() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;

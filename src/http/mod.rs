@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::shard::Shard;
 use crate::statics::StaticFiles;
+use crate::tls::Tls;
 
 /// Response body type for everything the HTTP side serves.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -34,11 +35,20 @@ const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Frontend {
     /// Answers every request that is not a WebSocket upgrade.
     pub statics: StaticFiles,
+    /// TLS for every connection, when configured.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// Serves one accepted connection until it closes or becomes a session.
 pub async fn serve_connection(shard: Rc<Shard>, frontend: Arc<Frontend>, tcp: TcpStream) {
-    serve_http(shard, frontend, tcp).await
+    match frontend.tls.clone() {
+        Some(tls) => {
+            if let Some(stream) = tls.accept(tcp).await {
+                serve_http(shard, frontend, stream).await
+            }
+        }
+        None => serve_http(shard, frontend, tcp).await,
+    }
 }
 
 async fn serve_http<S>(shard: Rc<Shard>, frontend: Arc<Frontend>, io: S)

@@ -131,6 +131,26 @@ impl Session {
         self.inner.borrow().phase
     }
 
+    /// The header was accepted: reading pauses until the owner answers the join.
+    pub fn begin_join(&self) {
+        let mut i = self.inner.borrow_mut();
+        if i.phase == Phase::Header {
+            i.phase = Phase::Joining;
+            i.since = clock::now();
+        }
+    }
+
+    /// Takes every frame queued for writing (history first), as a socket
+    /// write would. For in-process harnesses and benches that have no socket.
+    pub fn take_queued(&self) -> Vec<Bytes> {
+        let mut i = self.inner.borrow_mut();
+        let mut v: Vec<Bytes> = i.replay.drain(..).collect();
+        v.extend(i.out.drain(..));
+        i.out_bytes = 0;
+        i.written = 0;
+        v
+    }
+
     /// Queues a live frame; over `max_queue` bytes the session is closed with 1013.
     pub fn push(&self, frame: Bytes, max_queue: usize) {
         let mut i = self.inner.borrow_mut();
@@ -569,11 +589,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
             };
             return self.session.close(c);
         }
-        {
-            let mut i = self.session.inner.borrow_mut();
-            i.phase = Phase::Joining;
-            i.since = clock::now();
-        }
+        self.session.begin_join();
         self.shard.join(self.session.id, h);
     }
 }

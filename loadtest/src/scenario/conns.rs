@@ -46,7 +46,8 @@ pub struct ServerMemory {
     pub rss_kb_joined: u64,
     /// RSS at the end of the hold, KiB.
     pub rss_kb_end: u64,
-    /// (end - before) / joined sessions, bytes.
+    /// (end - before) / joined sessions, bytes. Meaningful only against a
+    /// freshly started server: allocators keep memory freed by earlier runs.
     pub bytes_per_conn: f64,
     /// CPU seconds from the first connect to the last join.
     pub join_cpu_s: f64,

@@ -156,6 +156,8 @@ pub struct Sample {
     pub server: Option<ProcSample>,
     /// This process's CPU time, nanoseconds.
     pub self_cpu_ns: u64,
+    /// This process's RSS, KiB.
+    pub self_rss_kb: u64,
 }
 
 impl Sample {
@@ -165,6 +167,7 @@ impl Sample {
             at_ns: now_ns(),
             server: server_pid.and_then(|p| procstat::sample(p).ok()),
             self_cpu_ns: procstat::self_cpu_ns(),
+            self_rss_kb: procstat::self_rss_kb(),
         }
     }
 }
@@ -196,7 +199,7 @@ pub struct HarnessFigures {
     /// True when the workers were close to fully busy: figures may then
     /// measure the harness rather than the server.
     pub saturated: bool,
-    /// The harness's RSS at the end, KiB.
+    /// The harness's RSS at the end of the interval, KiB.
     pub rss_kb: u64,
 }
 
@@ -223,7 +226,7 @@ pub fn figures(common: &Common, a: &Sample, b: &Sample) -> (Option<ServerFigures
         cpu_s,
         cpu_cores: cores,
         saturated: cores >= 0.9 * f64::from(common.threads),
-        rss_kb: procstat::self_rss_kb(),
+        rss_kb: b.self_rss_kb,
     };
     (server, harness)
 }

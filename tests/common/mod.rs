@@ -187,19 +187,63 @@ pub fn upgrade_request(addr: SocketAddr, extra: &str) -> String {
     )
 }
 
-/// Sends `request` raw and returns the whole response head and what body followed.
+/// Sends `request` raw and returns the response (head and body) as text: up
+/// to its Content-Length, or until the server closes.
 pub async fn http_raw(addr: SocketAddr, request: &str) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
-    tcp.shutdown().await.unwrap(); // EOF after the request: the server answers and closes
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
-        .await
-        .expect("response in time");
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| out.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        match tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+            .await
+            .expect("response in time")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
     String::from_utf8_lossy(&out).into_owned()
 }
 
 impl RawClient {
+    /// Like [`RawClient::connect`], but None when the server resets or closes during the handshake.
+    pub async fn try_connect(addr: SocketAddr) -> Option<RawClient> {
+        let mut tcp = TcpStream::connect(addr).await.ok()?;
+        let req = upgrade_request(addr, "Sec-WebSocket-Protocol: mles-websocket\r\n");
+        tcp.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        if !buf.starts_with(b"HTTP/1.1 101") {
+            return None;
+        }
+        buf.drain(..end);
+        Some(RawClient { tcp, buf })
+    }
+
     pub async fn connect(addr: SocketAddr) -> RawClient {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         let req = upgrade_request(addr, "Sec-WebSocket-Protocol: mles-websocket\r\n");

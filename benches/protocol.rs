@@ -87,9 +87,11 @@ fn frame_encode(c: &mut Criterion) {
     for size in SIZES {
         let payload = vec![0x5a_u8; size];
         g.throughput(Throughput::Bytes(size as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(label(size)), &payload, |b, p| {
-            b.iter(|| frame::encode(OP_BINARY, black_box(p)))
-        });
+        g.bench_with_input(
+            BenchmarkId::from_parameter(label(size)),
+            &payload,
+            |b, p| b.iter(|| frame::encode(OP_BINARY, black_box(p))),
+        );
     }
     g.finish();
 }

@@ -37,8 +37,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Half-open probe (PROTOCOL.md §4): silence before pinging, and time to answer.
 pub const PROBE_QUIET: Duration = Duration::from_secs(2);
 const PROBE_ANSWER: Duration = Duration::from_secs(2);
-/// Frames gathered into one vectored write; Linux takes up to 1024.
-const MAX_IOV: usize = 64;
+/// Frames gathered into one vectored write (Linux takes up to 1024): enough
+/// for a whole default history replay (200 frames) in one syscall.
+const MAX_IOV: usize = 256;
 /// Reads a session may do in one turn before it yields to its neighbours.
 const READ_BUDGET: u32 = 16;
 /// An empty server Ping.
@@ -340,6 +341,8 @@ pub struct SessionTask<S> {
     frag: Option<Box<Fragments>>,
     needs_flush: bool,
     shut_down: bool,
+    /// The peer started the close handshake: once our echo is out, just close.
+    peer_closed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
@@ -354,6 +357,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
             frag: None,
             needs_flush: false,
             shut_down: false,
+            peer_closed: false,
         }
     }
 
@@ -530,6 +534,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
     fn on_close(&mut self, head: Head, masked: &[u8]) {
         let mut p = masked.to_vec();
         frame::unmask(&mut p, head.mask, 0);
+        self.peer_closed = self.session.phase() != Phase::Closing;
         match p.len() {
             0 => self
                 .session
@@ -655,6 +660,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for SessionTask<S> {
                 Phase::Closing => {
                     if pending_out || this.needs_flush {
                         return Poll::Pending;
+                    }
+                    if this.peer_closed {
+                        // Close handshake complete: nothing more can come; closing
+                        // the socket now saves a shutdown and a wait for EOF.
+                        return Poll::Ready(());
                     }
                     if !this.shut_down {
                         match Pin::new(&mut this.io).poll_shutdown(cx) {

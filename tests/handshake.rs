@@ -101,3 +101,42 @@ async fn bad_http_does_not_disturb_sessions() {
     b.send_text("still here").await;
     assert_eq!(a.recv_text().await, "still here");
 }
+
+#[tokio::test]
+async fn accepted_sockets_have_nodelay() {
+    use std::os::fd::BorrowedFd;
+    // The server sets TCP_NODELAY on its listeners and relies on Linux handing
+    // it down to accepted sockets. The server runs in this process, so look at
+    // its end of the connection among our own file descriptors.
+    let srv = TestServer::start(&[]);
+    let mut c = srv.join("nd", "nodelay").await;
+    c.send_text("x").await;
+    let client_port = match c.ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(t) => t.local_addr().unwrap().port(),
+        _ => unreachable!(),
+    };
+    let mut checked = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: fd is open in this process for the duration of this check
+        // (the server keeps the session alive while `c` is connected).
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let sock = socket2::SockRef::from(&borrowed);
+        let (Ok(local), Ok(peer)) = (sock.local_addr(), sock.peer_addr()) else {
+            continue;
+        };
+        let (Some(local), Some(peer)) = (local.as_socket(), peer.as_socket()) else {
+            continue;
+        };
+        if local == srv.addr && peer.port() == client_port {
+            assert!(
+                sock.tcp_nodelay().unwrap(),
+                "server socket without TCP_NODELAY"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 1, "found the server's end of the connection");
+}

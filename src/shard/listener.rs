@@ -52,6 +52,9 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         // [::] serves IPv4 too; a specific IPv6 address only itself.
         s.set_only_v6(!addr.ip().is_unspecified())?;
     }
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one
+    // setsockopt per listener instead of one per connection.
+    s.set_tcp_nodelay(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;

@@ -139,7 +139,6 @@ async fn accept_loop(shard: Rc<Shard>, frontend: Arc<Frontend>, listener: TcpLis
         match listener.accept().await {
             Ok((tcp, _peer)) => {
                 warned = false;
-                let _ = tcp.set_nodelay(true);
                 tokio::task::spawn_local(crate::http::serve_connection(
                     shard.clone(),
                     frontend.clone(),

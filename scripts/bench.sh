@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Runs the load-test scenarios of BENCHMARKS.md against a freshly started
+# server per scenario: server pinned to CPU 0 (taskset -c 0), load generator
+# on CPU 1. Results: one JSON file per scenario in $OUT (default
+# target/bench-results/<label>), and a summary table on stdout.
+#
+#   scripts/bench.sh [label] [scenario...]      scenarios: A A2 B C D10 D19 J E EM
+#   MLES_BIN=/path/to/other/mles scripts/bench.sh baseline   # measure another build
+#   DURATION=10 (seconds measured per throughput scenario)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+label=${1:-current}
+shift || true
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(A A2 B C D10 D19 J E EM)
+DURATION=${DURATION:-10}
+OUT=${OUT:-target/bench-results/$label}
+mkdir -p "$OUT"
+
+cargo build --release -q -p mles -p mles-loadtest
+MLES=${MLES_BIN:-target/release/mles}
+LT=target/release/mles-loadtest
+SERVER_CPUS=${SERVER_CPUS:-0}
+LOAD_CPUS=${LOAD_CPUS:-1}
+
+# Test CA and a P-256 leaf certificate for the TLS scenarios.
+tlsdir=target/bench-tls
+if [ ! -f "$tlsdir/cert.pem" ]; then
+    mkdir -p "$tlsdir"
+    (
+        cd "$tlsdir"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+            -subj /CN=mles-bench-ca -keyout ca.key -out ca.pem 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj /CN=localhost -keyout key.pem -out leaf.csr 2>/dev/null
+        printf 'basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' >leaf.ext
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+            -extfile leaf.ext -out cert.pem 2>/dev/null
+    )
+fi
+
+port=$((20000 + RANDOM % 20000))
+server_pid=
+start_server() { # args...
+    port=$((port + 1))
+    taskset -c "$SERVER_CPUS" "$MLES" --listen "127.0.0.1:$port" "$@" >"$OUT/server-$scenario.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "server did not start" >&2
+    return 1
+}
+stop_server() {
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+}
+trap stop_server EXIT
+
+load() { # scenario-args...
+    taskset -c "$LOAD_CPUS" "$LT" "$@" --server-pid "$server_pid" --json --quiet >"$OUT/$scenario.json"
+}
+
+for scenario in "${scenarios[@]}"; do
+    echo "== $scenario" >&2
+    case $scenario in
+    A)  start_server --shards 1
+        load fanout --url "ws://127.0.0.1:$port/" --channels 10 --subs 100 --pubs 1 --size 64 --duration "$DURATION" ;;
+    A2) start_server --shards 2
+        load fanout --url "ws://127.0.0.1:$port/" --channels 10 --subs 100 --pubs 1 --size 64 --duration "$DURATION" ;;
+    B)  start_server --shards 1
+        load fanout --url "ws://127.0.0.1:$port/" --channels 10 --subs 100 --pubs 1 --size 64 --rate 100 --duration "$DURATION" ;;
+    C)  start_server --shards 1
+        load fanout --url "ws://127.0.0.1:$port/" --channels 1000 --subs 2 --pubs 1 --size 64 --rate 10 --duration "$DURATION" ;;
+    D10) start_server --shards 1
+        load conns --url "ws://127.0.0.1:$port/" --conns 10000 --per-channel 100 --duration 12 ;;
+    D19) start_server --shards 1
+        load conns --url "ws://127.0.0.1:$port/" --conns 19000 --per-channel 100 --duration 12 ;;
+    J)  start_server --shards 1
+        load churn --url "ws://127.0.0.1:$port/" --concurrency 16 --duration "$DURATION" ;;
+    E)  start_server --shards 1 --tls-cert "$tlsdir/cert.pem" --tls-key "$tlsdir/key.pem"
+        load fanout --url "wss://localhost:$port/" --ca-file "$tlsdir/ca.pem" --channels 10 --subs 100 --pubs 1 --size 64 --duration "$DURATION" ;;
+    EM) start_server --shards 1 --tls-cert "$tlsdir/cert.pem" --tls-key "$tlsdir/key.pem"
+        load conns --url "wss://localhost:$port/" --ca-file "$tlsdir/ca.pem" --conns 10000 --per-channel 100 --duration 12 ;;
+    *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+    esac
+    stop_server
+done
+
+python3 - "$OUT" "${scenarios[@]}" <<'PY'
+import json, sys, os
+out, names = sys.argv[1], sys.argv[2:]
+def flat(d, p=""):
+    r = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            r.update(flat(v, p + k + "."))
+        else:
+            r[p + k] = v
+    return r
+cols = [
+    ("deliveries/s", "delivered_per_s", 1), ("server ns/delivery", "server_cpu_ns_per_delivery", 1),
+    ("server cores", "server.cpu_cores", 1), ("p50 ms", "latency.p50_us", 1e-3), ("p99 ms", "latency.p99_us", 1e-3),
+    ("B/conn", "server_memory.bytes_per_conn", 1), ("server us/join", "server_memory.join_cpu_us_per_conn", 1),
+    ("server us/cycle", "server_cpu_us_per_cycle", 1), ("harness cores", "harness.cpu_cores", 1), ("pass", "passed", None),
+]
+print("| scenario | " + " | ".join(c[0] for c in cols) + " |")
+print("|---" * (len(cols) + 1) + "|")
+for n in names:
+    p = os.path.join(out, n + ".json")
+    if not os.path.exists(p):
+        continue
+    d = json.load(open(p))
+    f = flat(d.get("results", {}))
+    f["passed"] = d.get("passed")
+    row = []
+    for _, k, scale in cols:
+        v = f.get(k, "")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and scale:
+            v = v * scale
+            row.append(f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
+        else:
+            row.append(str(v))
+    print(f"| {n} | " + " | ".join(row) + " |")
+PY

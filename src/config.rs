@@ -86,6 +86,9 @@ pub struct Cli {
     /// Drop client frames byte-identical to one already in the channel's history.
     #[arg(long = "dedup")]
     pub dedup: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
+    #[arg(long = "metrics")]
+    pub metrics: Option<SocketAddr>,
     /// Size of the in-memory cache of compressed static files, in MB.
     #[arg(long = "compression-cache", default_value_t = 64)]
     pub compression_cache: usize,
@@ -156,6 +159,8 @@ pub struct Config {
     pub redirect_port: Option<u16>,
     /// Port that https URLs in redirects point to.
     pub tls_port: u16,
+    /// Address of the Prometheus metrics listener, when enabled.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A configuration that cannot run.
@@ -277,6 +282,7 @@ impl Config {
                 compression_cache_bytes: cli.compression_cache.saturating_mul(1 << 20),
             },
             redirect_port: cli.redirect.then_some(cli.redirect_port),
+            metrics: cli.metrics,
             tls_port,
         })
     }

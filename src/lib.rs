@@ -6,14 +6,17 @@
 //!   channel ownership (history, members) and local fan-out.
 //! - [`session`]: one WebSocket session: framing, header, relay, close.
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
+//! - [`metrics`], [`admin`]: per-shard counters, served for Prometheus.
 //! - [`protocol`]: sans-IO header parsing, auth, close codes, frame codec.
 //! - [`statics`]: static files per domain and the built-in web client.
 //! - [`tls`]: the shared rustls config: certificate files (with reload) or ACME.
 //! - [`redirect`]: the plain-HTTP listener that redirects to https.
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod redirect;
 pub mod server;

@@ -31,6 +31,12 @@ pub enum StartError {
     /// TLS could not be set up (unreadable or mismatched files, bad CA root, cache).
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The metrics listener could not start.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// The http->https redirect listener could not start.
     #[error("cannot start the redirect listener on port {port}: {source}")]
     Redirect { port: u16, source: std::io::Error },
@@ -40,8 +46,9 @@ pub enum StartError {
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     redirect_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    /// Shard threads, then the redirect thread if any.
+    /// Shard threads, then the redirect and admin threads if any.
     threads: Vec<JoinHandle<()>>,
     tls: Option<Arc<Tls>>,
 }
@@ -55,6 +62,11 @@ impl ServerHandle {
     /// The redirect listener's address, with `--redirect`.
     pub fn redirect_addr(&self) -> Option<SocketAddr> {
         self.redirect_addr
+    }
+
+    /// The metrics listener's address, with `--metrics`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// TLS state (certificate reload, ACME status), when configured.
@@ -118,6 +130,13 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         tls: tls.clone(),
     });
     let (mesh, inboxes) = Mesh::new(config.shards);
+    let mut metrics_addr = None;
+    if let Some(addr) = config.metrics {
+        let (bound, thread) = crate::admin::start(addr, mesh.clone(), shutdown_rx.clone())
+            .map_err(|source| StartError::Metrics { addr, source })?;
+        metrics_addr = Some(bound);
+        threads.push(thread);
+    }
     for (id, inbox) in inboxes.into_iter().enumerate() {
         let start = ShardStart {
             id: id as u16,
@@ -141,6 +160,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     Ok(ServerHandle {
         addrs,
         redirect_addr,
+        metrics_addr,
         shutdown,
         threads,
         tls,

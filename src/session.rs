@@ -79,6 +79,8 @@ struct Inner {
     waker: Option<Waker>,
     /// Set to end the task at once (close linger over, or shutdown deadline).
     kill: bool,
+    /// The close code sent, 1005 while none was.
+    close_code: u16,
     /// Channel and uid once joined, for leaving.
     joined: Option<(ChannelKey, Arc<str>)>,
     /// Index in the shard's local member list of `joined`'s channel.
@@ -118,6 +120,7 @@ impl Session {
                 written: 0,
                 waker: None,
                 kill: false,
+                close_code: 1005,
                 joined: None,
                 member_pos: 0,
                 probe: None,
@@ -130,6 +133,11 @@ impl Session {
 
     pub fn phase(&self) -> Phase {
         self.inner.borrow().phase
+    }
+
+    /// The close code this session sent (1005 if it ended without one).
+    pub fn close_code(&self) -> u16 {
+        self.inner.borrow().close_code
     }
 
     /// The header was accepted: reading pauses until the owner answers the join.
@@ -197,6 +205,7 @@ impl Session {
             "closing"
         );
         i.phase = Phase::Closing;
+        i.close_code = c.code;
         i.since = clock::now();
         if c == close::SLOW_CONSUMER {
             // Keep only a frame already partly written, so the stream stays well-formed.

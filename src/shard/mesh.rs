@@ -10,6 +10,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Notify;
 
+use crate::metrics::Metrics;
 use crate::protocol::close::Close;
 
 /// A session's id, unique in the process: the shard index in the top 16 bits.
@@ -101,6 +102,8 @@ struct Inbox {
 /// The senders of every shard's inbox; shared by all shards.
 pub struct Mesh {
     inboxes: Box<[Inbox]>,
+    /// Every shard's counters; each shard writes only its own.
+    pub metrics: Metrics,
 }
 
 /// One shard's receiving end.
@@ -126,6 +129,7 @@ impl Mesh {
         (
             Arc::new(Mesh {
                 inboxes: inboxes.into(),
+                metrics: Metrics::new(shards),
             }),
             rxs,
         )

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::config::Limits;
+use crate::metrics::Counters;
 use crate::protocol::close::{self, Close};
 use crate::protocol::frame::{self, OP_TEXT};
 use crate::protocol::header::Header;
@@ -98,6 +99,11 @@ impl Shard {
         }
     }
 
+    /// This shard's counters.
+    pub fn counters(&self) -> &Counters {
+        self.mesh.metrics.shard(self.id)
+    }
+
     /// Registers a new session on this shard.
     pub fn new_session(&self) -> Rc<Session> {
         let n = self.next_session.get();
@@ -108,6 +114,9 @@ impl Shard {
             s.close(close::SHUTDOWN);
         }
         self.state.borrow_mut().sessions.insert(id, s.clone());
+        self.counters()
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         s
     }
 
@@ -235,6 +244,10 @@ impl Shard {
     /// A session's task ended: forget it and leave its channel.
     pub fn session_ended(&self, s: &Session) {
         let left = s.take_joined();
+        let c = self.counters();
+        c.sessions
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        c.closed(s.close_code());
         let mut st = self.state.borrow_mut();
         st.sessions.remove(&s.id);
         let empty = st.sessions.is_empty();
@@ -333,6 +346,7 @@ impl Shard {
         );
         ch.add_member(uid.clone(), session);
         ch.last_activity = now;
+        Counters::add(&self.counters().joins, 1);
         tracing::debug!(channel = %ch.name, %uid, members = ch.members.len(), "joined");
         self.submit(
             shard_of(session),
@@ -356,7 +370,8 @@ impl Shard {
     ) {
         for &s in &ch.member_shards {
             if s == self.id {
-                write_members(members.get(&key), origin, frame, self.limits.max_queue);
+                let n = write_members(members.get(&key), origin, frame, self.limits.max_queue);
+                Counters::add(&self.counters().delivered, n);
             } else {
                 let msg = ShardMsg::Deliver {
                     key,
@@ -381,8 +396,10 @@ impl Shard {
             return;
         };
         if dedup && ch.history.contains(&frame) {
+            Counters::add(&self.counters().dedup_dropped, 1);
             return;
         }
+        Counters::add(&self.counters().published, 1);
         self.fan_out(ch, &st.members, key, origin, &frame);
         ch.history
             .push(frame, self.limits.history_frames, self.limits.history_bytes);
@@ -419,6 +436,7 @@ impl Shard {
             return;
         }
         ch.remove_member(&uid, incumbent);
+        Counters::add(&self.counters().probe_replaced, 1);
         tracing::debug!(channel = %ch.name, %uid, "half-open incumbent replaced");
         self.admit(
             ch,
@@ -435,7 +453,8 @@ impl Shard {
 
     fn deliver_local(&self, key: ChannelKey, origin: SessionId, frame: &Bytes) {
         let st = self.state.borrow();
-        write_members(st.members.get(&key), origin, frame, self.limits.max_queue);
+        let n = write_members(st.members.get(&key), origin, frame, self.limits.max_queue);
+        Counters::add(&self.counters().delivered, n);
     }
 
     fn on_joined(&self, session: SessionId, key: ChannelKey, uid: Arc<str>, history: Vec<Bytes>) {
@@ -568,16 +587,19 @@ impl Shard {
     }
 }
 
-/// Queues `frame` on every member in `list` except `origin`.
+/// Queues `frame` on every member in `list` except `origin`; returns how many.
 fn write_members(
     list: Option<&Vec<Rc<Session>>>,
     origin: SessionId,
     frame: &Bytes,
     max_queue: usize,
-) {
+) -> u64 {
+    let mut n = 0;
     for m in list.into_iter().flatten() {
         if m.id != origin {
             m.push(frame.clone(), max_queue);
+            n += 1;
         }
     }
+    n
 }

@@ -139,6 +139,7 @@ async fn accept_loop(shard: Rc<Shard>, frontend: Arc<Frontend>, listener: TcpLis
         match listener.accept().await {
             Ok((tcp, _peer)) => {
                 warned = false;
+                crate::metrics::Counters::add(&shard.counters().accepted, 1);
                 tokio::task::spawn_local(crate::http::serve_connection(
                     shard.clone(),
                     frontend.clone(),

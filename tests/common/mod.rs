@@ -55,6 +55,11 @@ impl TestServer {
         }
     }
 
+    /// The metrics listener, when started with `--metrics`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.handle.as_ref().unwrap().metrics_addr()
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/", self.addr)
     }

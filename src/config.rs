@@ -86,6 +86,15 @@ pub struct Cli {
     /// Drop client frames byte-identical to one already in the channel's history.
     #[arg(long = "dedup")]
     pub dedup: bool,
+    /// Peer server to link every channel to, ws:// or wss:// (repeatable).
+    #[arg(long = "peer")]
+    pub peer: Vec<String>,
+    /// The uid this server's peer links use [default: mles-<hostname>].
+    #[arg(long = "peer-uid")]
+    pub peer_uid: Option<String>,
+    /// PEM root certificate(s) to trust for wss:// peers [default: public roots].
+    #[arg(long = "peer-ca")]
+    pub peer_ca: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
     #[arg(long = "metrics")]
     pub metrics: Option<SocketAddr>,
@@ -161,6 +170,12 @@ pub struct Config {
     pub tls_port: u16,
     /// Address of the Prometheus metrics listener, when enabled.
     pub metrics: Option<SocketAddr>,
+    /// Peer servers (`ws://` / `wss://` URLs) every channel is linked to.
+    pub peers: Vec<String>,
+    /// The uid of this server's peer links.
+    pub peer_uid: String,
+    /// Roots to trust for `wss://` peers instead of the public ones.
+    pub peer_ca: Option<PathBuf>,
 }
 
 /// A configuration that cannot run.
@@ -184,6 +199,9 @@ pub enum ConfigError {
     /// An empty domain name.
     #[error("--domains must not be empty")]
     EmptyDomain,
+    /// A `--peer` that is not a ws:// or wss:// URL.
+    #[error("--peer {0}: expected a ws:// or wss:// URL")]
+    BadPeer(String),
 }
 
 impl Config {
@@ -256,6 +274,11 @@ impl Config {
         } else {
             vec![SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))]
         };
+        if let Some(p) = cli.peer.iter().find(|p| {
+            !(p.starts_with("ws://") || p.starts_with("wss://")) || p.parse::<http::Uri>().is_err()
+        }) {
+            return Err(ConfigError::BadPeer(p.clone()));
+        }
         if cli.redirect && !secure {
             return Err(ConfigError::RedirectWithoutTls);
         }
@@ -283,6 +306,9 @@ impl Config {
             },
             redirect_port: cli.redirect.then_some(cli.redirect_port),
             metrics: cli.metrics,
+            peers: cli.peer.clone(),
+            peer_uid: cli.peer_uid.clone().unwrap_or_else(default_peer_uid),
+            peer_ca: cli.peer_ca.clone(),
             tls_port,
         })
     }
@@ -298,6 +324,19 @@ impl Config {
         ]);
         Config::from_cli(cli, None).expect("the local test configuration is valid")
     }
+}
+
+/// `mles-<hostname>`, the default uid of peer links.
+fn default_peer_uid() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::from("local")
+    };
+    format!("mles-{host}")
 }
 
 /// The CPUs in this process's affinity mask (so `taskset` is honoured).

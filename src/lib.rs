@@ -7,6 +7,7 @@
 //! - [`session`]: one WebSocket session: framing, header, relay, close.
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
 //! - [`metrics`], [`admin`]: per-shard counters, served for Prometheus.
+//! - [`peer`]: links to peer servers (PROTOCOL.md §7).
 //! - [`protocol`]: sans-IO header parsing, auth, close codes, frame codec.
 //! - [`statics`]: static files per domain and the built-in web client.
 //! - [`tls`]: the shared rustls config: certificate files (with reload) or ACME.
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod peer;
 pub mod protocol;
 pub mod redirect;
 pub mod server;

@@ -31,6 +31,9 @@ pub enum StartError {
     /// TLS could not be set up (unreadable or mismatched files, bad CA root, cache).
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The peer links' TLS trust could not be set up.
+    #[error("{0}")]
+    Peer(String),
     /// The metrics listener could not start.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -129,6 +132,17 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         statics,
         tls: tls.clone(),
     });
+    let peers = if config.peers.is_empty() {
+        None
+    } else {
+        let cfg = crate::peer::PeerConfig::new(
+            config.peers.clone(),
+            config.peer_uid.clone(),
+            config.peer_ca.as_deref(),
+        )
+        .map_err(StartError::Peer)?;
+        Some(Arc::new(cfg))
+    };
     let (mesh, inboxes) = Mesh::new(config.shards);
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics {
@@ -146,6 +160,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             mesh: mesh.clone(),
             limits: config.limits.clone(),
             frontend: frontend.clone(),
+            peers: peers.clone(),
             shutdown: shutdown_rx.clone(),
         };
         match runtime::spawn(start) {

@@ -135,6 +135,26 @@ impl Session {
         self.inner.borrow().phase
     }
 
+    /// Registers the waker to call when frames are queued (for sessions driven
+    /// without a [`SessionTask`], such as peer links and benches).
+    pub fn set_waker(&self, waker: &Waker) {
+        let mut i = self.inner.borrow_mut();
+        if !i.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            i.waker = Some(waker.clone());
+        }
+    }
+
+    /// Records that the peer of a socket-less session is alive (keepalive).
+    pub fn touch_rx(&self) {
+        self.inner.borrow_mut().last_rx = clock::now();
+    }
+
+    /// Whether frames are waiting to be taken.
+    pub fn has_queued(&self) -> bool {
+        let i = self.inner.borrow();
+        !i.out.is_empty() || !i.replay.is_empty()
+    }
+
     /// The close code this session sent (1005 if it ended without one).
     pub fn close_code(&self) -> u16 {
         self.inner.borrow().close_code
@@ -352,11 +372,14 @@ pub struct SessionTask<S> {
     shut_down: bool,
     /// The peer started the close handshake: once our echo is out, just close.
     peer_closed: bool,
+    /// Frames are de-duplicated against history (`--dedup`, or a peer link).
+    dedup: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
     /// `read_ahead` is what the HTTP layer had already read past the upgrade request.
     pub fn new(io: S, session: Rc<Session>, shard: Rc<Shard>, read_ahead: &[u8]) -> Self {
+        let dedup = shard.limits.dedup;
         SessionTask {
             io,
             session,
@@ -367,6 +390,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
             needs_flush: false,
             shut_down: false,
             peer_closed: false,
+            dedup,
         }
     }
 
@@ -574,7 +598,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
             Phase::Header => self.on_header(opcode, payload),
             Phase::Member => {
                 if let Some(key) = self.session.key() {
-                    self.shard.publish(key, self.session.id, f);
+                    self.shard.publish_with(key, self.session.id, f, self.dedup);
                 }
             }
             Phase::Joining | Phase::Closing => {}
@@ -603,6 +627,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
             };
             return self.session.close(c);
         }
+        self.dedup |= h.peer;
         self.session.begin_join();
         self.shard.join(self.session.id, h);
     }

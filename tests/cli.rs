@@ -24,6 +24,9 @@ fn bad_flags_are_refused_clearly() {
     let (code, err) = mles(&["--shards", "0"]);
     assert_eq!(code, 2);
     assert!(err.contains("--shards must be at least 1"), "{err}");
+    let (code, err) = mles(&["--peer", "http://elsewhere/"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("expected a ws:// or wss:// URL"), "{err}");
     let (code, err) = mles(&["--redirect"]);
     assert_ne!(code, 0);
     assert!(err.contains("--redirect needs TLS"), "{err}");

@@ -14,6 +14,9 @@ pub struct Header {
     pub uid: String,
     pub channel: String,
     pub auth: Option<String>,
+    /// `"peer": true`: the session is another server's peer link (PROTOCOL.md
+    /// §7); its frames are de-duplicated against history.
+    pub peer: bool,
     /// The JSON payload to relay and store: the original bytes when there was
     /// no `auth`, else the object re-serialized without it.
     pub relay: Bytes,
@@ -33,6 +36,7 @@ pub fn parse(payload: &[u8]) -> Result<Header, Close> {
         Some(Value::String(a)) => Some(a.clone()),
         Some(_) => return Err(close::BAD_HEADER_FIELD),
     };
+    let peer = obj.get("peer") == Some(&Value::Bool(true));
     let relay = if obj.contains_key("auth") {
         obj.remove("auth");
         Bytes::from(serde_json::to_vec(&Value::Object(obj)).expect("a JSON map always serializes"))
@@ -40,6 +44,7 @@ pub fn parse(payload: &[u8]) -> Result<Header, Close> {
         Bytes::copy_from_slice(payload)
     };
     Ok(Header {
+        peer,
         uid,
         channel,
         auth,
@@ -70,6 +75,12 @@ mod tests {
             ("alice", "example", None)
         );
         assert_eq!(&h.relay[..], &raw[..]);
+        assert!(!h.peer);
+        assert!(
+            parse(br#"{"uid":"s","channel":"c","peer":true}"#)
+                .unwrap()
+                .peer
+        );
     }
 
     #[test]

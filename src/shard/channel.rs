@@ -75,6 +75,8 @@ pub struct OwnedChannel {
     /// Shards with at least one member, for fan-out.
     pub member_shards: Vec<u16>,
     pub last_activity: Instant,
+    /// Peer links were started for this channel.
+    pub linked: bool,
 }
 
 impl OwnedChannel {
@@ -87,6 +89,7 @@ impl OwnedChannel {
             shard_counts: vec![0; shards],
             member_shards: Vec::new(),
             last_activity: now,
+            linked: false,
         }
     }
 

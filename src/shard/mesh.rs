@@ -30,13 +30,13 @@ pub fn owner_of(key: ChannelKey) -> u16 {
 
 /// Everything one shard can ask of another.
 pub enum ShardMsg {
-    /// To the owner: a session with a valid header asks to join.
+    /// To the owner: a session with a valid header asks to join. An empty
+    /// `header` is a peer link (PROTOCOL.md §7): no header is relayed or stored.
     Join {
         channel: Arc<str>,
         uid: Arc<str>,
         session: SessionId,
         header: Bytes,
-        dedup: bool,
     },
     /// To the session's shard: joined; replay `history`, then live frames follow.
     Joined {

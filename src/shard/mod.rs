@@ -70,6 +70,10 @@ pub struct Shard {
     shutting_down: Cell<bool>,
     /// Signalled when the last session ends during shutdown.
     pub drained: Notify,
+    /// This shard itself, for starting peer-link tasks from a handler.
+    me: RefCell<std::rc::Weak<Shard>>,
+    /// Peer servers every owned channel is linked to (PROTOCOL.md §7).
+    peers: RefCell<Option<Arc<crate::peer::PeerConfig>>>,
 }
 
 /// Resets `pumping` even if a handler panics.
@@ -96,7 +100,49 @@ impl Shard {
             paused_wake: Notify::new(),
             shutting_down: Cell::new(false),
             drained: Notify::new(),
+            me: RefCell::default(),
+            peers: RefCell::default(),
         }
+    }
+
+    /// Enables peer links: channels this shard owns get one link per peer
+    /// once their first client joins. `me` is this shard's own `Rc`.
+    pub fn set_peers(me: &Rc<Shard>, peers: Option<Arc<crate::peer::PeerConfig>>) {
+        *me.me.borrow_mut() = Rc::downgrade(me);
+        *me.peers.borrow_mut() = peers;
+    }
+
+    /// Starts the peer links of a channel this shard owns.
+    fn start_links(&self, channel: &Arc<str>) {
+        let (Some(me), Some(peers)) = (self.me.borrow().upgrade(), self.peers.borrow().clone())
+        else {
+            return;
+        };
+        for url in &peers.urls {
+            let task =
+                crate::peer::run_link(me.clone(), peers.clone(), channel.clone(), url.clone());
+            tokio::task::spawn_local(task);
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Asks the channel's owner to join `session` as a peer link: it gets the
+    /// history (to resync the peer) and live frames, and no header is relayed.
+    pub fn join_link(&self, session: SessionId, channel: Arc<str>, uid: Arc<str>) {
+        let owner = router::owner(&channel, self.mesh.shards());
+        self.submit(
+            owner,
+            ShardMsg::Join {
+                channel,
+                uid,
+                session,
+                header: Bytes::new(),
+            },
+        );
     }
 
     /// This shard's counters.
@@ -156,7 +202,6 @@ impl Shard {
                 uid,
                 session,
                 header,
-                dedup: _,
             } => self.on_join(channel, uid, session, header),
             ShardMsg::Joined {
                 session,
@@ -194,14 +239,17 @@ impl Shard {
             uid: h.uid.into(),
             session,
             header,
-            dedup: false,
         };
         self.submit(owner, msg);
     }
 
     /// A member sent a frame.
     pub fn publish(&self, key: ChannelKey, origin: SessionId, frame: Bytes) {
-        let dedup = self.limits.dedup;
+        self.publish_with(key, origin, frame, self.limits.dedup)
+    }
+
+    /// Publishes, dropping `frame` if `dedup` and it is byte-identical to one in history.
+    pub fn publish_with(&self, key: ChannelKey, origin: SessionId, frame: Bytes, dedup: bool) {
         self.submit(
             owner_of(key),
             ShardMsg::Publish {
@@ -337,14 +385,23 @@ impl Shard {
         header: Bytes,
         now: Instant,
     ) {
-        self.fan_out(ch, members, key, session, &header);
+        let link = header.is_empty();
+        if !link {
+            self.fan_out(ch, members, key, session, &header);
+        }
         let history = ch.history.snapshot();
-        ch.history.push(
-            header,
-            self.limits.history_frames,
-            self.limits.history_bytes,
-        );
+        if !link {
+            ch.history.push(
+                header,
+                self.limits.history_frames,
+                self.limits.history_bytes,
+            );
+        }
         ch.add_member(uid.clone(), session);
+        if !link && !ch.linked {
+            ch.linked = true;
+            self.start_links(&ch.name);
+        }
         ch.last_activity = now;
         Counters::add(&self.counters().joins, 1);
         tracing::debug!(channel = %ch.name, %uid, members = ch.members.len(), "joined");

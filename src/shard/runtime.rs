@@ -33,6 +33,7 @@ pub struct ShardStart {
     pub mesh: Arc<Mesh>,
     pub limits: Limits,
     pub frontend: Arc<Frontend>,
+    pub peers: Option<Arc<crate::peer::PeerConfig>>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -66,10 +67,12 @@ async fn run(start: ShardStart) {
         mesh,
         limits,
         frontend,
+        peers,
         mut shutdown,
         ..
     } = start;
     let shard = Rc::new(Shard::new(id, mesh, limits));
+    Shard::set_peers(&shard, peers);
     let mut tasks = Vec::new();
     let s = shard.clone();
     tasks.push(tokio::task::spawn_local(

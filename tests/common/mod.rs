@@ -352,6 +352,18 @@ pub fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The uids of the next `n` frames, which must be header frames, sorted:
+/// joins from different connections may reach the channel's owner in either order.
+pub async fn recv_header_uids(c: &mut Client, n: usize) -> Vec<String> {
+    let mut uids = Vec::new();
+    for _ in 0..n {
+        let t = c.recv_text().await;
+        uids.push(header_uid(&t).unwrap_or_else(|| panic!("expected a header frame, got {t:?}")));
+    }
+    uids.sort();
+    uids
+}
+
 /// The uid of a relayed header frame.
 pub fn header_uid(text: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;

@@ -1,0 +1,151 @@
+//! Peer links between servers (PROTOCOL.md §7).
+
+mod common;
+
+use common::*;
+
+/// A free loopback port (for two servers that must name each other).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads text frames until `want` arrives; returns everything before it.
+async fn until(c: &mut Client, want: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let t = c.recv_text().await;
+        if t == want {
+            return seen;
+        }
+        seen.push(t);
+    }
+}
+
+/// Reads until the header of `uid` arrives.
+async fn until_uid(c: &mut Client, uid: &str) {
+    while header_uid(&c.recv_text().await).as_deref() != Some(uid) {}
+}
+
+#[tokio::test]
+async fn a_linked_server_carries_the_channel_both_ways() {
+    let b = TestServer::start(&[]);
+    let peer = format!("ws://{}/", b.addr);
+    let a = TestServer::start(&["--peer", &peer, "--peer-uid", "server-a"]);
+    let mut x = a.join("x", "shared").await;
+    let mut y = b.join("y", "shared").await;
+    // y sees the link join B (as history or live, depending on timing).
+    until_uid(&mut y, "server-a").await;
+    x.send_text("from a").await;
+    // Before it, y may get x's header, relayed over the link.
+    let before = until(&mut y, "from a").await;
+    assert!(
+        before.iter().all(|t| header_uid(t).as_deref() == Some("x")),
+        "{before:?}"
+    );
+    y.send_text("from b").await;
+    // x also sees y's header, relayed over the link.
+    let before = until(&mut x, "from b").await;
+    assert!(
+        before.iter().any(|t| header_uid(t).as_deref() == Some("y")),
+        "{before:?}"
+    );
+    // Exactly once each way: the next frames are the markers.
+    x.send_text("marker a").await;
+    assert_eq!(y.recv_text().await, "marker a");
+    y.send_text("marker b").await;
+    assert_eq!(x.recv_text().await, "marker b");
+}
+
+#[tokio::test]
+async fn mutually_linked_servers_do_not_loop_or_duplicate() {
+    let port_b = free_port();
+    let a = TestServer::start(&[
+        "--peer",
+        &format!("ws://127.0.0.1:{port_b}/"),
+        "--peer-uid",
+        "server-a",
+    ]);
+    let listen_b = format!("127.0.0.1:{port_b}");
+    let b = TestServer::start(&[
+        "--listen",
+        &listen_b,
+        "--peer",
+        &format!("ws://{}/", a.addr),
+        "--peer-uid",
+        "server-b",
+    ]);
+    let mut x = a.join("x", "loop").await;
+    let mut y = b.join("y", "loop").await;
+    // Wait until both links are up: each side has seen the other's link header.
+    until_uid(&mut x, "server-b").await;
+    until_uid(&mut y, "server-a").await;
+    for i in 0..20 {
+        x.send_text(&format!("x{i}")).await;
+        y.send_text(&format!("y{i}")).await;
+    }
+    x.send_text("x-end").await;
+    y.send_text("y-end").await;
+    let at_y: Vec<String> = until(&mut y, "x-end")
+        .await
+        .into_iter()
+        .filter(|t| t.starts_with('x'))
+        .collect();
+    let at_x: Vec<String> = until(&mut x, "y-end")
+        .await
+        .into_iter()
+        .filter(|t| t.starts_with('y'))
+        .collect();
+    assert_eq!(
+        at_y,
+        (0..20).map(|i| format!("x{i}")).collect::<Vec<_>>(),
+        "each of x's frames once, in order"
+    );
+    assert_eq!(
+        at_x,
+        (0..20).map(|i| format!("y{i}")).collect::<Vec<_>>(),
+        "each of y's frames once, in order"
+    );
+    // Nothing echoes back to its sender: the next frame x sees is a fresh one from y.
+    y.send_text("after").await;
+    let rest = until(&mut x, "after").await;
+    assert!(
+        rest.iter().all(|t| !t.starts_with('x')),
+        "echoed back: {rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_server_is_resynced_by_its_peer() {
+    let port_b = free_port();
+    let listen_b = format!("127.0.0.1:{port_b}");
+    let b = TestServer::start(&["--listen", &listen_b]);
+    let a = TestServer::start(&[
+        "--peer",
+        &format!("ws://{listen_b}/"),
+        "--peer-uid",
+        "server-a",
+    ]);
+    let mut x = a.join("x", "resync").await;
+    let mut y = b.join("y", "resync").await;
+    until_uid(&mut y, "server-a").await;
+    x.send_text("before restart").await;
+    until(&mut y, "before restart").await;
+    drop(y);
+    // B restarts empty on the same address; A's link reconnects and resends A's history.
+    assert!(tokio::task::spawn_blocking(move || b.stop()).await.unwrap());
+    let b2 = TestServer::start(&["--listen", &listen_b]);
+    let mut late = b2.join("late", "resync").await;
+    let got = until(&mut late, "before restart").await;
+    assert!(got.iter().all(|t| header_uid(t).is_some()), "{got:?}");
+    x.send_text("after").await;
+    let between = until(&mut late, "after").await;
+    assert!(
+        !between.iter().any(|t| t == "before restart"),
+        "resync added a duplicate: {between:?}"
+    );
+    drop(a);
+}

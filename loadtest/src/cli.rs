@@ -80,6 +80,10 @@ pub struct Common {
     /// Server URL: ws://host:port/path or wss://host:port/path.
     #[arg(long, default_value = "ws://127.0.0.1:8080/")]
     pub url: String,
+    /// The server's MLES_KEY: every header then carries `auth` (PROTOCOL.md §3).
+    #[arg(long, env = "MLES_KEY", hide_env_values = true)]
+    #[serde(skip)]
+    pub key: Option<String>,
     /// wss: accept any server certificate.
     #[arg(long)]
     pub insecure: bool,

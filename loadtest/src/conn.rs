@@ -339,10 +339,11 @@ impl Conn {
         self.flush().await
     }
 
-    /// Sends the Mles header frame (PROTOCOL.md §2).
+    /// Sends the Mles header frame (PROTOCOL.md §2), with `auth` when a key is set.
     pub async fn join(&mut self, uid: &str, channel: &str) -> io::Result<()> {
-        let header = serde_json::json!({ "uid": uid, "channel": channel }).to_string();
-        self.send(OP_TEXT, header.as_bytes()).await
+        let key = AUTH_KEY.get().and_then(|k| k.as_deref());
+        self.send(OP_TEXT, header_json(uid, channel, key).as_bytes())
+            .await
     }
 
     /// How the server closed the session, once it did.
@@ -371,5 +372,47 @@ impl Conn {
         }
         let _ = self.stream.shutdown().await;
         Ok(())
+    }
+}
+
+/// The server's `MLES_KEY`, set once per run ([`set_auth_key`]).
+static AUTH_KEY: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// Sets the key every header's `auth` is computed with (first call wins).
+pub fn set_auth_key(key: Option<&str>) {
+    let _ = AUTH_KEY.set(key.map(|k| k.as_bytes().to_vec()));
+}
+
+/// The header frame's JSON: `auth` = SipHash-2-4 (zero key) over uid,
+/// channel and the key, in hex, when a key is given (PROTOCOL.md §3).
+pub fn header_json(uid: &str, channel: &str, key: Option<&[u8]>) -> String {
+    match key {
+        None => serde_json::json!({ "uid": uid, "channel": channel }).to_string(),
+        Some(k) => {
+            use std::hash::Hasher;
+            let mut h = siphasher::sip::SipHasher24::new_with_keys(0, 0);
+            h.write(uid.as_bytes());
+            h.write(channel.as_bytes());
+            h.write(k);
+            let auth = format!("{:016x}", h.finish());
+            serde_json::json!({ "uid": uid, "channel": channel, "auth": auth }).to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::header_json;
+
+    #[test]
+    fn auth_follows_the_protocol_test_vectors() {
+        assert!(
+            header_json("alice", "example", Some(b"secret"))
+                .contains(r#""auth":"afa46b8689dae7a5""#)
+        );
+        assert!(
+            header_json("bob", "general", Some(b"k3y")).contains(r#""auth":"82dab779bb281d62""#)
+        );
+        assert!(!header_json("alice", "example", None).contains("auth"));
     }
 }

@@ -41,6 +41,7 @@ pub use report::Report;
 /// Runs one scenario to completion (blocking: it starts its own runtimes
 /// and threads, so call it outside any tokio runtime).
 pub fn run(command: &Command) -> Result<Report> {
+    conn::set_auth_key(command.common().key.as_deref());
     match command {
         Command::Fanout(a) => scenario::fanout::run(a),
         Command::Conns(a) => scenario::conns::run(a),

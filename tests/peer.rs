@@ -1,6 +1,7 @@
 //! Peer links between servers (PROTOCOL.md §7).
 
 mod common;
+mod tlsutil;
 
 use common::*;
 
@@ -148,4 +149,55 @@ async fn a_restarted_server_is_resynced_by_its_peer() {
         "resync added a duplicate: {between:?}"
     );
     drop(a);
+}
+
+#[tokio::test]
+async fn a_wss_peer_is_verified_against_peer_ca() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca_pem) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    let ca = tlsutil::TestCa::new("peer CA");
+    ca.issue(&["localhost"]).write(&cert, &key);
+    std::fs::write(&ca_pem, &ca.pem).unwrap();
+    let b = TestServer::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let peer = format!("wss://localhost:{}/", b.addr.port());
+    let a = TestServer::start(&[
+        "--peer",
+        &peer,
+        "--peer-uid",
+        "server-a",
+        "--peer-ca",
+        ca_pem.to_str().unwrap(),
+    ]);
+    let mut x = a.join("x", "secure").await;
+    let mut y = tlsutil::wss_join(
+        b.addr,
+        "localhost",
+        tlsutil::client(ca.roots()),
+        "y",
+        "secure",
+    )
+    .await;
+    while header_uid(&tlsutil::wss_text(&mut y).await).as_deref() != Some("server-a") {}
+    x.send_text("over wss").await;
+    loop {
+        let t = tlsutil::wss_text(&mut y).await;
+        if t == "over wss" {
+            break;
+        }
+        assert!(header_uid(&t).is_some(), "unexpected {t:?}");
+    }
+    y.send(Message::text("back")).await.unwrap();
+    let got = until(&mut x, "back").await;
+    assert!(got.iter().all(|t| header_uid(t).is_some()), "{got:?}");
 }

@@ -69,3 +69,32 @@ fn help_lists_the_reference_flags() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    // Our listeners use SO_REUSEPORT; a second process must still get "in use".
+    let mut first = Command::new(env!("CARGO_BIN_EXE_mles"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(first.stderr.take().unwrap()));
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("first server logs its address")
+            .unwrap();
+        if let Some(rest) = line.split("addrs=[").nth(1) {
+            break rest.split(']').next().unwrap().to_string();
+        }
+    };
+    let (code, err) = mles(&["--listen", &addr]);
+    first.kill().unwrap();
+    let _ = first.wait();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.to_lowercase().contains("in use"),
+        "{err}"
+    );
+}

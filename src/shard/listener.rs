@@ -28,6 +28,9 @@ pub fn bind_all(
     let mut by_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for &addr in addrs {
+        if addr.port() != 0 {
+            ensure_unused(addr).map_err(|source| ListenError { addr, source })?;
+        }
         let first = bind_one(addr).map_err(|source| ListenError { addr, source })?;
         let actual = first
             .local_addr()
@@ -42,6 +45,18 @@ pub fn bind_all(
         bound.push(actual);
     }
     Ok((by_shard, bound))
+}
+
+/// Fails with "address in use" when another process listens on `addr`, even
+/// with SO_REUSEPORT: a second mles on the same port would otherwise silently
+/// take half the connections and split every channel in two.
+fn ensure_unused(addr: SocketAddr) -> io::Result<()> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?; // TIME_WAIT leftovers of a previous run are fine
+    if addr.is_ipv6() {
+        s.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    s.bind(&addr.into())
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

@@ -44,6 +44,14 @@ impl Counters {
     }
 }
 
+/// One exported series: name, type, help, and how to read it from a shard.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Counters) -> i64,
+);
+
 /// Every shard's counters.
 pub struct Metrics {
     shards: Box<[Counters]>,
@@ -63,7 +71,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of all counters.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let series: [(&str, &str, &str, fn(&Counters) -> i64); 7] = [
+        let series: [Series; 7] = [
             (
                 "mles_connections_accepted_total",
                 "counter",

@@ -104,6 +104,9 @@ pub async fn run_link(shard: Rc<Shard>, cfg: Arc<PeerConfig>, channel: Arc<str>,
     }
 }
 
+// One per link connection attempt and moved straight into `linked`: the
+// size difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Conn {
     Plain(WebSocketStream<TcpStream>),
     Tls(WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>),

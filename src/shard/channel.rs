@@ -156,6 +156,17 @@ mod tests {
     }
 
     #[test]
+    fn only_empty_idle_channels_expire() {
+        let t0 = Instant::now();
+        let idle = std::time::Duration::from_secs(30 * 24 * 3600);
+        let mut c = OwnedChannel::new("c".into(), 2, t0);
+        assert!(!c.expired(t0 + idle / 2, idle));
+        assert!(c.expired(t0 + idle, idle));
+        c.add_member("a".into(), 1);
+        assert!(!c.expired(t0 + idle * 2, idle), "a channel with members never expires");
+    }
+
+    #[test]
     fn member_shards_follow_counts() {
         let mut c = OwnedChannel::new("c".into(), 4, Instant::now());
         let a = (2u64 << 48) | 1;

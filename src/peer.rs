@@ -80,27 +80,33 @@ impl PeerConfig {
     }
 }
 
-/// Keeps `channel` linked to the peer at `url` until shutdown.
+/// Keeps `channel` linked to the peer at `url` until shutdown, or until the
+/// channel has no local clients left.
 pub async fn run_link(shard: Rc<Shard>, cfg: Arc<PeerConfig>, channel: Arc<str>, url: String) {
     let mut backoff = FIRST_BACKOFF;
     while !shard.is_shutting_down() {
         let result = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&cfg, &url)).await {
-            Ok(Ok(Conn::Plain(ws))) => linked(&shard, &cfg, &channel, &url, ws).await,
-            Ok(Ok(Conn::Tls(ws))) => linked(&shard, &cfg, &channel, &url, ws).await,
+            Ok(Ok(conn)) => {
+                backoff = FIRST_BACKOFF; // connected: a later loss starts the back-off afresh
+                match conn {
+                    Conn::Plain(ws) => linked(&shard, &cfg, &channel, &url, ws).await,
+                    Conn::Tls(ws) => linked(&shard, &cfg, &channel, &url, ws).await,
+                }
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err("connect timed out".to_string()),
         };
         match result {
-            Ok(()) => backoff = FIRST_BACKOFF,
+            Ok(()) => break,
             Err(e) => {
-                tracing::warn!(peer = %url, channel = %channel, error = %e, "peer link failed");
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tracing::warn!(peer = %url, channel = %channel, error = %e, "peer link failed")
             }
         }
         if shard.is_shutting_down() {
             break;
         }
         tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -175,7 +181,9 @@ impl Drop for Membership<'_> {
     }
 }
 
-/// Relays between the channel and a connected peer until either side ends.
+/// Relays between the channel and a connected peer. `Ok` when the link was
+/// closed because its channel has no local clients left; `Err` when it was
+/// lost and should reconnect.
 async fn linked<S>(
     shard: &Rc<Shard>,
     cfg: &PeerConfig,
@@ -197,11 +205,7 @@ where
         session: shard.new_session(),
     };
     m.session.begin_join();
-    shard.join_link(
-        m.session.id,
-        channel.clone(),
-        format!("\u{0}peer\u{0}{url}").into(),
-    );
+    shard.join_link(m.session.id, channel.clone(), link_uid(url));
     tracing::info!(peer = %url, channel = %channel, "peer link up");
     loop {
         tokio::select! {
@@ -229,9 +233,13 @@ where
                         OP_TEXT => Message::Text(Utf8Bytes::try_from(payload).map_err(|e| e.to_string())?),
                         OP_BINARY => Message::Binary(payload),
                         OP_CLOSE => {
-                            // Shutdown (1001) or a peer too slow for the queue bound (1013).
                             let _ = ws.close(None).await;
-                            return Err(format!("link closed locally ({})", m.session.close_code()));
+                            return match m.session.close_code() {
+                                // The channel emptied (CHANNEL_EMPTY): the link is no longer needed.
+                                1000 => Ok(()),
+                                // Shutdown (1001), or a peer too slow for the queue bound (1013).
+                                code => Err(format!("link closed locally ({code})")),
+                            };
                         }
                         _ => continue, // our own keepalive pings: the peer pings us itself
                     };
@@ -241,6 +249,12 @@ where
             }
         }
     }
+}
+
+/// The member uid of the link to `url`: NUL-prefixed, so no client uid
+/// collides with it and the owner can tell links from clients.
+pub fn link_uid(url: &str) -> Arc<str> {
+    format!("\0peer\0{url}").into()
 }
 
 /// The frames queued for a socket-less session, once there are any.

@@ -201,3 +201,42 @@ async fn a_wss_peer_is_verified_against_peer_ca() {
     let got = until(&mut x, "back").await;
     assert!(got.iter().all(|t| header_uid(t).is_some()), "{got:?}");
 }
+
+#[tokio::test]
+async fn links_close_when_the_channel_empties_and_return_with_the_next_client() {
+    let b = TestServer::start(&[]);
+    let peer = format!("ws://{}/", b.addr);
+    let a = TestServer::start(&["--peer", &peer, "--peer-uid", "server-a"]);
+    let mut watcher = b.join("w", "ebb").await;
+    let mut x = a.join("x", "ebb").await;
+    until_uid(&mut watcher, "server-a").await;
+    x.send_text("first").await;
+    until(&mut watcher, "first").await;
+    // The last client on A leaves: A closes its link, so B's member list loses
+    // "server-a" and the uid is free again (a new join with it is admitted).
+    x.ws.close(None).await.unwrap();
+    drop(x);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let probe = loop {
+        let mut probe = b.join("server-a", "ebb").await;
+        match probe.next().await {
+            tokio_tungstenite::tungstenite::Message::Text(_) => break probe, // admitted: history arrives
+            tokio_tungstenite::tungstenite::Message::Close(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the link never closed"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    drop(probe);
+    // The next client on A brings the link back. Its resync of A's history
+    // adds nothing B already has: "first" does not come again.
+    let mut x2 = a.join("x2", "ebb").await;
+    until_uid(&mut watcher, "server-a").await;
+    x2.send_text("second").await;
+    let between = until(&mut watcher, "second").await;
+    assert!(!between.iter().any(|t| t == "first"), "{between:?}");
+}

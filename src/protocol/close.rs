@@ -14,6 +14,8 @@ impl Close {
 }
 
 pub const SHUTDOWN: Close = Close::new(1001, "server shutting down");
+/// Ends a peer link whose channel has no local clients left.
+pub const CHANNEL_EMPTY: Close = Close::new(1000, "channel has no local members");
 pub const NOT_TEXT_HEADER: Close = Close::new(1002, "header frame must be a text frame");
 pub const BAD_HEADER_JSON: Close = Close::new(1002, "header frame is not a JSON object");
 pub const BAD_HEADER_FIELD: Close =

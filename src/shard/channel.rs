@@ -12,6 +12,11 @@ use bytes::Bytes;
 
 use super::mesh::{SessionId, shard_of};
 
+/// Whether a member uid is a peer link's (PROTOCOL.md §7; see `peer::link_uid`).
+pub fn is_link(uid: &str) -> bool {
+    uid.starts_with('\0')
+}
+
 /// The most recent frames of a channel, bounded in frames and in bytes.
 #[derive(Debug, Default)]
 pub struct History {
@@ -77,6 +82,8 @@ pub struct OwnedChannel {
     pub last_activity: Instant,
     /// Peer links were started for this channel.
     pub linked: bool,
+    /// How many of `members` are peer links (their uids start with NUL).
+    links: usize,
 }
 
 impl OwnedChannel {
@@ -90,12 +97,14 @@ impl OwnedChannel {
             member_shards: Vec::new(),
             last_activity: now,
             linked: false,
+            links: 0,
         }
     }
 
     /// Records a member.
     pub fn add_member(&mut self, uid: Arc<str>, session: SessionId) {
         let s = shard_of(session);
+        self.links += usize::from(is_link(&uid));
         self.members.insert(uid, session);
         self.shard_counts[s as usize] += 1;
         if self.shard_counts[s as usize] == 1 {
@@ -109,12 +118,27 @@ impl OwnedChannel {
             return false;
         }
         self.members.remove(uid);
+        self.links -= usize::from(is_link(uid));
         let s = shard_of(session);
         self.shard_counts[s as usize] -= 1;
         if self.shard_counts[s as usize] == 0 {
             self.member_shards.retain(|&x| x != s);
         }
         true
+    }
+
+    /// Members that are clients, not peer links.
+    pub fn client_members(&self) -> usize {
+        self.members.len() - self.links
+    }
+
+    /// The sessions of this channel's peer links.
+    pub fn link_sessions(&self) -> Vec<SessionId> {
+        self.members
+            .iter()
+            .filter(|(u, _)| is_link(u))
+            .map(|(_, &s)| s)
+            .collect()
     }
 
     /// Whether the owner may forget this channel: no members, nothing pending,
@@ -163,7 +187,10 @@ mod tests {
         assert!(!c.expired(t0 + idle / 2, idle));
         assert!(c.expired(t0 + idle, idle));
         c.add_member("a".into(), 1);
-        assert!(!c.expired(t0 + idle * 2, idle), "a channel with members never expires");
+        assert!(
+            !c.expired(t0 + idle * 2, idle),
+            "a channel with members never expires"
+        );
     }
 
     #[test]

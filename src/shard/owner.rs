@@ -95,6 +95,9 @@ impl Shard {
         if !link && !ch.linked {
             ch.linked = true;
             self.start_links(&ch.name);
+        } else if link && ch.client_members() == 0 {
+            // Every client left while this link was connecting.
+            self.stop_links(ch);
         }
         ch.last_activity = now;
         Counters::add(&self.counters().joins, 1);
@@ -164,6 +167,25 @@ impl Shard {
         {
             ch.last_activity = Instant::now();
             tracing::debug!(channel = %ch.name, %uid, members = ch.members.len(), "left");
+            if ch.linked && ch.client_members() == 0 {
+                self.stop_links(ch);
+            }
+        }
+    }
+
+    /// The last client left: close the channel's peer links (they end rather
+    /// than reconnect); the next client to join starts them again, and they
+    /// resync. Without this, every channel ever used would keep its links.
+    fn stop_links(&self, ch: &mut OwnedChannel) {
+        ch.linked = false;
+        for session in ch.link_sessions() {
+            self.submit(
+                shard_of(session),
+                ShardMsg::Refused {
+                    session,
+                    close: close::CHANNEL_EMPTY,
+                },
+            );
         }
     }
 

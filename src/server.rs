@@ -151,7 +151,11 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         metrics_addr = Some(bound);
         threads.push(thread);
     }
-    for (id, inbox) in inboxes.into_iter().enumerate() {
+    let runtimes = (0..config.shards)
+        .map(|_| runtime::build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StartError::Thread)?;
+    for ((id, inbox), rt) in inboxes.into_iter().enumerate().zip(runtimes) {
         let start = ShardStart {
             id: id as u16,
             cpu: (!config.cpus.is_empty()).then(|| config.cpus[id % config.cpus.len()]),
@@ -163,7 +167,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             peers: peers.clone(),
             shutdown: shutdown_rx.clone(),
         };
-        match runtime::spawn(start) {
+        match runtime::spawn(start, rt) {
             Ok(t) => threads.push(t),
             Err(e) => {
                 shutdown.send_replace(true);
@@ -184,16 +188,23 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
 
 /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let handle = start(config)?;
+    // Everything this thread needs (its runtime, the signal handlers) is set
+    // up before the listeners open: once they accept, a flood of connections
+    // may take every free file descriptor.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let (mut term, mut int, mut hup) = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        // SIGHUP reloads certificate files (the tls module listens too); it never terminates.
-        let mut hup = signal(SignalKind::hangup())?;
+        anyhow::Ok((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            // SIGHUP reloads certificate files (the tls module listens too); it never terminates.
+            signal(SignalKind::hangup())?,
+        ))
+    })?;
+    let handle = start(config)?;
+    rt.block_on(async {
         loop {
             tokio::select! {
                 _ = term.recv() => break tracing::info!("SIGTERM: shutting down"),
@@ -201,8 +212,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 _ = hup.recv() => tracing::info!("SIGHUP received"),
             }
         }
-        anyhow::Ok(())
-    })?;
+    });
     if !handle.stop() {
         tracing::warn!("some shards did not stop in time");
     }

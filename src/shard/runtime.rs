@@ -38,19 +38,23 @@ pub struct ShardStart {
 }
 
 /// Starts a shard on its own named thread.
-pub fn spawn(start: ShardStart) -> io::Result<JoinHandle<()>> {
+pub fn spawn(start: ShardStart, rt: tokio::runtime::Runtime) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("mles-shard-{}", start.id))
         .spawn(move || {
             if let Some(cpu) = start.cpu {
                 pin_to_cpu(cpu);
             }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a current-thread runtime builds unless the OS is out of resources");
             LocalSet::new().block_on(&rt, run(start));
         })
+}
+
+/// A shard's runtime. Every shard's is built before any shard accepts, so a
+/// flood of connections cannot take the descriptors a runtime needs.
+pub fn build() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// Timer period: fine enough for the shortest configured timeout.

@@ -29,7 +29,8 @@ fn main() -> ExitCode {
     match mles::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mles: {e:#}");
+            // Our error messages already carry their cause; `{e:#}` would print it twice.
+            eprintln!("mles: {e}");
             ExitCode::FAILURE
         }
     }

@@ -49,6 +49,27 @@ fn an_unusable_address_is_a_clear_error() {
 }
 
 #[test]
+fn a_missing_certificate_file_is_named_once() {
+    let (code, err) = mles(&[
+        "--tls-cert",
+        "/nonexistent/cert.pem",
+        "--tls-key",
+        "/nonexistent/key.pem",
+    ]);
+    assert_ne!(code, 0);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("mles:"))
+        .expect("an error line");
+    assert!(line.contains("/nonexistent/cert.pem"), "{err}");
+    assert_eq!(
+        line.matches("No such file or directory").count(),
+        1,
+        "cause repeated: {line}"
+    );
+}
+
+#[test]
 fn help_lists_the_reference_flags() {
     let out = Command::new(env!("CARGO_BIN_EXE_mles"))
         .arg("--help")

@@ -50,6 +50,46 @@ pub enum Phase {
     Closing,
 }
 
+/// History being replayed to a joiner. Boxed and present only while frames
+/// remain, so an idle session pays 8 bytes for it rather than a whole queue.
+#[derive(Default)]
+struct Replay(Option<Box<VecDeque<Bytes>>>);
+
+impl Replay {
+    fn set(&mut self, frames: Vec<Bytes>) {
+        self.0 = (!frames.is_empty()).then(|| Box::new(frames.into()));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn front(&self) -> Option<&Bytes> {
+        self.0.as_ref().and_then(|q| q.front())
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        let q = self.0.as_mut()?;
+        let f = q.pop_front();
+        if q.is_empty() {
+            self.0 = None;
+        }
+        f
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.0.iter().flat_map(|q| q.iter())
+    }
+
+    fn take(&mut self) -> Vec<Bytes> {
+        self.0.take().map(|q| Vec::from(*q)).unwrap_or_default()
+    }
+
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// A probe of this session on behalf of a newcomer with the same uid.
 struct Probe {
     deadline: Millis,
@@ -63,7 +103,7 @@ struct Inner {
     out: VecDeque<Bytes>,
     out_bytes: usize,
     /// History being replayed, written before `out`; paced by the socket.
-    replay: VecDeque<Bytes>,
+    replay: Replay,
     /// Bytes of the front frame (of `replay`, else `out`) already written.
     written: usize,
     waker: Option<Waker>,
@@ -106,7 +146,7 @@ impl Session {
                 phase: Phase::Header,
                 out: VecDeque::new(),
                 out_bytes: 0,
-                replay: VecDeque::new(),
+                replay: Replay::default(),
                 written: 0,
                 waker: None,
                 kill: false,
@@ -163,7 +203,7 @@ impl Session {
     /// write would. For in-process harnesses and benches that have no socket.
     pub fn take_queued(&self) -> Vec<Bytes> {
         let mut i = self.inner.borrow_mut();
-        let mut v: Vec<Bytes> = i.replay.drain(..).collect();
+        let mut v = i.replay.take();
         v.extend(i.out.drain(..));
         i.out_bytes = 0;
         i.written = 0;
@@ -262,7 +302,7 @@ impl Session {
         i.phase = Phase::Member;
         i.joined = Some((key, uid));
         i.member_pos = member_pos as u32;
-        i.replay = history.into();
+        i.replay.set(history);
         if let Some(w) = i.waker.take() {
             w.wake();
         }

@@ -327,9 +327,6 @@ fn advance(i: &mut Inner, n: usize) {
         }
     }
     // An idle session keeps no queue memory: drained queues give theirs back.
-    if i.replay.is_empty() && i.replay.capacity() > 0 {
-        i.replay = VecDeque::new();
-    }
     if i.out.is_empty() && i.out.capacity() > 0 {
         i.out = VecDeque::new();
     }

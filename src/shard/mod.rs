@@ -285,7 +285,13 @@ impl Shard {
         if owner == self.id || self.mesh.backlog(owner) < BACKLOG_LIMIT {
             return false;
         }
-        self.paused.borrow_mut().push(waker.clone());
+        // Only while an owner is behind (rare), so a linear check is fine; it
+        // keeps a session polled again and again from piling up copies.
+        let mut paused = self.paused.borrow_mut();
+        if !paused.iter().any(|w| w.will_wake(waker)) {
+            paused.push(waker.clone());
+        }
+        drop(paused);
         self.paused_wake.notify_one();
         true
     }

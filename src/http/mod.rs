@@ -11,9 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -26,7 +24,7 @@ use crate::statics::StaticFiles;
 use crate::tls::Tls;
 
 /// Response body type for everything the HTTP side serves.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+pub use crate::statics::Body;
 
 /// Time a client has to send its request head.
 const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,20 +80,4 @@ where
         return upgrade::accept::<S>(req, shard);
     }
     frontend.statics.serve(&req).await
-}
-
-/// A short plain-text response.
-pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(full(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-/// A body from bytes in memory.
-pub fn full(b: Bytes) -> Body {
-    Full::new(b).map_err(|never| match never {}).boxed_unsync()
 }

@@ -8,10 +8,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Body, text};
+use super::Body;
 use crate::protocol::SUBPROTOCOL;
 use crate::session::SessionTask;
 use crate::shard::Shard;
+use crate::statics::response::{empty, plain};
 
 /// Whether the request asks for a WebSocket upgrade at all.
 pub fn is_websocket<B>(req: &Request<B>) -> bool {
@@ -34,13 +35,13 @@ where
 {
     let h = req.headers();
     if req.method() != http::Method::GET || !has_token(h, header::CONNECTION, "upgrade") {
-        return text(
+        return plain(
             StatusCode::BAD_REQUEST,
             "websocket upgrade needs GET with Connection: upgrade\n",
         );
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = text(
+        let mut r = plain(
             StatusCode::UPGRADE_REQUIRED,
             "websocket version 13 required\n",
         );
@@ -51,13 +52,13 @@ where
         return r;
     }
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|k| k.len() == 24) else {
-        return text(
+        return plain(
             StatusCode::BAD_REQUEST,
             "missing or invalid Sec-WebSocket-Key\n",
         );
     };
     if !has_token(h, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
-        return text(
+        return plain(
             StatusCode::BAD_REQUEST,
             "missing subprotocol mles-websocket\n",
         );
@@ -81,7 +82,7 @@ where
         // than to this handshake future; this one ends here.
         tokio::task::spawn_local(task);
     });
-    let mut r = Response::new(super::full(bytes::Bytes::new()));
+    let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let rh = r.headers_mut();
     rh.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

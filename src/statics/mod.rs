@@ -22,7 +22,7 @@ mod negotiate;
 mod open;
 mod path;
 mod range;
-mod response;
+pub(crate) mod response;
 mod validators;
 mod webclient;
 

@@ -11,6 +11,10 @@
 //!    `l1` and `w` must see K..K+M-1 exactly (headers of later joiners
 //!    allowed in between); `l2`'s messages, history and live together, must
 //!    run without gap or duplicate up to the last one.
+//!
+//! With several `--url`s, `w`, `p`, `l1` and `l2` connect to servers 0, 1,
+//! 2 and 3 (mod n): with two servers or more, the first late joiner reads
+//! history from another server than the one the publisher wrote to.
 
 use std::fmt;
 use std::sync::Arc;

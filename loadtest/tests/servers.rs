@@ -2,7 +2,8 @@
 //! (loss, duplicates, self-echo, one order per channel) holds across them.
 //! One server given twice must pass; two servers that share nothing must
 //! fail loudly; subscribers that disagree on order, with each publisher's
-//! own order intact, must fail on the order check alone.
+//! own order intact, must fail on the order check alone. `conns`, `churn`
+//! and `history` deal their sessions over the servers too.
 
 mod common;
 
@@ -145,4 +146,92 @@ fn subscribers_disagreeing_on_order_fail_the_order_check() {
         "{:?}",
         r.failures
     );
+}
+
+#[test]
+fn conns_and_churn_deal_sessions_over_the_servers() {
+    let (a, b) = (
+        FakeServer::start(Fault::None),
+        FakeServer::start(Fault::None),
+    );
+    let r = mles_loadtest::run(
+        &cli(&[
+            "conns",
+            "--url",
+            &a.url,
+            "--url",
+            &b.url,
+            "--conns",
+            "20",
+            "--per-channel",
+            "10",
+            "--warmup",
+            "0",
+            "--duration",
+            "0.2",
+            "--quiet",
+        ])
+        .command,
+    )
+    .unwrap();
+    assert!(r.passed, "{}", r.table());
+    assert_eq!(r.count("joined"), 20);
+    // Each server: 2 seed sessions for each of the 2 channels, and half
+    // of the 20 sessions.
+    let count = |s: &FakeServer| s.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((count(&a), count(&b)), (14, 14));
+
+    let r = mles_loadtest::run(
+        &cli(&[
+            "churn",
+            "--url",
+            &a.url,
+            "--url",
+            &b.url,
+            "--concurrency",
+            "2",
+            "--channels",
+            "1",
+            "--warmup",
+            "0",
+            "--duration",
+            "0.3",
+            "--quiet",
+        ])
+        .command,
+    )
+    .unwrap();
+    assert!(r.passed, "{}", r.table());
+    let cycles = r.count("cycles");
+    assert!(cycles > 0, "{}", r.table());
+    let (ca, cb) = (count(&a) - 14, count(&b) - 14);
+    assert!(ca >= 3 && cb >= 3, "both servers churned: {ca} and {cb}");
+}
+
+#[test]
+fn history_on_servers_that_share_nothing_fails() {
+    let history = |urls: &[&str]| {
+        let mut args = vec!["history"];
+        for u in urls {
+            args.extend(["--url", u]);
+        }
+        args.extend([
+            "--messages",
+            "20",
+            "--limit",
+            "200",
+            "--live",
+            "10",
+            "--timeout",
+            "2",
+            "--quiet",
+        ]);
+        mles_loadtest::run(&cli(&args).command).unwrap()
+    };
+    let (a, b) = (Mles::start(&[]), Mles::start(&[]));
+    let r = history(&[&a.url, &a.url]);
+    assert!(r.passed, "{}", r.table());
+    // The witness on one server never sees the publisher on the other.
+    let r = history(&[&a.url, &b.url]);
+    assert!(!r.passed, "{}", r.table());
 }

@@ -39,7 +39,7 @@ use crate::payload::{self, Stamp};
 use crate::report::Report;
 use crate::rng::{self, Rng};
 use crate::target::Targets;
-use crate::tracker::ChannelView;
+use crate::tracker::{ChannelView, PUBLISHER_UID_PREFIX};
 use crate::workers::{self, Phase, Ticker};
 
 /// What the subscribers of a channel have seen of one publisher, for the
@@ -837,7 +837,7 @@ async fn pub_task(
     }
     let id = chan * sh.args.pubs as usize + idx;
     let id32 = id as u32;
-    let uid = format!("pub-{idx}");
+    let uid = format!("{PUBLISHER_UID_PREFIX}{idx}");
     let global = sh.channels.len() * sh.args.subs as usize + id;
     let mut echoed = 0u64;
     let Some(mut conn) = sh

@@ -74,6 +74,8 @@ type State = Arc<Mutex<HashMap<String, Channel>>>;
 pub struct FakeServer {
     pub addr: SocketAddr,
     pub url: String,
+    /// Connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicU64>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -120,9 +122,12 @@ impl FakeServer {
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = State::default();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
         rt.spawn(async move {
             let mut next_id = 0;
             while let Ok((s, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 next_id += 1;
                 let state = state.clone();
                 match tls.clone() {
@@ -142,6 +147,7 @@ impl FakeServer {
         FakeServer {
             addr,
             url: format!("ws://{addr}/"),
+            accepted,
             rt: Some(rt),
         }
     }

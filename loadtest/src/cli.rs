@@ -153,14 +153,15 @@ pub struct FanoutArgs {
     /// subscriber of its channel has seen message k - window.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub window: u64,
-    /// How the harness's clients write and read (see [`ClientMode`]).
+    /// How the clients write and read: like ordinary client libraries, or batching.
     #[arg(long, value_enum, default_value_t = ClientMode::Ordinary)]
     pub client: ClientMode,
     /// `--client batch`: most messages a publisher writes with one syscall [default: 64].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: Option<u32>,
     /// Messages per publisher: it stops after this many (the run fails if
-    /// it could not send them all before the end) [default: no limit].
+    /// it could not send them all before the end; the run still lasts
+    /// --warmup + --duration) [default: no limit].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub messages: Option<u64>,
     /// Measured seconds (after the warm-up).

@@ -235,3 +235,44 @@ fn history_on_servers_that_share_nothing_fails() {
     let r = history(&[&a.url, &b.url]);
     assert!(!r.passed, "{}", r.table());
 }
+
+#[test]
+fn linked_servers_disagree_on_order_with_publishers_on_both() {
+    // Peer links share no sequencer (PROTOCOL.md §7): each server puts its
+    // own publisher's frames first, so with one publisher per channel on
+    // each server, subscribers on the two servers see different
+    // interleavings. (Whether every frame crossed the link in time is not
+    // this test's business: a subscriber that missed one differs too.)
+    let a = Mles::start(&[]);
+    let b = Mles::start(&["--peer", &a.url, "--peer-uid", "link-b"]);
+    let r = mles_loadtest::run(
+        &cli(&[
+            "fanout",
+            "--url",
+            &a.url,
+            "--url",
+            &b.url,
+            "--channels",
+            "2",
+            "--subs",
+            "4",
+            "--pubs",
+            "2",
+            "--messages",
+            "500",
+            "--warmup",
+            "0.1",
+            "--duration",
+            "1",
+            "--drain",
+            "3",
+            "--deadline",
+            "20",
+            "--quiet",
+        ])
+        .command,
+    )
+    .unwrap();
+    assert!(!r.passed, "{}", r.table());
+    assert!(r.count("order_divergent") > 0, "{}", r.table());
+}

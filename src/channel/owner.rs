@@ -94,6 +94,13 @@ struct Pending {
     join: Join,
 }
 
+impl Pending {
+    /// Whether this join waits on a probe of `incumbent`.
+    fn probes(&self, incumbent: SessionId) -> bool {
+        matches!(self.stage, Stage::Probing { incumbent: i } if i == incumbent)
+    }
+}
+
 /// The owner's record of one channel.
 #[derive(Debug)]
 pub struct OwnedChannel {
@@ -179,6 +186,16 @@ impl OwnedChannel {
             self.member_shards.retain(|&x| x as usize != s);
         }
         Some(m)
+    }
+
+    /// Takes the join pending for `uid` if `ours` says it is the one meant
+    /// (answers about an older join are stale and change nothing).
+    fn take_pending(&mut self, uid: &str, ours: impl Fn(&Pending) -> bool) -> Option<Pending> {
+        if self.pending.get(uid).is_some_and(ours) {
+            self.pending.remove(uid)
+        } else {
+            None
+        }
     }
 
     /// Delivers `o` to every shard with members, except to its publisher.
@@ -351,14 +368,10 @@ impl<Q: Sequencer> Owner<Q> {
         let Some(ch) = channel_mut(&mut self.channels, key) else {
             return;
         };
-        let ours = ch
-            .pending
-            .get(uid)
-            .is_some_and(|p| matches!(p.stage, Stage::Claiming) && p.join.session == session);
-        if !ours {
+        let ours = |p: &Pending| matches!(p.stage, Stage::Claiming) && p.join.session == session;
+        let Some(p) = ch.take_pending(uid, ours) else {
             return;
-        }
-        let p = ch.pending.remove(uid).expect("looked up above");
+        };
         if free {
             let slot = key as u32 as usize;
             self.order_join(slot, p.join, now, out);
@@ -513,11 +526,7 @@ impl<Q: Sequencer> Owner<Q> {
         };
         ch.last_activity = now;
         self.sequencer.release(&ch.name, uid);
-        let waiting = ch.pending.get(uid).is_some_and(
-            |p| matches!(p.stage, Stage::Probing { incumbent } if incumbent == session),
-        );
-        if waiting {
-            let p = ch.pending.remove(uid).expect("looked up above");
+        if let Some(p) = ch.take_pending(uid, |p| p.probes(session)) {
             let slot = key as u32 as usize;
             return self.claim(slot, p.join, now, out);
         }
@@ -544,14 +553,9 @@ impl<Q: Sequencer> Owner<Q> {
         let Some(ch) = channel_mut(&mut self.channels, key) else {
             return;
         };
-        let ours = ch
-            .pending
-            .get(uid)
-            .is_some_and(|p| matches!(p.stage, Stage::Probing { incumbent: i } if i == incumbent));
-        if !ours {
+        let Some(p) = ch.take_pending(uid, |p| p.probes(incumbent)) else {
             return;
-        }
-        let p = ch.pending.remove(uid).expect("looked up above");
+        };
         if alive && ch.holder(uid) == Some(incumbent) {
             return out.push(Action::Refused {
                 session: p.join.session,

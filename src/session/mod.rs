@@ -237,22 +237,24 @@ impl Session {
         v
     }
 
-    /// Queues a live frame; over `max_queue` bytes the session is closed with 1013.
-    pub fn push(&self, frame: Bytes, max_queue: usize) {
+    /// Queues a live frame; over `max_queue` bytes the session is closed
+    /// with 1013, and this returns true.
+    pub fn push(&self, frame: Bytes, max_queue: usize) -> bool {
         let mut i = self.inner.borrow_mut();
         if i.phase == Phase::Closing {
-            return;
+            return false;
         }
         i.out_bytes += frame.len();
         i.out.push_back(frame);
         if i.out_bytes > max_queue {
             drop(i);
             self.close(close::SLOW_CONSUMER);
-            return;
+            return true;
         }
         if let Some(w) = i.waker.take() {
             w.wake();
         }
+        false
     }
 
     /// Queues a control frame (not counted against the queue bound).

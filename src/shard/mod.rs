@@ -380,11 +380,13 @@ impl Shard {
     // ---- member side ----
 
     fn deliver_local(&self, key: ChannelKey, skip: Option<SessionId>, frame: &Bytes) {
-        let n = self
+        let (n, slow) = self
             .registry
             .borrow()
             .deliver(key, skip, frame, self.limits.max_queue);
-        Counters::add(&self.counters().delivered, n);
+        let c = self.counters();
+        Counters::add(&c.delivered, n);
+        Counters::add(&c.slow_consumers, slow);
     }
 
     fn on_joined(&self, session: SessionId, key: ChannelKey, uid: Arc<str>, history: Vec<Bytes>) {

@@ -85,22 +85,23 @@ impl Registry {
         Some(m)
     }
 
-    /// Queues `frame` on every local member of `key` except `skip`; returns how many.
+    /// Queues `frame` on every local member of `key` except `skip`; returns
+    /// how many, and how many of them this closed as slow consumers.
     pub fn deliver(
         &self,
         key: ChannelKey,
         skip: Option<SessionId>,
         frame: &Bytes,
         max_queue: usize,
-    ) -> u64 {
-        let mut n = 0;
+    ) -> (u64, u64) {
+        let (mut n, mut slow) = (0, 0);
         for (_, m) in self.members.get(&key).into_iter().flatten() {
             if Some(m.id) != skip {
-                m.push(frame.clone(), max_queue);
+                slow += u64::from(m.push(frame.clone(), max_queue));
                 n += 1;
             }
         }
-        n
+        (n, slow)
     }
 }
 
@@ -117,13 +118,13 @@ mod tests {
         }
         assert!(!r.add_member(9, 7, "gone".into()));
         let f = Bytes::from_static(b"x");
-        assert_eq!(r.deliver(7, Some(2), &f, 1 << 20), 2);
+        assert_eq!(r.deliver(7, Some(2), &f, 1 << 20), (2, 0));
         let m = r.remove(1).expect("a member");
         assert_eq!((m.key, &*m.uid), (7, "u1"));
         // Removing 1 moved no one: 3 is still found and removed by its place.
-        assert_eq!(r.deliver(7, None, &f, 1 << 20), 2);
+        assert_eq!(r.deliver(7, None, &f, 1 << 20), (2, 0));
         assert_eq!(&*r.remove(3).unwrap().uid, "u3");
-        assert_eq!(r.deliver(7, None, &f, 1 << 20), 1);
+        assert_eq!(r.deliver(7, None, &f, 0), (1, 1), "over the bound: closed");
         assert_eq!(r.remove(2).map(|m| m.key), Some(7));
         assert!(r.members.is_empty() && r.is_empty());
         assert_eq!(r.get(2).map(|s| s.id), None);

@@ -143,6 +143,8 @@ async fn run(start: ShardStart) {
     while !*shutdown.borrow_and_update() {
         tokio::select! {
             changed = shutdown.changed() => if changed.is_err() { break },
+            // Another shard failed: stop with the others rather than run on alone.
+            _ = mesh.failure.wait() => break,
             (ended, _, _) = &mut supervised => {
                 let why = match ended {
                     Err(e) if e.is_panic() => panic_message(&*e.into_panic()).to_string(),

@@ -4,6 +4,9 @@
 //!
 //! A connection's error ends that connection only and is logged here at debug.
 
+pub mod host;
+pub mod response;
+pub mod stall;
 pub mod upgrade;
 
 use std::convert::Infallible;
@@ -19,12 +22,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use self::stall::{Arming, WriteStall};
 use crate::shard::Shard;
 use crate::statics::StaticFiles;
 use crate::tls::Tls;
 
-/// Response body type for everything the HTTP side serves.
-pub use crate::statics::Body;
+pub use response::Body;
 
 /// Time a client has to send its request head.
 const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,6 +38,9 @@ pub struct Frontend {
     pub statics: StaticFiles,
     /// TLS for every connection, when configured.
     pub tls: Option<Arc<Tls>>,
+    /// A response write that makes no progress for this long ends its
+    /// connection (see [`stall`]).
+    pub write_timeout: Duration,
 }
 
 /// Serves one accepted connection until it closes or becomes a session.
@@ -53,10 +59,12 @@ async fn serve_http<S>(shard: Rc<Shard>, frontend: Arc<Frontend>, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, arming) = WriteStall::new(io, frontend.write_timeout);
     let svc = service_fn(move |req: Request<Incoming>| {
         let shard = shard.clone();
         let frontend = frontend.clone();
-        async move { Ok::<_, Infallible>(route::<S>(req, shard, frontend).await) }
+        let arming = arming.clone();
+        async move { Ok::<_, Infallible>(route::<WriteStall<S>>(req, shard, frontend, arming).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -72,11 +80,16 @@ async fn route<S>(
     req: Request<Incoming>,
     shard: Rc<Shard>,
     frontend: Arc<Frontend>,
+    arming: Arming,
 ) -> Response<Body>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if let Err(e) = host::request_authority(&req) {
+        return e.response();
+    }
     if upgrade::is_websocket(&req) {
+        arming.disarm();
         return upgrade::accept::<S>(req, shard);
     }
     frontend.statics.serve(&req).await

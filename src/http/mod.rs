@@ -3,6 +3,14 @@
 //! ordinary HTTP response.
 //!
 //! A connection's error ends that connection only and is logged here at debug.
+//!
+//! - `host`: the Host rules every listener applies (RFC 9112 §3.2)
+//! - `response`: the one body type and plain-text builder of every listener
+//! - `stall`: the write timeout of HTTP responses
+//! - `upgrade`: the WebSocket upgrade
+//!
+//! Nothing here depends on `statics` but the [`Frontend`] that holds it;
+//! `statics` builds on `response` and `host`.
 
 pub mod host;
 pub mod response;

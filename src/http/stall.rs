@@ -35,8 +35,10 @@ impl Arming {
 /// A stream whose writes fail after `limit` without progress while armed.
 pub struct WriteStall<S> {
     inner: S,
-    limit: Duration,
     armed: Arc<AtomicBool>,
+    /// The limit in milliseconds: a session keeps this wrapper for its
+    /// life (the upgrade hands hyper's stream on), so it is kept small.
+    limit_ms: u32,
     /// Running while a write is pending; `None` after any progress.
     deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -46,7 +48,7 @@ impl<S> WriteStall<S> {
         let armed = Arc::new(AtomicBool::new(true));
         let stall = WriteStall {
             inner,
-            limit,
+            limit_ms: u32::try_from(limit.as_millis()).unwrap_or(u32::MAX),
             armed: armed.clone(),
             deadline: None,
         };
@@ -67,7 +69,7 @@ impl<S> WriteStall<S> {
             self.deadline = None;
             return polled;
         }
-        let limit = self.limit;
+        let limit = Duration::from_millis(u64::from(self.limit_ms));
         let deadline = self
             .deadline
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));

@@ -1,7 +1,8 @@
 # Sourced (not run) by the test installers: `apt_install PKG...` installs
 # Debian packages as root, or through sudo when not root and sudo exists.
-# The package lists are refreshed once per run of install-test-deps.sh
-# (MLES_APT_UPDATED, exported, tells the installers it calls).
+# The package lists are refreshed once per run of install-test-deps.sh: it
+# exports MLES_APT_STAMP, a file that the first update writes to, and the
+# installers it runs (separate processes) find it there.
 
 apt_install() {
     local sudo=""
@@ -17,9 +18,11 @@ apt_install() {
         return 1
     fi
     # Another apt may be running (CI images, parallel set-up): wait for its lock.
-    if [ "${MLES_APT_UPDATED:-0}" != 1 ]; then
+    if [ -z "${MLES_APT_STAMP:-}" ] || [ ! -s "$MLES_APT_STAMP" ]; then
         $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
-        export MLES_APT_UPDATED=1
+        if [ -n "${MLES_APT_STAMP:-}" ]; then
+            echo updated >"$MLES_APT_STAMP"
+        fi
     fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 \
         install -y -qq --no-install-recommends "$@" >/dev/null

@@ -13,6 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/apt.sh
+MLES_APT_STAMP=$(mktemp)
+export MLES_APT_STAMP
+trap 'rm -f "$MLES_APT_STAMP"' EXIT
 
 WEBSOCKETS_VERSION=15.0.1
 venv="${MLES_TEST_VENV:-$HOME/.cache/mles/venv}"

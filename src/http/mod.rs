@@ -97,8 +97,13 @@ where
         return e.response();
     }
     if upgrade::is_websocket(&req) {
-        arming.disarm();
-        return upgrade::accept::<S>(req, shard);
+        let res = upgrade::accept::<S>(req, shard);
+        // The stream becomes a session's (which starts only after this
+        // response is written); a refused upgrade stays HTTP, timed.
+        if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            arming.disarm();
+        }
+        return res;
     }
     frontend.statics.serve(&req).await
 }

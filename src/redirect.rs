@@ -16,7 +16,7 @@
 //! [`crate::background`]), and serves nothing else (TLS-ALPN-01 needs no
 //! port 80).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -74,6 +74,22 @@ pub fn start(
     )?;
     info!(addrs = ?bound, "http->https redirect listening");
     Ok((bound, handle))
+}
+
+/// Where the redirect listens: each IP the server listens on (`--listen`,
+/// once each) with the redirect port; `[::]` when there are none.
+pub fn addresses(listen: &[SocketAddr], port: u16) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(listen.len());
+    for a in listen {
+        let a = SocketAddr::new(a.ip(), port);
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
+    }
+    addrs
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -170,6 +186,19 @@ mod tests {
             domains: domains.iter().map(|d| d.to_string()).collect(),
             tls_port,
         }
+    }
+
+    #[test]
+    fn follows_the_listen_addresses() {
+        let listen: Vec<SocketAddr> = ["127.0.0.1:443", "[::1]:443", "127.0.0.1:8443"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(
+            addresses(&listen, 80),
+            ["127.0.0.1:80".parse().unwrap(), "[::1]:80".parse().unwrap()]
+        );
+        assert_eq!(addresses(&[], 80), ["[::]:80".parse().unwrap()]);
     }
 
     #[test]

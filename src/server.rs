@@ -1,7 +1,7 @@
 //! Starting and stopping the whole server: listeners, shard threads, the
 //! shutdown signal, and joining with a deadline.
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -120,10 +120,10 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let statics = crate::statics::StaticFiles::new(&config.statics).map_err(StartError::Statics)?;
     let (mut by_shard, addrs) = listener::bind_all(&config.listen, config.shards)?;
-    // Dropping `shutdown` on an early return stops whatever already started.
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    // Dropping `shutdown` on an early return stops whatever already started.
     let tls = Tls::start(&config, shutdown_rx.clone())?;
     // Ready: the listeners accept and, with TLS, a certificate is served.
     // Other parts (a cluster backend) add their conditions the same way.
@@ -137,7 +137,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let mut redirect_addr = None;
     if let Some(port) = config.redirect_port {
         let (bound, thread) = redirect::start(
-            &redirect_addrs(&config.listen, port),
+            &redirect::addresses(&config.listen, port),
             config.statics.domains.clone(),
             config.tls_port,
             shutdown_rx.clone(),
@@ -210,22 +210,6 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         threads,
         tls,
     })
-}
-
-/// Where the redirect listens: each IP the server listens on (once), with
-/// the redirect port.
-fn redirect_addrs(listen: &[SocketAddr], port: u16) -> Vec<SocketAddr> {
-    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(listen.len());
-    for a in listen {
-        let a = SocketAddr::new(a.ip(), port);
-        if !addrs.contains(&a) {
-            addrs.push(a);
-        }
-    }
-    if addrs.is_empty() {
-        addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
-    }
-    addrs
 }
 
 /// Runs until SIGINT or SIGTERM, then shuts down gracefully.

@@ -54,8 +54,8 @@ pub fn start(
     };
     let handle = background::spawn(
         "mles-admin",
-        || Ok(listener),
-        move |listener| background::serve_http(vec![listener], side, shutdown),
+        || background::register(vec![listener]),
+        move |listeners| background::serve_http(listeners, side, shutdown),
     )?;
     tracing::info!(addr = %local, "metrics at /metrics, health at /healthz and /readyz");
     Ok((local, handle))

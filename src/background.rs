@@ -62,11 +62,22 @@ pub struct HttpSide<H> {
     pub keep_alive: bool,
 }
 
+/// Registers std listeners with the runtime entered: call it from
+/// [`spawn`]'s `prepare`, so that a failure is a start-up error.
+pub fn register(listeners: Vec<std::net::TcpListener>) -> io::Result<Vec<TcpListener>> {
+    listeners
+        .into_iter()
+        .map(|l| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        })
+        .collect()
+}
+
 /// Accepts on every listener and answers each request with `side.handler`
-/// until `shutdown` becomes true (or its sender is gone). Must run inside
-/// the runtime the listeners were registered with.
+/// until `shutdown` becomes true (or its sender is gone).
 pub async fn serve_http<H>(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<TcpListener>,
     side: HttpSide<H>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -74,17 +85,7 @@ pub async fn serve_http<H>(
 {
     let side = Arc::new(side);
     let mut loops = tokio::task::JoinSet::new();
-    for std_listener in listeners {
-        let listener = match std_listener
-            .set_nonblocking(true)
-            .and_then(|()| TcpListener::from_std(std_listener))
-        {
-            Ok(l) => l,
-            Err(error) => {
-                tracing::error!(%error, "cannot register a listener");
-                continue;
-            }
-        };
+    for listener in listeners {
         loops.spawn(accept_loop(listener, side.clone()));
     }
     // Stop on true, or when the sender is dropped.

@@ -69,7 +69,7 @@ pub fn start(
     };
     let handle = background::spawn(
         "mles-redirect",
-        || Ok(listeners),
+        || background::register(listeners),
         move |listeners| background::serve_http(listeners, side, shutdown),
     )?;
     info!(addrs = ?bound, "http->https redirect listening");

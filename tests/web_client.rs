@@ -125,6 +125,9 @@ async fn chat_in_a_real_browser() {
                 r.send_text(r#"{"uid":"admin","channel":"room2"}"#).await;
                 r.send_text(r#"{"mles.chat":1,"from":"mallory","text":"trust me"}"#)
                     .await;
+                // Alice's name, but not from her page.
+                r.send_text(r#"{"mles.chat":1,"from":"alice","text":"fake alice"}"#)
+                    .await;
             }
             // Restart the server on the same address; the pages reconnect.
             "phase restart" => {

@@ -164,6 +164,11 @@ try {
       throw new Error(`the unknown name is not marked: ${forged.who}`);
     }
   }
+  // Someone else using alice's name is not "You" on alice's page.
+  await sees(alice, "fake alice", "msg");
+  const fake = (await entriesOf(alice)).find((e) => e.text === "fake alice");
+  if (fake.who !== "alicenot sent from this page") throw new Error(`alice sees ${fake.who}`);
+  await sees(bob, "fake alice", "msg");
   // A second "alice" is refused while the first one is alive (the server
   // probes her, she answers), and the page says so instead of retrying.
   const impostor = await openPage("impostor", { width: 390, height: 844 });
@@ -184,7 +189,7 @@ try {
   await send(bob, "welcome back");
   await sees(alice, "welcome back", "msg");
   let log = await logOf(alice);
-  for (const t of ["hello from alice", "hi alice", "bob joined", "beep from robot", "trust me"]) {
+  for (const t of ["hello from alice", "hi alice", "bob joined", "beep from robot", "trust me", "fake alice"]) {
     if (count(log, t) !== 1) throw new Error(`"${t}" shown ${count(log, t)} times after a rejoin: ${JSON.stringify(log)}`);
   }
   await sees(alice, "hello from alice", "mine");

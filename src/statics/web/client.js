@@ -11,7 +11,7 @@
 //   (a header for another channel is never relayed here, so it is a
 //   forgery and shown as a raw frame);
 // - envelopes with their claimed author, marked when that name was never
-//   seen joining;
+//   seen joining; "You" only for frames this page sent itself;
 // - anything else as a raw frame of unknown sender.
 // Nobody is told when a member leaves, so the page keeps no member list.
 "use strict";
@@ -66,6 +66,8 @@
     joined: new Set(),
     // While a reconnect's history arrives: which frames it repeats.
     replay: null,
+    // The frames this page sent: only these are shown as "You".
+    sent: new Set(),
   };
 
   function serverUrl() {
@@ -146,8 +148,11 @@
       state.joined.add(f.uid);
       append("join", `${f.uid} joined`);
     } else if (f.kind === "chat") {
-      if (f.from === state.uid) {
+      if (state.sent.has(data)) {
         append("mine", f.text, "You");
+      } else if (f.from === state.uid) {
+        // Our name, but not a frame this page sent: someone else wrote it.
+        append("msg", f.text, f.from, "not sent from this page");
       } else {
         const mark = state.joined.has(f.from) ? "" : "name not seen joining";
         append("msg", f.text, f.from, mark);
@@ -289,6 +294,7 @@
       ui.log.replaceChildren();
       state.frames = [];
       state.joined.clear();
+      state.sent.clear();
     }
     state.uid = uid;
     state.channel = channel;
@@ -313,6 +319,7 @@
     if (!text.trim() || !ws || ws.readyState !== WebSocket.OPEN) return;
     const frame = JSON.stringify({ [ENVELOPE]: 1, from: state.uid, text });
     ws.send(frame);
+    state.sent.add(frame);
     // The server never echoes a frame back to its sender; it is part of the
     // channel's history all the same.
     show(frame);

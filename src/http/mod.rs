@@ -3,7 +3,18 @@
 //! ordinary HTTP response.
 //!
 //! A connection's error ends that connection only and is logged here at debug.
+//!
+//! - `host`: the Host rules every listener applies (RFC 9112 §3.2)
+//! - `response`: the one body type and plain-text builder of every listener
+//! - `stall`: the write timeout of HTTP responses
+//! - `upgrade`: the WebSocket upgrade
+//!
+//! Nothing here depends on `statics` but the [`Frontend`] that holds it;
+//! `statics` builds on `response` and `host`.
 
+pub mod host;
+pub mod response;
+pub mod stall;
 pub mod upgrade;
 
 use std::convert::Infallible;
@@ -19,12 +30,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use self::stall::{Arming, WriteStall};
 use crate::shard::Shard;
 use crate::statics::StaticFiles;
 use crate::tls::Tls;
 
-/// Response body type for everything the HTTP side serves.
-pub use crate::statics::Body;
+pub use response::Body;
 
 /// Time a client has to send its request head.
 const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,6 +46,9 @@ pub struct Frontend {
     pub statics: StaticFiles,
     /// TLS for every connection, when configured.
     pub tls: Option<Arc<Tls>>,
+    /// A response write that makes no progress for this long ends its
+    /// connection (see [`stall`]).
+    pub write_timeout: Duration,
 }
 
 /// Serves one accepted connection until it closes or becomes a session.
@@ -53,10 +67,12 @@ async fn serve_http<S>(shard: Rc<Shard>, frontend: Arc<Frontend>, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, arming) = WriteStall::new(io, frontend.write_timeout);
     let svc = service_fn(move |req: Request<Incoming>| {
         let shard = shard.clone();
         let frontend = frontend.clone();
-        async move { Ok::<_, Infallible>(route::<S>(req, shard, frontend).await) }
+        let arming = arming.clone();
+        async move { Ok::<_, Infallible>(route::<WriteStall<S>>(req, shard, frontend, arming).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -72,12 +88,22 @@ async fn route<S>(
     req: Request<Incoming>,
     shard: Rc<Shard>,
     frontend: Arc<Frontend>,
+    arming: Arming,
 ) -> Response<Body>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if let Err(e) = host::request_authority(&req) {
+        return e.response();
+    }
     if upgrade::is_websocket(&req) {
-        return upgrade::accept::<S>(req, shard);
+        let res = upgrade::accept::<S>(req, shard);
+        // The stream becomes a session's (which starts only after this
+        // response is written); a refused upgrade stays HTTP, timed.
+        if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            arming.disarm();
+        }
+        return res;
     }
     frontend.statics.serve(&req).await
 }

@@ -93,9 +93,12 @@ pub struct Cli {
     /// Peer server to link every channel to, ws:// or wss:// (repeatable).
     #[arg(long = "peer")]
     pub peer: Vec<String>,
-    /// The uid this server's peer links use [default: mles-<hostname>].
+    /// The uid this server's peer links use; unique per server [default: mles-peer-<hostname>-<port>].
     #[arg(long = "peer-uid")]
     pub peer_uid: Option<String>,
+    /// Key the links' `auth` is computed with, for peers that set MLES_KEY [default: MLES_KEY].
+    #[arg(long = "peer-key")]
+    pub peer_key: Option<String>,
     /// PEM root certificate(s) to trust for wss:// peers [default: public roots].
     #[arg(long = "peer-ca")]
     pub peer_ca: Option<PathBuf>,
@@ -146,6 +149,9 @@ pub struct Limits {
     pub dedup: bool,
     /// `MLES_KEY`, when set: auth becomes mandatory.
     pub key: Option<Vec<u8>>,
+    /// This server's identity among peer servers: a hash of its `--peer-uid`
+    /// (PROTOCOL.md §7, cycle detection).
+    pub node: u64,
     /// Tests only (`--test-panic-channel`): on this channel, uid
     /// `panic-session` panics in its session and uid `panic-shard` in the
     /// owner shard's handler, to prove supervision.
@@ -182,6 +188,8 @@ pub struct Config {
     pub peers: Vec<String>,
     /// The uid of this server's peer links.
     pub peer_uid: String,
+    /// The key the links' `auth` is computed with (`--peer-key`, else `MLES_KEY`).
+    pub peer_key: Option<Vec<u8>>,
     /// Roots to trust for `wss://` peers instead of the public ones.
     pub peer_ca: Option<PathBuf>,
 }
@@ -213,6 +221,9 @@ pub enum ConfigError {
     /// An empty domain name.
     #[error("--domains must not be empty")]
     EmptyDomain,
+    /// An empty `--peer-uid`, or one with control characters.
+    #[error("--peer-uid must be non-empty, without control characters")]
+    BadPeerUid,
     /// A `--peer` that is not a ws:// or wss:// URL.
     #[error("--peer {0}: expected a ws:// or wss:// URL")]
     BadPeer(String),
@@ -297,6 +308,13 @@ impl Config {
             return Err(ConfigError::RedirectWithoutTls);
         }
         let tls_port = listen.first().map(|a| a.port()).unwrap_or(port);
+        let peer_uid = match &cli.peer_uid {
+            Some(u) if u.is_empty() || u.chars().any(char::is_control) => {
+                return Err(ConfigError::BadPeerUid);
+            }
+            Some(u) => u.clone(),
+            None => default_peer_uid(listen.first().map_or(0, |a| a.port())),
+        };
         Ok(Config {
             listen,
             shards,
@@ -310,7 +328,8 @@ impl Config {
                 ping_interval: cli.ping_interval,
                 header_timeout: cli.header_timeout,
                 dedup: cli.dedup,
-                key: mles_key.map(String::into_bytes),
+                key: mles_key.clone().map(String::into_bytes),
+                node: crate::protocol::auth::hash_parts(&[peer_uid.as_bytes()]),
                 panic_channel: cli.test_panic_channel.as_deref().map(Into::into),
             },
             statics: StaticSettings {
@@ -322,7 +341,8 @@ impl Config {
             redirect_port: cli.redirect.then_some(cli.redirect_port),
             metrics: cli.metrics,
             peers: cli.peer.clone(),
-            peer_uid: cli.peer_uid.clone().unwrap_or_else(default_peer_uid),
+            peer_uid,
+            peer_key: cli.peer_key.clone().or(mles_key).map(String::into_bytes),
             peer_ca: cli.peer_ca.clone(),
             tls_port,
         })
@@ -341,8 +361,10 @@ impl Config {
     }
 }
 
-/// `mles-<hostname>`, the default uid of peer links.
-fn default_peer_uid() -> String {
+/// The default uid of peer links: `mles-peer-<hostname>-<port>`, unique per
+/// server on a host (two servers cannot share a port); with port 0 (chosen by
+/// the kernel, not yet known) the process id and a counter stand in for it.
+fn default_peer_uid(port: u16) -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
@@ -351,7 +373,14 @@ fn default_peer_uid() -> String {
     } else {
         String::from("local")
     };
-    format!("mles-{host}")
+    if port == 0 {
+        // Several servers in one process (tests, embedding) still differ.
+        static NTH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NTH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("mles-peer-{host}-pid{}-{n}", std::process::id())
+    } else {
+        format!("mles-peer-{host}-{port}")
+    }
 }
 
 /// The CPUs in this process's affinity mask (so `taskset` is honoured).

@@ -30,6 +30,10 @@ pub struct Counters {
     pub probe_replaced: AtomicU64,
     /// Sessions closed (1013) because their outbound queue went over `--max-queue`.
     pub slow_consumers: AtomicU64,
+    /// Synced peer links (either direction) on channels this shard owns (gauge).
+    pub peer_links: AtomicI64,
+    /// Peer links refused because they would close a cycle.
+    pub peer_cycles_refused: AtomicU64,
     /// Sessions ended, by the close code they ended with (`CODES` order, then other).
     closed: [AtomicU64; CODES.len() + 1],
 }
@@ -73,7 +77,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of all counters.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let series: [Series; 8] = [
+        let series: [Series; 10] = [
             (
                 "mles_connections_accepted_total",
                 "counter",
@@ -118,6 +122,18 @@ impl Metrics {
                 "counter",
                 "Sessions closed (1013) for an outbound queue over --max-queue.",
                 |c| c.slow_consumers.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "mles_peer_links",
+                "gauge",
+                "Synced peer links, either direction.",
+                |c| c.peer_links.load(Ordering::Relaxed),
+            ),
+            (
+                "mles_peer_cycles_refused_total",
+                "counter",
+                "Peer links refused because they would close a cycle.",
+                |c| c.peer_cycles_refused.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, get) in series {

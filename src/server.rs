@@ -162,6 +162,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         let cfg = crate::peer::PeerConfig::new(
             config.peers.clone(),
             config.peer_uid.clone(),
+            config.peer_key.clone(),
             config.peer_ca.as_deref(),
         )
         .map_err(StartError::Peer)?;

@@ -14,13 +14,12 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::channel::{ChannelKey, SessionId};
+use crate::channel::{ChannelKey, MemberId, SessionId};
 use crate::clock::{self, Millis};
 use crate::config::Limits;
 use crate::protocol::close::{self, Close};
@@ -39,7 +38,9 @@ pub trait Host {
     /// A member published `frame` (encoded for receivers) into `key`.
     fn publish(&self, key: ChannelKey, origin: SessionId, frame: Bytes, dedup: bool);
     /// A probed session answered (or failed to).
-    fn probe_answered(&self, key: ChannelKey, uid: Arc<str>, session: SessionId, alive: bool);
+    fn probe_answered(&self, key: ChannelKey, id: MemberId, session: SessionId, alive: bool);
+    /// A link member sent a control message (a Ping payload, PROTOCOL.md §7).
+    fn link_control(&self, key: ChannelKey, session: SessionId, payload: Bytes);
     /// Whether the session must stop reading for now (the process is
     /// congested); if so `waker` is woken when it may go on.
     fn must_pause(&self, waker: &Waker) -> bool;
@@ -124,7 +125,7 @@ impl Replay {
 struct Probe {
     deadline: Millis,
     key: ChannelKey,
-    uid: Arc<str>,
+    id: MemberId,
 }
 
 struct Inner {
@@ -162,7 +163,7 @@ pub enum TickOutcome {
     /// The incumbent did not answer the probe: it is being closed.
     ProbeFailed {
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
     },
 }
 
@@ -258,7 +259,7 @@ impl Session {
     }
 
     /// Queues a control frame (not counted against the queue bound).
-    fn push_control(&self, frame: Bytes) {
+    pub fn push_control(&self, frame: Bytes) {
         let mut i = self.inner.borrow_mut();
         i.out.push_back(frame);
         if let Some(w) = i.waker.take() {
@@ -337,7 +338,7 @@ impl Session {
     }
 
     /// Starts a half-open probe; `Some(alive)` when it can be answered at once.
-    pub fn probe(&self, key: ChannelKey, uid: Arc<str>, now: Millis) -> Option<bool> {
+    pub fn probe(&self, key: ChannelKey, id: MemberId, now: Millis) -> Option<bool> {
         let mut i = self.inner.borrow_mut();
         if i.phase == Phase::Closing {
             return Some(false);
@@ -348,7 +349,7 @@ impl Session {
         i.probe = Some(Box::new(Probe {
             deadline: clock::after(now, PROBE_ANSWER),
             key,
-            uid,
+            id,
         }));
         drop(i);
         self.push_control(Bytes::from_static(PING));
@@ -375,7 +376,7 @@ impl Session {
             self.close(close::KEEPALIVE_TIMEOUT);
             return TickOutcome::ProbeFailed {
                 key: p.key,
-                uid: p.uid,
+                id: p.id,
             };
         }
         if i.phase == Phase::Header && clock::since(now, i.since) >= header_timeout {

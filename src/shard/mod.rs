@@ -34,12 +34,13 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::channel::{
-    Action, ChannelKey, Join, LocalSequencer, MemberKind, Owner, SessionId, owner_of, shard_of,
+    Action, ChannelKey, Join, LocalSequencer, MemberId, MemberKind, Owner, SessionId, owner_of,
+    shard_of,
 };
 use crate::config::Limits;
 use crate::metrics::Counters;
 use crate::protocol::close::{self, Close};
-use crate::protocol::frame::{self, OP_TEXT};
+use crate::protocol::frame::{self, OP_PING, OP_TEXT};
 use crate::protocol::header::Header;
 use crate::session::{Host, Session, TickOutcome};
 use mesh::{InboxRx, Mesh, ShardMsg};
@@ -117,7 +118,8 @@ impl Shard {
             limits.history_frames,
             limits.history_bytes,
             LocalSequencer,
-        );
+        )
+        .with_node(limits.node);
         let shard = Rc::new(Shard {
             id,
             mesh,
@@ -174,10 +176,11 @@ impl Shard {
         self.registry.borrow().len()
     }
 
-    /// Asks the channel's owner to join `session` as a peer link: it gets the
-    /// history (to resync the peer) and live frames; no header is relayed.
+    /// Asks the channel's owner to join `session` as this server's own link
+    /// to a peer: it gets the history (to resync the peer) and live frames;
+    /// no header is relayed.
     pub fn join_link(&self, session: SessionId, channel: Arc<str>, uid: Arc<str>) {
-        self.join_as(session, channel, uid, MemberKind::Link, Bytes::new());
+        self.join_as(session, channel, uid, MemberKind::OwnLink, Bytes::new());
     }
 
     fn join_as(
@@ -236,75 +239,76 @@ impl Shard {
 
     fn handle(&self, msg: ShardMsg) {
         let now = Instant::now();
-        let mut out = Vec::new();
-        {
-            let mut owner = self.owner.borrow_mut();
-            match msg {
-                ShardMsg::Join {
+        match msg {
+            ShardMsg::Join {
+                channel,
+                uid,
+                session,
+                kind,
+                header,
+            } => {
+                if let Some(hook) = &self.limits.panic_channel
+                    && channel == *hook
+                    && &*uid == "panic-shard"
+                {
+                    panic!("test hook: a shard-level handler panics (--test-panic-channel)");
+                }
+                let j = Join {
                     channel,
                     uid,
                     session,
                     kind,
                     header,
-                } => {
-                    if let Some(hook) = &self.limits.panic_channel
-                        && channel == *hook
-                        && &*uid == "panic-shard"
-                    {
-                        panic!("test hook: a shard-level handler panics (--test-panic-channel)");
-                    }
-                    let j = Join {
-                        channel,
-                        uid,
-                        session,
-                        kind,
-                        header,
-                    };
-                    owner.join(j, now, &mut out);
-                }
-                ShardMsg::Publish {
-                    key,
-                    origin,
-                    frame,
-                    dedup,
-                } => owner.publish(key, origin, frame, dedup, now, &mut out),
-                ShardMsg::Leave { key, uid, session } => {
-                    owner.leave(key, &uid, session, now, &mut out)
-                }
-                ShardMsg::ProbeResult {
-                    key,
-                    uid,
-                    session,
-                    alive,
-                } => owner.probe_result(key, &uid, session, alive, now, &mut out),
-                ShardMsg::Deliver { key, skip, frame } => {
-                    drop(owner);
-                    return self.deliver_local(key, skip, &frame);
-                }
-                ShardMsg::Joined {
-                    session,
-                    key,
-                    uid,
-                    history,
-                } => {
-                    drop(owner);
-                    return self.on_joined(session, key, uid, history);
-                }
-                ShardMsg::Refused { session, close } => {
-                    drop(owner);
-                    return self.on_refused(session, close);
-                }
-                ShardMsg::Probe { session, key, uid } => {
-                    drop(owner);
-                    return self.on_probe(session, key, uid);
-                }
+                };
+                self.with_owner(|o, out| o.join(j, now, out));
             }
+            ShardMsg::Publish {
+                key,
+                origin,
+                frame,
+                dedup,
+            } => self.with_owner(|o, out| o.publish(key, origin, frame, dedup, now, out)),
+            ShardMsg::Leave { key, id, session } => {
+                self.with_owner(|o, out| o.leave(key, &id, session, now, out))
+            }
+            ShardMsg::ProbeResult {
+                key,
+                id,
+                session,
+                alive,
+            } => self.with_owner(|o, out| o.probe_result(key, &id, session, alive, now, out)),
+            ShardMsg::LinkControl {
+                key,
+                session,
+                payload,
+            } => self.with_owner(|o, out| o.link_control(key, session, &payload, now, out)),
+            ShardMsg::Deliver { key, skip, frame } => self.deliver_local(key, skip, &frame),
+            ShardMsg::Joined {
+                session,
+                key,
+                id,
+                history,
+            } => self.on_joined(session, key, id, history),
+            ShardMsg::Refused { session, close } => self.on_refused(session, close),
+            ShardMsg::Probe { session, key, id } => self.on_probe(session, key, id),
+            ShardMsg::Control { session, payload } => self.on_control(session, payload),
+        }
+    }
+
+    /// Runs `f` on the owner, counts what it did, then carries out its actions.
+    fn with_owner(&self, f: impl FnOnce(&mut Owner<LocalSequencer>, &mut Vec<Action>)) {
+        let mut out = Vec::new();
+        {
+            let mut owner = self.owner.borrow_mut();
+            f(&mut owner, &mut out);
             let t = owner.take_tally();
             let c = self.counters();
             Counters::add(&c.joins, t.joins);
             Counters::add(&c.published, t.published);
             Counters::add(&c.dedup_dropped, t.dedup_dropped);
             Counters::add(&c.probe_replaced, t.probe_replaced);
+            Counters::add(&c.peer_cycles_refused, t.cycles_refused);
+            c.peer_links.fetch_add(t.links, Ordering::Relaxed);
         }
         for a in out {
             self.apply(a);
@@ -331,16 +335,16 @@ impl Shard {
             Action::Joined {
                 session,
                 key,
-                uid,
+                id,
                 history,
             } => {
                 if shard_of(session) == self.id {
-                    self.on_joined(session, key, uid, history);
+                    self.on_joined(session, key, id, history);
                 } else {
                     let msg = ShardMsg::Joined {
                         session,
                         key,
-                        uid,
+                        id,
                         history,
                     };
                     self.send(shard_of(session), msg);
@@ -353,11 +357,18 @@ impl Shard {
                     self.send(shard_of(session), ShardMsg::Refused { session, close });
                 }
             }
-            Action::Probe { session, key, uid } => {
+            Action::Probe { session, key, id } => {
                 if shard_of(session) == self.id {
-                    self.on_probe(session, key, uid);
+                    self.on_probe(session, key, id);
                 } else {
-                    self.send(shard_of(session), ShardMsg::Probe { session, key, uid });
+                    self.send(shard_of(session), ShardMsg::Probe { session, key, id });
+                }
+            }
+            Action::LinkControl { session, payload } => {
+                if shard_of(session) == self.id {
+                    self.on_control(session, payload);
+                } else {
+                    self.send(shard_of(session), ShardMsg::Control { session, payload });
                 }
             }
             Action::StartLinks { channel, .. } => {
@@ -389,16 +400,24 @@ impl Shard {
         Counters::add(&c.slow_consumers, slow);
     }
 
-    fn on_joined(&self, session: SessionId, key: ChannelKey, uid: Arc<str>, history: Vec<Bytes>) {
+    fn on_joined(&self, session: SessionId, key: ChannelKey, id: MemberId, history: Vec<Bytes>) {
         let s = self.registry.borrow().get(session).cloned();
         let member = s.is_some_and(|s| s.joined(key, history))
             && self
                 .registry
                 .borrow_mut()
-                .add_member(session, key, uid.clone());
+                .add_member(session, key, id.clone());
         if !member {
             // Gone or closing meanwhile: the owner must forget it again.
-            self.submit(owner_of(key), ShardMsg::Leave { key, uid, session });
+            self.submit(owner_of(key), ShardMsg::Leave { key, id, session });
+        }
+    }
+
+    /// Sends a link member a control message, as a Ping.
+    fn on_control(&self, session: SessionId, payload: Bytes) {
+        let s = self.registry.borrow().get(session).cloned();
+        if let Some(s) = s {
+            s.push_control(frame::encode(OP_PING, &payload));
         }
     }
 
@@ -409,14 +428,14 @@ impl Shard {
         }
     }
 
-    fn on_probe(&self, session: SessionId, key: ChannelKey, uid: Arc<str>) {
+    fn on_probe(&self, session: SessionId, key: ChannelKey, id: MemberId) {
         let s = self.registry.borrow().get(session).cloned();
         let answer = match s {
-            Some(s) => s.probe(key, uid.clone(), crate::clock::now()),
+            Some(s) => s.probe(key, id.clone(), crate::clock::now()),
             None => Some(false),
         };
         if let Some(alive) = answer {
-            self.probe_answered(key, uid, session, alive);
+            self.probe_answered(key, id, session, alive);
         }
     }
 
@@ -432,12 +451,15 @@ impl Shard {
                 self.limits.ping_interval,
                 self.limits.header_timeout,
             );
-            if let TickOutcome::ProbeFailed { key, uid } = outcome {
-                failed.push((key, uid, s.id));
+            if let TickOutcome::ProbeFailed { key, id } = outcome {
+                failed.push((key, id, s.id));
             }
         }
-        for (key, uid, id) in failed {
-            self.probe_answered(key, uid, id, false);
+        for (key, id, session) in failed {
+            self.probe_answered(key, id, session, false);
+        }
+        if !self.failed.get() {
+            self.with_owner(|o, out| o.tick(now, out));
         }
         if expire_channels {
             let n = self.owner.borrow_mut().expire(now, CHANNEL_IDLE);
@@ -519,8 +541,12 @@ impl Host for Shard {
     }
 
     fn join(&self, session: SessionId, h: Header) {
-        let header = frame::encode(OP_TEXT, &h.relay);
-        let kind = MemberKind::Client;
+        let (kind, header) = if h.peer {
+            // Another server's link: its header is shown to no one.
+            (MemberKind::Link, Bytes::new())
+        } else {
+            (MemberKind::Client, frame::encode(OP_TEXT, &h.relay))
+        };
         self.join_as(session, h.channel.into(), h.uid.into(), kind, header);
     }
 
@@ -534,12 +560,21 @@ impl Host for Shard {
         self.submit(owner_of(key), msg);
     }
 
-    fn probe_answered(&self, key: ChannelKey, uid: Arc<str>, session: SessionId, alive: bool) {
+    fn probe_answered(&self, key: ChannelKey, id: MemberId, session: SessionId, alive: bool) {
         let msg = ShardMsg::ProbeResult {
             key,
-            uid,
+            id,
             session,
             alive,
+        };
+        self.submit(owner_of(key), msg);
+    }
+
+    fn link_control(&self, key: ChannelKey, session: SessionId, payload: Bytes) {
+        let msg = ShardMsg::LinkControl {
+            key,
+            session,
+            payload,
         };
         self.submit(owner_of(key), msg);
     }
@@ -565,7 +600,7 @@ impl Host for Shard {
         if let Some(m) = left {
             let msg = ShardMsg::Leave {
                 key: m.key,
-                uid: m.uid,
+                id: m.id,
                 session: s.id,
             };
             self.submit(owner_of(m.key), msg);

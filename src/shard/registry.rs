@@ -5,19 +5,18 @@
 //! member moves no other, and sessions hold no index into shard state.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use ahash::AHashMap;
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::channel::{ChannelKey, SessionId};
+use crate::channel::{ChannelKey, MemberId, SessionId};
 use crate::session::Session;
 
 /// A session's local membership, recorded on its shard.
 pub struct Membership {
     pub key: ChannelKey,
-    pub uid: Arc<str>,
+    pub id: MemberId,
     /// Its place in the channel's member slab.
     place: usize,
 }
@@ -60,8 +59,8 @@ impl Registry {
     }
 
     /// Records `id` as a local member of `key`; false when the session is gone.
-    pub fn add_member(&mut self, id: SessionId, key: ChannelKey, uid: Arc<str>) -> bool {
-        let Some(e) = self.sessions.get_mut(&id) else {
+    pub fn add_member(&mut self, session: SessionId, key: ChannelKey, id: MemberId) -> bool {
+        let Some(e) = self.sessions.get_mut(&session) else {
             return false;
         };
         let place = self
@@ -69,7 +68,7 @@ impl Registry {
             .entry(key)
             .or_default()
             .insert(e.session.clone());
-        e.membership = Some(Membership { key, uid, place });
+        e.membership = Some(Membership { key, id, place });
         true
     }
 
@@ -108,22 +107,23 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::MemberKind;
 
     #[test]
     fn members_have_stable_places() {
         let mut r = Registry::default();
         for id in 1..=3 {
             r.insert(Rc::new(Session::new(id, 0)));
-            assert!(r.add_member(id, 7, format!("u{id}").into()));
+            assert!(r.add_member(id, 7, (MemberKind::Client, format!("u{id}").into())));
         }
-        assert!(!r.add_member(9, 7, "gone".into()));
+        assert!(!r.add_member(9, 7, (MemberKind::Client, "gone".into())));
         let f = Bytes::from_static(b"x");
         assert_eq!(r.deliver(7, Some(2), &f, 1 << 20), (2, 0));
         let m = r.remove(1).expect("a member");
-        assert_eq!((m.key, &*m.uid), (7, "u1"));
+        assert_eq!((m.key, &*m.id.1), (7, "u1"));
         // Removing 1 moved no one: 3 is still found and removed by its place.
         assert_eq!(r.deliver(7, None, &f, 1 << 20), (2, 0));
-        assert_eq!(&*r.remove(3).unwrap().uid, "u3");
+        assert_eq!(&*r.remove(3).unwrap().id.1, "u3");
         assert_eq!(r.deliver(7, None, &f, 0), (1, 1), "over the bound: closed");
         assert_eq!(r.remove(2).map(|m| m.key), Some(7));
         assert!(r.members.is_empty() && r.is_empty());

@@ -28,9 +28,14 @@ fn client(uid: &str, session: SessionId) -> Join {
     }
 }
 
+/// A client's member id.
+fn cid(uid: &str) -> MemberId {
+    (MemberKind::Client, uid.into())
+}
+
 fn link(uid: &str, session: SessionId) -> Join {
     Join {
-        kind: MemberKind::Link,
+        kind: MemberKind::OwnLink,
         header: Bytes::new(),
         ..client(uid, session)
     }
@@ -216,7 +221,7 @@ fn a_duplicate_uid_probes_the_incumbent_and_is_refused_if_it_answers() {
         [Action::Probe {
             session: sid(1, 1),
             key,
-            uid: "a".into()
+            id: cid("a")
         }]
     );
     out.clear();
@@ -230,7 +235,7 @@ fn a_duplicate_uid_probes_the_incumbent_and_is_refused_if_it_answers() {
         "a third one while the probe runs is refused at once"
     );
     out.clear();
-    o.probe_result(key, &"a".into(), sid(1, 1), true, t, &mut out);
+    o.probe_result(key, &cid("a"), sid(1, 1), true, t, &mut out);
     assert_eq!(
         out,
         [Action::Refused {
@@ -248,7 +253,7 @@ fn a_half_open_incumbent_is_replaced() {
     let mut out = Vec::new();
     o.join(client("a", sid(2, 1)), t, &mut out);
     out.clear();
-    o.probe_result(key, &"a".into(), sid(1, 1), false, t, &mut out);
+    o.probe_result(key, &cid("a"), sid(1, 1), false, t, &mut out);
     assert_eq!(joined_key(&out, sid(2, 1)), key);
     let ch = o.channel("ch").unwrap();
     assert_eq!(ch.holder("a"), Some(sid(2, 1)));
@@ -256,7 +261,7 @@ fn a_half_open_incumbent_is_replaced() {
     assert_eq!(o.take_tally().probe_replaced, 1);
     // The old session's leave, arriving later, changes nothing.
     out.clear();
-    o.leave(key, &"a".into(), sid(1, 1), t, &mut out);
+    o.leave(key, &cid("a"), sid(1, 1), t, &mut out);
     assert!(out.is_empty());
     assert_eq!(o.channel("ch").unwrap().holder("a"), Some(sid(2, 1)));
 }
@@ -269,14 +274,14 @@ fn a_probe_racing_the_incumbents_leave_admits_once() {
     let mut out = Vec::new();
     o.join(client("a", sid(2, 1)), t, &mut out);
     out.clear();
-    o.leave(key, &"a".into(), sid(1, 1), t, &mut out);
+    o.leave(key, &cid("a"), sid(1, 1), t, &mut out);
     assert_eq!(
         joined_key(&out, sid(2, 1)),
         key,
         "admitted when the incumbent left"
     );
     out.clear();
-    o.probe_result(key, &"a".into(), sid(1, 1), false, t, &mut out);
+    o.probe_result(key, &cid("a"), sid(1, 1), false, t, &mut out);
     assert!(out.is_empty(), "the late answer is stale: {out:?}");
     assert_eq!(o.channel("ch").unwrap().holder("a"), Some(sid(2, 1)));
 }
@@ -287,13 +292,13 @@ fn a_stale_probe_answer_does_not_decide_a_newer_join() {
     let key = join(&mut o, "a", sid(1, 1), t);
     let mut out = Vec::new();
     o.join(client("a", sid(2, 1)), t, &mut out);
-    o.probe_result(key, &"a".into(), sid(1, 1), false, t, &mut out);
+    o.probe_result(key, &cid("a"), sid(1, 1), false, t, &mut out);
     // sid(2,1) now holds "a"; a newcomer probes it.
     o.join(client("a", sid(3, 1)), t, &mut out);
     out.clear();
-    o.probe_result(key, &"a".into(), sid(1, 1), false, t, &mut out);
+    o.probe_result(key, &cid("a"), sid(1, 1), false, t, &mut out);
     assert!(out.is_empty(), "answer about an older incumbent: {out:?}");
-    o.probe_result(key, &"a".into(), sid(2, 1), true, t, &mut out);
+    o.probe_result(key, &cid("a"), sid(2, 1), true, t, &mut out);
     assert_eq!(
         out,
         [Action::Refused {
@@ -314,10 +319,10 @@ fn leaving_updates_members_and_the_last_client_ends_the_links() {
     let ch = o.channel("ch").unwrap();
     assert_eq!((ch.members(), ch.clients()), (2, 1));
     out.clear();
-    o.leave(key, &"nobody".into(), sid(1, 1), t, &mut out);
-    o.leave(key, &"a".into(), sid(2, 2), t, &mut out);
+    o.leave(key, &cid("nobody"), sid(1, 1), t, &mut out);
+    o.leave(key, &cid("a"), sid(2, 2), t, &mut out);
     assert!(out.is_empty(), "only the holder's leave counts");
-    o.leave(key, &"a".into(), sid(1, 1), t, &mut out);
+    o.leave(key, &cid("a"), sid(1, 1), t, &mut out);
     assert_eq!(
         out,
         [Action::Refused {
@@ -349,7 +354,7 @@ fn only_empty_idle_channels_expire_and_their_keys_go_stale() {
     let key = join(&mut o, "a", sid(1, 1), t0);
     assert_eq!(o.expire(t0 + idle * 2, idle), 0, "members keep a channel");
     let mut out = Vec::new();
-    o.leave(key, &"a".into(), sid(1, 1), t0, &mut out);
+    o.leave(key, &cid("a"), sid(1, 1), t0, &mut out);
     assert_eq!(o.expire(t0 + idle / 2, idle), 0, "not idle long enough");
     assert_eq!(o.expire(t0 + idle, idle), 1);
     assert!(o.channel("ch").is_none() && o.is_empty());
@@ -439,7 +444,7 @@ fn a_deferred_sequencer_admits_when_the_header_comes_back_ordered() {
         "a claim in flight counts for the duplicate check"
     );
     out.clear();
-    o.claimed(key, "a", sid(1, 1), true, t, &mut out);
+    o.claimed(key, &cid("a"), sid(1, 1), true, t, &mut out);
     assert!(out.is_empty(), "waiting for the header's order");
     let (_, origin, frame) = o.sequencer.orders.remove(0);
     // Another node's frame ordered before a's header is part of a's history.
@@ -480,11 +485,11 @@ fn a_deferred_sequencer_admits_when_the_header_comes_back_ordered() {
     );
     assert_eq!(delivers(&out), [(1, Some(sid(1, 1)), Bytes::from("x"))]);
     out.clear();
-    o.leave(key, &"a".into(), sid(1, 1), t, &mut out);
+    o.leave(key, &cid("a"), sid(1, 1), t, &mut out);
     assert_eq!(o.sequencer.released, [Arc::<str>::from("a")]);
     // A claim refused elsewhere closes the joiner as a duplicate.
     o.join(client("b", sid(1, 2)), t, &mut out);
-    o.claimed(key, "b", sid(1, 2), false, t, &mut out);
+    o.claimed(key, &cid("b"), sid(1, 2), false, t, &mut out);
     assert_eq!(
         out,
         [Action::Refused {

@@ -138,9 +138,18 @@ pub async fn run_link(shard: Rc<Shard>, cfg: Arc<PeerConfig>, channel: Arc<str>,
         if shard.is_shutting_down() {
             break;
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// `d` give or take a quarter, at random: two servers that link to each
+/// other retry out of step, so a refused redundant link and the one that
+/// stays settle instead of racing again and again.
+fn jittered(d: Duration) -> Duration {
+    let r = ahash::RandomState::new().hash_one(std::time::Instant::now());
+    let quarter = d / 4;
+    d - quarter + quarter.mul_f64((r % 1000) as f64 / 500.0)
 }
 
 /// How one connection of a link ended.

@@ -475,3 +475,180 @@ async fn a_wss_peer_is_verified_against_peer_ca() {
         assert_eq!(header_uid(&t).as_deref(), Some("y"), "unexpected {t:?}");
     }
 }
+
+/// The value of `name` summed over its series at a metrics address.
+async fn metric_at(addr: &str, name: &str) -> u64 {
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    drop(tcp);
+    let body = http_raw(
+        addr.parse().unwrap(),
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The server binary as a separate process, so that it can be killed with SIGKILL.
+fn spawn_binary(args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mles"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the binary runs")
+}
+
+/// Reads `uid:seq` text frames from `c` until `uid:end`; headers are skipped.
+async fn read_until_end(c: &mut Client, uid: &str) -> Vec<usize> {
+    let mut got = Vec::new();
+    loop {
+        match c.next().await {
+            Message::Text(t) => {
+                if t.starts_with('{') {
+                    continue;
+                }
+                let (from, seq) = t.rsplit_once(':').unwrap();
+                assert_eq!(from, uid, "unexpected {t}");
+                if seq == "end" {
+                    return got;
+                }
+                got.push(seq.parse().unwrap());
+            }
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_mutual_peer_killed_and_restarted_under_load_loses_and_repeats_nothing() {
+    let (pa, pb, pm) = (free_port(), free_port(), free_port());
+    let a = server("a", Some(pa), &[url(pb)], None);
+    let (listen_b, metrics_b, peer_a) = (
+        format!("127.0.0.1:{pb}"),
+        format!("127.0.0.1:{pm}"),
+        url(pa),
+    );
+    let b_args = [
+        "--listen",
+        listen_b.as_str(),
+        "--metrics",
+        metrics_b.as_str(),
+        "--peer",
+        peer_a.as_str(),
+        "--peer-uid",
+        "b",
+        "--shards",
+        "2",
+    ];
+    let await_b_links = |n: u64| {
+        let m = metrics_b.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while metric_at(&m, "mles_peer_links").await != n {
+                assert!(tokio::time::Instant::now() < deadline, "B never linked");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut b = spawn_binary(&b_args);
+    let mut publisher = a.join("p", "load").await;
+    let mut s = a.join("s", "load").await;
+    let mut r = RawClient::try_connect(listen_b.parse().unwrap()).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while r.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "B never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        r = RawClient::try_connect(listen_b.parse().unwrap()).await;
+    }
+    r.unwrap().join("r", "load").await;
+    await_links(&[&a], &[1]).await;
+    await_b_links(1).await;
+    // 50 frames a second from p for 3 s; B is killed after 1 s and restarted.
+    const N: usize = 150;
+    let (tx, rx) = futures_util::StreamExt::split(publisher.ws);
+    let sender = tokio::spawn(async move {
+        let mut tx = tx;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for i in 0..N {
+            tick.tick().await;
+            tx.send(Message::text(format!("p:{i}"))).await.unwrap();
+        }
+        tx.send(Message::text("p:end")).await.unwrap();
+        tx
+    });
+    let mut first = Vec::new();
+    while first.len() < 50 {
+        let Message::Text(t) = s.next().await else {
+            continue;
+        };
+        if let Some(seq) = t.strip_prefix("p:") {
+            first.push(seq.parse::<usize>().unwrap());
+        }
+    }
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let mut b2 = spawn_binary(&b_args);
+    let mut r2 = loop {
+        if let Some(c) = RawClient::try_connect(listen_b.parse().unwrap()).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    r2.join("r2", "load").await;
+    await_b_links(1).await;
+    let rest = read_until_end(&mut s, "p").await;
+    first.extend(rest);
+    assert_eq!(first, (0..N).collect::<Vec<_>>(), "s got p's frames wrong");
+    // r2 on the restarted B: what it gets (history, then live) has no
+    // repeats and keeps p's order, up to the end.
+    let mut seen = Vec::new();
+    while let Some((b0, p)) = r2.frame().await {
+        if b0 & 0x0F != 0x1 || p.starts_with(b"{") {
+            continue;
+        }
+        let t = String::from_utf8(p).unwrap();
+        let (_, seq) = t.rsplit_once(':').unwrap();
+        if seq == "end" {
+            break;
+        }
+        seen.push(seq.parse::<usize>().unwrap());
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "r2: {seen:?}");
+    assert!(!seen.is_empty());
+    // Frames from the restarted side reach A once each, and p gets none of its own.
+    let mut q = RawClient::connect(listen_b.parse().unwrap()).await;
+    q.join("q", "load").await;
+    for i in 0..20 {
+        q.send(&masked(0x81, format!("q:{i}").as_bytes())).await;
+    }
+    q.send(&masked(0x81, b"q:end")).await;
+    assert_eq!(
+        read_until_end(&mut s, "q").await,
+        (0..20).collect::<Vec<_>>()
+    );
+    let tx = sender.await.unwrap();
+    publisher.ws = tx.reunite(rx).unwrap();
+    publisher.send_text("p:bye").await;
+    let mut others = Vec::new();
+    loop {
+        let Message::Text(t) = publisher.next().await else {
+            continue;
+        };
+        if t == "q:end" {
+            break;
+        }
+        others.push(t.to_string());
+    }
+    assert!(
+        !others.iter().any(|t| t.starts_with("p:")),
+        "echo: {others:?}"
+    );
+    b2.kill().unwrap();
+    b2.wait().unwrap();
+}

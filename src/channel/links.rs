@@ -11,7 +11,7 @@
 //!
 //! Cycles: every link advertises the nodes reachable through its sender. A
 //! link whose peer advertises this node, or a node already reachable over
-//! another link, would close a cycle; it is refused (see [`conflict`]).
+//! another link, would close a cycle: the newer of the two is refused.
 //! Pure functions and data; the owner drives them.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -70,19 +70,6 @@ pub struct LinkEnds {
     pub initiator: u64,
     /// The node it links to.
     pub acceptor: u64,
-}
-
-/// Which of two links reaching the same nodes to refuse: between the same
-/// two nodes (A→B and B→A) the one opened by the larger node id, so both
-/// ends pick the same one whatever the timing; otherwise `new`, the link
-/// whose routes just revealed the cycle.
-pub fn conflict(new: LinkEnds, old: LinkEnds) -> LinkEnds {
-    let pair = |l: LinkEnds| (l.initiator.min(l.acceptor), l.initiator.max(l.acceptor));
-    if pair(new) == pair(old) && new.initiator < old.initiator {
-        old
-    } else {
-        new
-    }
 }
 
 /// How a peer's history lines up with ours.
@@ -182,24 +169,5 @@ mod tests {
             align(ours.iter(), &frames(&["a", "b"])),
             Alignment::Disjoint
         );
-    }
-
-    #[test]
-    fn both_ends_refuse_the_same_link_of_a_mutual_pair() {
-        let ab = LinkEnds {
-            initiator: 1,
-            acceptor: 2,
-        };
-        let ba = LinkEnds {
-            initiator: 2,
-            acceptor: 1,
-        };
-        assert_eq!(conflict(ab, ba), ba);
-        assert_eq!(conflict(ba, ab), ba);
-        let ca = LinkEnds {
-            initiator: 3,
-            acceptor: 1,
-        };
-        assert_eq!(conflict(ca, ab), ca, "a ring: the newcomer goes");
     }
 }

@@ -53,6 +53,9 @@ pub enum Action {
     },
     /// Send the link `session` a control message (a Ping with this payload).
     LinkControl { session: SessionId, payload: Bytes },
+    /// The link `session` was synced and kept: its live frames, held until
+    /// now, may flow (nothing crossed it while a cycle was still possible).
+    OpenLink { session: SessionId },
     /// The channel got its first client: start this server's peer links for it.
     StartLinks { key: ChannelKey, channel: Arc<str> },
 }
@@ -267,6 +270,9 @@ pub struct Owner<Q> {
     tally: Tally,
     /// This server's node id among peers (links, PROTOCOL.md §7).
     node: u64,
+    /// Numbers links in the order they synced: the newest of two that
+    /// would close a cycle is refused.
+    syncs: u64,
 }
 
 impl<Q: Sequencer> Owner<Q> {
@@ -289,6 +295,7 @@ impl<Q: Sequencer> Owner<Q> {
             sequencer,
             tally: Tally::default(),
             node: 0,
+            syncs: 0,
         }
     }
 

@@ -87,6 +87,10 @@ pub enum Phase {
 struct Replay(Option<Box<VecDeque<Bytes>>>);
 
 impl Replay {
+    fn push_back(&mut self, frame: Bytes) {
+        self.0.get_or_insert_with(Default::default).push_back(frame);
+    }
+
     fn set(&mut self, frames: Vec<Bytes>) {
         self.0 = (!frames.is_empty()).then(|| Box::new(frames.into()));
     }
@@ -140,6 +144,9 @@ struct Inner {
     waker: Option<Waker>,
     /// Set to end the task at once (close linger over, or shutdown deadline).
     kill: bool,
+    /// A peer link whose peer has not synced yet: live frames wait in `out`
+    /// unwritten; control frames go out after the history (PROTOCOL.md §7).
+    held: bool,
     /// The close code sent, 1005 while none was.
     close_code: u16,
     /// The channel once joined: where published frames go.
@@ -149,6 +156,23 @@ struct Inner {
     since: Millis,
     last_rx: Millis,
     last_ping: Millis,
+}
+
+impl Inner {
+    /// Whether something may be written now.
+    fn writable(&self) -> bool {
+        !self.replay.is_empty() || (!self.held && !self.out.is_empty())
+    }
+
+    /// The frames to write next, history first; live ones unless held.
+    fn to_write(&self) -> impl Iterator<Item = &Bytes> {
+        let live = if self.held {
+            None
+        } else {
+            Some(self.out.iter())
+        };
+        self.replay.iter().chain(live.into_iter().flatten())
+    }
 }
 
 /// The part of a session the shard holds: its outbound queue and state.
@@ -179,6 +203,7 @@ impl Session {
                 written: 0,
                 waker: None,
                 kill: false,
+                held: false,
                 close_code: 1005,
                 key: None,
                 probe: None,
@@ -210,7 +235,7 @@ impl Session {
     /// Whether frames are waiting to be taken.
     pub fn has_queued(&self) -> bool {
         let i = self.inner.borrow();
-        !i.out.is_empty() || !i.replay.is_empty()
+        i.writable()
     }
 
     /// The close code this session sent (1005 if it ended without one).
@@ -232,8 +257,10 @@ impl Session {
     pub fn take_queued(&self) -> Vec<Bytes> {
         let mut i = self.inner.borrow_mut();
         let mut v = i.replay.take();
-        v.extend(i.out.drain(..));
-        i.out_bytes = 0;
+        if !i.held {
+            v.extend(i.out.drain(..));
+            i.out_bytes = 0;
+        }
         i.written = 0;
         v
     }
@@ -258,10 +285,24 @@ impl Session {
         false
     }
 
-    /// Queues a control frame (not counted against the queue bound).
+    /// Queues a control frame (not counted against the queue bound); while
+    /// held, after the history, ahead of the live frames that wait.
     pub fn push_control(&self, frame: Bytes) {
         let mut i = self.inner.borrow_mut();
-        i.out.push_back(frame);
+        if i.held {
+            i.replay.push_back(frame);
+        } else {
+            i.out.push_back(frame);
+        }
+        if let Some(w) = i.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// A held link's peer synced and the link was kept: live frames flow.
+    pub fn release(&self) {
+        let mut i = self.inner.borrow_mut();
+        i.held = false;
         if let Some(w) = i.waker.take() {
             w.wake();
         }
@@ -287,6 +328,11 @@ impl Session {
         i.phase = Phase::Closing;
         i.close_code = c.code;
         i.since = clock::now();
+        if std::mem::take(&mut i.held) {
+            // A link closed before it was open: what waited is not sent.
+            i.out.clear();
+            i.out_bytes = 0;
+        }
         if c == close::SLOW_CONSUMER {
             // Keep only a frame already partly written, so the stream stays well-formed.
             let keep = if i.written > 0 {
@@ -318,13 +364,15 @@ impl Session {
 
     /// The owner accepted the join: replay `history`, then live frames.
     /// Returns false when the session is no longer waiting for it.
-    pub fn joined(&self, key: ChannelKey, history: Vec<Bytes>) -> bool {
+    /// A link (`hold`) sends no live frame until [`Session::release`].
+    pub fn joined(&self, key: ChannelKey, history: Vec<Bytes>, hold: bool) -> bool {
         let mut i = self.inner.borrow_mut();
         if i.phase != Phase::Joining {
             return false;
         }
         i.phase = Phase::Member;
         i.key = Some(key);
+        i.held = hold;
         i.replay.set(history);
         if let Some(w) = i.waker.take() {
             w.wake();

@@ -69,12 +69,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         loop {
             let mut i = self.session.inner.borrow_mut();
-            if i.out.is_empty() && i.replay.is_empty() {
+            if !i.writable() {
                 break;
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut k = 0;
-            for f in i.replay.iter().chain(i.out.iter()).take(MAX_IOV) {
+            for f in i.to_write().take(MAX_IOV) {
                 iov[k] = IoSlice::new(if k == 0 { &f[i.written..] } else { &f[..] });
                 k += 1;
             }
@@ -370,7 +370,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> Future for SessionTask<S, H> {
             }
             let (phase, pending_out) = {
                 let i = this.session.inner.borrow();
-                (i.phase, !i.out.is_empty() || !i.replay.is_empty())
+                (i.phase, i.writable())
             };
             match phase {
                 Phase::Closing => {

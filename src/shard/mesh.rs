@@ -82,6 +82,8 @@ pub enum ShardMsg {
     },
     /// To a link member's shard: send it this control message.
     Control { session: SessionId, payload: Bytes },
+    /// To a link member's shard: its peer synced; live frames may flow.
+    OpenLink { session: SessionId },
 }
 
 impl ShardMsg {

@@ -292,6 +292,7 @@ impl Shard {
             ShardMsg::Refused { session, close } => self.on_refused(session, close),
             ShardMsg::Probe { session, key, id } => self.on_probe(session, key, id),
             ShardMsg::Control { session, payload } => self.on_control(session, payload),
+            ShardMsg::OpenLink { session } => self.on_open(session),
         }
     }
 
@@ -364,6 +365,13 @@ impl Shard {
                     self.send(shard_of(session), ShardMsg::Probe { session, key, id });
                 }
             }
+            Action::OpenLink { session } => {
+                if shard_of(session) == self.id {
+                    self.on_open(session);
+                } else {
+                    self.send(shard_of(session), ShardMsg::OpenLink { session });
+                }
+            }
             Action::LinkControl { session, payload } => {
                 if shard_of(session) == self.id {
                     self.on_control(session, payload);
@@ -402,7 +410,7 @@ impl Shard {
 
     fn on_joined(&self, session: SessionId, key: ChannelKey, id: MemberId, history: Vec<Bytes>) {
         let s = self.registry.borrow().get(session).cloned();
-        let member = s.is_some_and(|s| s.joined(key, history))
+        let member = s.is_some_and(|s| s.joined(key, history, id.0.is_link()))
             && self
                 .registry
                 .borrow_mut()
@@ -410,6 +418,14 @@ impl Shard {
         if !member {
             // Gone or closing meanwhile: the owner must forget it again.
             self.submit(owner_of(key), ShardMsg::Leave { key, id, session });
+        }
+    }
+
+    /// A link's peer synced and the link was kept: its live frames may flow.
+    fn on_open(&self, session: SessionId) {
+        let s = self.registry.borrow().get(session).cloned();
+        if let Some(s) = s {
+            s.release();
         }
     }
 

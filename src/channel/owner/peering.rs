@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{Action, Owner, channel_mut};
-use crate::channel::links::{Alignment, Control, LinkEnds, MAX_ROUTES, align, conflict};
+use crate::channel::links::{Alignment, Control, LinkEnds, MAX_ROUTES, align};
 use crate::channel::sequencer::{Origin, Sequencer};
 use crate::channel::{ChannelKey, MemberKind, SessionId};
 use crate::protocol::close;
@@ -37,6 +37,8 @@ pub struct LinkState {
     refused: bool,
     /// Counted in [`super::Tally::links`] (synced and not refused).
     counted: bool,
+    /// When it synced, in the owner's order (0: not yet).
+    synced_as: u64,
 }
 
 impl LinkState {
@@ -51,6 +53,7 @@ impl LinkState {
             advertised: Vec::new(),
             refused: false,
             counted: false,
+            synced_as: 0,
         }
     }
 
@@ -165,6 +168,8 @@ impl<Q: Sequencer> Owner<Q> {
         if !link.counted {
             link.counted = true;
             self.tally.links += 1;
+            self.syncs += 1;
+            link.synced_as = self.syncs;
         }
         let slot = key as u32 as usize;
         if let Some(refuse) = self.cycle(slot, session) {
@@ -173,6 +178,7 @@ impl<Q: Sequencer> Owner<Q> {
         let refused = self.channels[slot].links[&session].refused;
         if let Some(frames) = history.filter(|_| !refused) {
             self.resync(slot, session, frames, now, out);
+            out.push(Action::OpenLink { session });
         }
         self.advertise(slot, out);
     }
@@ -189,6 +195,7 @@ impl<Q: Sequencer> Owner<Q> {
         }
         for (slot, session, frames) in due {
             self.resync(slot, session, frames, now, out);
+            out.push(Action::OpenLink { session });
         }
     }
 
@@ -239,21 +246,21 @@ impl<Q: Sequencer> Owner<Q> {
         }
     }
 
-    /// The link to refuse if `session`'s routes close a cycle.
+    /// The link to refuse if `session`'s routes close a cycle: of two links
+    /// that reach the same node, the one that synced last. Its frames were
+    /// held or buffered until now, so refusing it leaves nothing in flight.
     fn cycle(&self, slot: usize, session: SessionId) -> Option<SessionId> {
         let ch = &self.channels[slot];
         let link = &ch.links[&session];
-        let new = link.ends(self.node)?;
         for (&other, l) in &ch.links {
             if other == session || !l.routes_through() {
                 continue;
             }
             if l.routes.iter().any(|r| link.routes.contains(r)) {
-                let old = l.ends(self.node)?;
-                return Some(if conflict(new, old) == new {
-                    session
-                } else {
+                return Some(if l.synced_as > link.synced_as {
                     other
+                } else {
+                    session
                 });
             }
         }

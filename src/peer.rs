@@ -105,15 +105,50 @@ impl PeerConfig {
 pub fn link_starter(cfg: Arc<PeerConfig>) -> LinkStarter {
     Arc::new(move |shard: &Rc<Shard>, channel: Arc<str>| {
         for url in &cfg.urls {
-            let task = run_link(shard.clone(), cfg.clone(), channel.clone(), url.clone());
-            tokio::task::spawn_local(task);
+            let key = (channel.clone(), url.clone());
+            let running = RUNNING.with_borrow(|r| r.get(&key).cloned());
+            match running {
+                // Still retrying from before: retry now rather than start a second link.
+                Some(again) => again.notify_one(),
+                None => {
+                    let again = Rc::new(tokio::sync::Notify::new());
+                    RUNNING.with_borrow_mut(|r| r.insert(key.clone(), again.clone()));
+                    let task = run_link(shard.clone(), cfg.clone(), key, again);
+                    tokio::task::spawn_local(task);
+                }
+            }
         }
     })
 }
 
+/// A link task's handle: wakes it from its back-off.
+type Again = Rc<tokio::sync::Notify>;
+
+thread_local! {
+    /// The link tasks of this shard, by (channel, peer URL): at most one each.
+    static RUNNING: std::cell::RefCell<ahash::AHashMap<(Arc<str>, String), Again>> =
+        Default::default();
+}
+
+/// Forgets a link task when it ends, however it ends.
+struct Running((Arc<str>, String));
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with_borrow_mut(|r| r.remove(&self.0));
+    }
+}
+
 /// Keeps `channel` linked to the peer at `url` until shutdown, or until the
-/// channel has no local clients left.
-pub async fn run_link(shard: Rc<Shard>, cfg: Arc<PeerConfig>, channel: Arc<str>, url: String) {
+/// channel has no local clients left. `again` cuts a back-off short.
+async fn run_link(
+    shard: Rc<Shard>,
+    cfg: Arc<PeerConfig>,
+    key: (Arc<str>, String),
+    again: Rc<tokio::sync::Notify>,
+) {
+    let _running = Running(key.clone());
+    let (channel, url) = key;
     let mut backoff = FIRST_BACKOFF;
     // A failure is logged once (warn) until a connection is accepted again.
     let mut reported = false;
@@ -138,7 +173,10 @@ pub async fn run_link(shard: Rc<Shard>, cfg: Arc<PeerConfig>, channel: Arc<str>,
         if shard.is_shutting_down() {
             break;
         }
-        tokio::time::sleep(jittered(backoff)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(jittered(backoff)) => {}
+            _ = again.notified() => {}
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

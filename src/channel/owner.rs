@@ -13,14 +13,16 @@ use ahash::AHashMap;
 use bytes::Bytes;
 use slab::Slab;
 
-use super::history::History;
 use super::sequencer::{Ordered, Origin, Sequencer};
-use super::{ChannelKey, MemberId, MemberKind, SessionId, shard_of};
+use super::{ChannelKey, MemberId, MemberKind, SessionId};
 use crate::protocol::close::{self, Close};
 
 mod peering;
+mod state;
 
 pub use peering::LinkState;
+pub use state::OwnedChannel;
+use state::{Member, Pending, Stage};
 
 /// Most channels one shard may own at once: a slot must fit the key's 32 bits.
 const MAX_CHANNELS: usize = u32::MAX as usize;
@@ -82,177 +84,6 @@ pub struct Tally {
     pub links: i64,
     /// Peer links refused for closing a cycle.
     pub cycles_refused: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Member {
-    session: SessionId,
-    kind: MemberKind,
-}
-
-/// Where a join that is not yet admitted waits.
-#[derive(Debug)]
-enum Stage {
-    /// The incumbent with the same uid is being probed.
-    Probing { incumbent: SessionId },
-    /// The sequencer is claiming (channel, uid) beyond this owner.
-    Claiming,
-    /// The join header is on its way through the sequencer.
-    Ordering,
-}
-
-#[derive(Debug)]
-struct Pending {
-    stage: Stage,
-    join: Join,
-}
-
-impl Pending {
-    /// Whether this join waits on a probe of `incumbent`.
-    fn probes(&self, incumbent: SessionId) -> bool {
-        matches!(self.stage, Stage::Probing { incumbent: i } if i == incumbent)
-    }
-}
-
-/// The owner's record of one channel.
-#[derive(Debug)]
-pub struct OwnedChannel {
-    name: Arc<str>,
-    key: ChannelKey,
-    history: History,
-    members: AHashMap<MemberId, Member>,
-    /// Joins not yet admitted: they count for the duplicate check.
-    pending: AHashMap<MemberId, Pending>,
-    /// Routing and resync state of the link members, by session.
-    links: AHashMap<SessionId, LinkState>,
-    /// A refused cycle was logged at warn level for this channel.
-    cycle_logged: bool,
-    /// Members per shard, and the shards with at least one, for fan-out.
-    shard_counts: Vec<u32>,
-    member_shards: Vec<u16>,
-    clients: usize,
-    last_activity: Instant,
-    /// This server's peer links were started for the channel.
-    linked: bool,
-}
-
-impl OwnedChannel {
-    fn new(name: Arc<str>, key: ChannelKey, shards: usize, now: Instant) -> OwnedChannel {
-        OwnedChannel {
-            name,
-            key,
-            history: History::default(),
-            members: AHashMap::new(),
-            pending: AHashMap::new(),
-            links: AHashMap::new(),
-            cycle_logged: false,
-            shard_counts: vec![0; shards],
-            member_shards: Vec::new(),
-            clients: 0,
-            last_activity: now,
-            linked: false,
-        }
-    }
-
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
-    pub fn history(&self) -> &History {
-        &self.history
-    }
-
-    /// Members of either kind.
-    pub fn members(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Members that are clients.
-    pub fn clients(&self) -> usize {
-        self.clients
-    }
-
-    /// The client session holding `uid`, if any.
-    pub fn holder(&self, uid: &str) -> Option<SessionId> {
-        self.members
-            .get(&(MemberKind::Client, uid.into()))
-            .map(|m| m.session)
-    }
-
-    /// The links' state, by session.
-    pub fn links(&self) -> &AHashMap<SessionId, LinkState> {
-        &self.links
-    }
-
-    /// Shards with at least one member.
-    pub fn member_shards(&self) -> &[u16] {
-        &self.member_shards
-    }
-
-    fn add_member(&mut self, id: MemberId, m: Member) {
-        let s = shard_of(m.session) as usize;
-        self.clients += usize::from(m.kind == MemberKind::Client);
-        self.members.insert(id, m);
-        self.shard_counts[s] += 1;
-        if self.shard_counts[s] == 1 {
-            self.member_shards.push(s as u16);
-        }
-    }
-
-    /// Removes `id` if `session` holds it; with a link, whether it was
-    /// counted as synced.
-    fn remove_member(&mut self, id: &MemberId, session: SessionId) -> Option<(Member, bool)> {
-        if self.members.get(id)?.session != session {
-            return None;
-        }
-        let m = self.members.remove(id).expect("looked up above");
-        let synced = self.links.remove(&session).is_some_and(|l| l.counted());
-        self.clients -= usize::from(m.kind == MemberKind::Client);
-        let s = shard_of(session) as usize;
-        self.shard_counts[s] -= 1;
-        if self.shard_counts[s] == 0 {
-            self.member_shards.retain(|&x| x as usize != s);
-        }
-        Some((m, synced))
-    }
-
-    /// Takes the join pending for `id` if `ours` says it is the one meant
-    /// (answers about an older join are stale and change nothing).
-    fn take_pending(&mut self, id: &MemberId, ours: impl Fn(&Pending) -> bool) -> Option<Pending> {
-        if self.pending.get(id).is_some_and(ours) {
-            self.pending.remove(id)
-        } else {
-            None
-        }
-    }
-
-    /// Delivers `o` to every shard with members, except to its publisher.
-    fn fan_out(&self, o: &Ordered, out: &mut Vec<Action>) {
-        let skip = o.origin.local_session();
-        out.extend(self.member_shards.iter().map(|&shard| Action::Deliver {
-            shard,
-            key: self.key,
-            skip,
-            frame: o.frame.clone(),
-        }));
-    }
-
-    /// This server's own links among the members (the sessions to end when
-    /// no client is left).
-    fn own_links(&self) -> impl Iterator<Item = SessionId> + '_ {
-        self.members
-            .values()
-            .filter(|m| m.kind == MemberKind::OwnLink)
-            .map(|m| m.session)
-    }
-
-    /// Whether the owner may forget this channel: no members, nothing
-    /// pending, and no activity for `idle`.
-    fn expired(&self, now: Instant, idle: Duration) -> bool {
-        self.members.is_empty()
-            && self.pending.is_empty()
-            && now.saturating_duration_since(self.last_activity) >= idle
-    }
 }
 
 /// Every channel one shard owns.

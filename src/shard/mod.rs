@@ -15,6 +15,8 @@
 //! Handlers never hold a `RefCell` borrow across an await, and messages a
 //! shard posts to itself go through a local queue so no handler re-enters another.
 
+mod dispatch;
+mod host;
 pub mod listener;
 pub mod mesh;
 mod registry;
@@ -33,15 +35,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::channel::{
-    Action, ChannelKey, Join, LocalSequencer, MemberId, MemberKind, Owner, SessionId, owner_of,
-    shard_of,
-};
+use crate::channel::{Action, Join, LocalSequencer, MemberKind, Owner, SessionId};
 use crate::config::Limits;
 use crate::metrics::Counters;
-use crate::protocol::close::{self, Close};
-use crate::protocol::frame::{self, OP_PING, OP_TEXT};
-use crate::protocol::header::Header;
+use crate::protocol::close;
 use crate::session::{Host, Session, TickOutcome};
 use mesh::{InboxRx, Mesh, ShardMsg};
 use registry::Registry;
@@ -316,145 +313,6 @@ impl Shard {
         }
     }
 
-    /// Carries out one of the owner's decisions; what concerns this shard's
-    /// own sessions is done at once, so a joiner is a member before any
-    /// later frame is delivered here.
-    fn apply(&self, a: Action) {
-        match a {
-            Action::Deliver {
-                shard,
-                key,
-                skip,
-                frame,
-            } => {
-                if shard == self.id {
-                    self.deliver_local(key, skip, &frame);
-                } else {
-                    self.send(shard, ShardMsg::Deliver { key, skip, frame });
-                }
-            }
-            Action::Joined {
-                session,
-                key,
-                id,
-                history,
-            } => {
-                if shard_of(session) == self.id {
-                    self.on_joined(session, key, id, history);
-                } else {
-                    let msg = ShardMsg::Joined {
-                        session,
-                        key,
-                        id,
-                        history,
-                    };
-                    self.send(shard_of(session), msg);
-                }
-            }
-            Action::Refused { session, close } => {
-                if shard_of(session) == self.id {
-                    self.on_refused(session, close);
-                } else {
-                    self.send(shard_of(session), ShardMsg::Refused { session, close });
-                }
-            }
-            Action::Probe { session, key, id } => {
-                if shard_of(session) == self.id {
-                    self.on_probe(session, key, id);
-                } else {
-                    self.send(shard_of(session), ShardMsg::Probe { session, key, id });
-                }
-            }
-            Action::OpenLink { session } => {
-                if shard_of(session) == self.id {
-                    self.on_open(session);
-                } else {
-                    self.send(shard_of(session), ShardMsg::OpenLink { session });
-                }
-            }
-            Action::LinkControl { session, payload } => {
-                if shard_of(session) == self.id {
-                    self.on_control(session, payload);
-                } else {
-                    self.send(shard_of(session), ShardMsg::Control { session, payload });
-                }
-            }
-            Action::StartLinks { channel, .. } => {
-                let start = self.links.start.borrow().clone();
-                let me = self.links.me.borrow().upgrade();
-                if let (Some(start), Some(me)) = (start, me) {
-                    start(&me, channel);
-                }
-            }
-        }
-    }
-
-    /// Posts to another shard; a stopped shard (shutdown) drops it.
-    fn send(&self, to: u16, msg: ShardMsg) {
-        if self.mesh.send(to, msg).is_err() {
-            tracing::debug!(shard = self.id, to, "message to a stopped shard dropped");
-        }
-    }
-
-    // ---- member side ----
-
-    fn deliver_local(&self, key: ChannelKey, skip: Option<SessionId>, frame: &Bytes) {
-        let (n, slow) = self
-            .registry
-            .borrow()
-            .deliver(key, skip, frame, self.limits.max_queue);
-        let c = self.counters();
-        Counters::add(&c.delivered, n);
-        Counters::add(&c.slow_consumers, slow);
-    }
-
-    fn on_joined(&self, session: SessionId, key: ChannelKey, id: MemberId, history: Vec<Bytes>) {
-        let s = self.registry.borrow().get(session).cloned();
-        let member = s.is_some_and(|s| s.joined(key, history, id.0.is_link()))
-            && self
-                .registry
-                .borrow_mut()
-                .add_member(session, key, id.clone());
-        if !member {
-            // Gone or closing meanwhile: the owner must forget it again.
-            self.submit(owner_of(key), ShardMsg::Leave { key, id, session });
-        }
-    }
-
-    /// A link's peer synced and the link was kept: its live frames may flow.
-    fn on_open(&self, session: SessionId) {
-        let s = self.registry.borrow().get(session).cloned();
-        if let Some(s) = s {
-            s.release();
-        }
-    }
-
-    /// Sends a link member a control message, as a Ping.
-    fn on_control(&self, session: SessionId, payload: Bytes) {
-        let s = self.registry.borrow().get(session).cloned();
-        if let Some(s) = s {
-            s.push_control(frame::encode(OP_PING, &payload));
-        }
-    }
-
-    fn on_refused(&self, session: SessionId, c: Close) {
-        let s = self.registry.borrow().get(session).cloned();
-        if let Some(s) = s {
-            s.close(c);
-        }
-    }
-
-    fn on_probe(&self, session: SessionId, key: ChannelKey, id: MemberId) {
-        let s = self.registry.borrow().get(session).cloned();
-        let answer = match s {
-            Some(s) => s.probe(key, id.clone(), crate::clock::now()),
-            None => Some(false),
-        };
-        if let Some(alive) = answer {
-            self.probe_answered(key, id, session, alive);
-        }
-    }
-
     // ---- timers and shutdown ----
 
     /// Keepalive, header timeouts, probe deadlines; expires idle channels.
@@ -543,86 +401,6 @@ impl Shard {
         let sessions: Vec<Rc<Session>> = self.registry.borrow().sessions().cloned().collect();
         for s in sessions {
             s.kill();
-        }
-    }
-}
-
-impl Host for Shard {
-    fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    fn scratch(&self) -> &RefCell<Box<[u8]>> {
-        &self.scratch
-    }
-
-    fn join(&self, session: SessionId, h: Header) {
-        let (kind, header) = if h.peer {
-            // Another server's link: its header is shown to no one.
-            (MemberKind::Link, Bytes::new())
-        } else {
-            (MemberKind::Client, frame::encode(OP_TEXT, &h.relay))
-        };
-        self.join_as(session, h.channel.into(), h.uid.into(), kind, header);
-    }
-
-    fn publish(&self, key: ChannelKey, origin: SessionId, frame: Bytes, dedup: bool) {
-        let msg = ShardMsg::Publish {
-            key,
-            origin,
-            frame,
-            dedup,
-        };
-        self.submit(owner_of(key), msg);
-    }
-
-    fn probe_answered(&self, key: ChannelKey, id: MemberId, session: SessionId, alive: bool) {
-        let msg = ShardMsg::ProbeResult {
-            key,
-            id,
-            session,
-            alive,
-        };
-        self.submit(owner_of(key), msg);
-    }
-
-    fn link_control(&self, key: ChannelKey, session: SessionId, payload: Bytes) {
-        let msg = ShardMsg::LinkControl {
-            key,
-            session,
-            payload,
-        };
-        self.submit(owner_of(key), msg);
-    }
-
-    fn must_pause(&self, waker: &Waker) -> bool {
-        if !self.mesh.congested() {
-            return false;
-        }
-        // Only while congested (rare), so a linear check is fine; it keeps a
-        // session polled again and again from piling up copies.
-        let mut paused = self.paused.wakers.borrow_mut();
-        if !paused.iter().any(|w| w.will_wake(waker)) {
-            paused.push(waker.clone());
-        }
-        true
-    }
-
-    fn ended(&self, s: &Session) {
-        let c = self.counters();
-        c.sessions.fetch_sub(1, Ordering::Relaxed);
-        c.closed(s.close_code());
-        let left = self.registry.borrow_mut().remove(s.id);
-        if let Some(m) = left {
-            let msg = ShardMsg::Leave {
-                key: m.key,
-                id: m.id,
-                session: s.id,
-            };
-            self.submit(owner_of(m.key), msg);
-        }
-        if self.is_shutting_down() && self.registry.borrow().is_empty() {
-            self.shutdown.drained.notify_one();
         }
     }
 }

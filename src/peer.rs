@@ -325,6 +325,16 @@ where
     shard.join_link(m.session.id, channel.clone(), url.into());
     tracing::debug!(peer = %url, channel = %channel, "peer link connected");
     loop {
+        // Like a client's session, the link stops reading while the process
+        // is congested (TCP backpressure to the peer).
+        poll_fn(|cx| {
+            if shard.must_pause(cx.waker()) {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
         tokio::select! {
             msg = ws.next() => {
                 let f = match msg {

@@ -93,7 +93,7 @@ pub struct Cli {
     /// Peer server to link every channel to, ws:// or wss:// (repeatable).
     #[arg(long = "peer")]
     pub peer: Vec<String>,
-    /// The uid this server's peer links use; unique per server [default: mles-peer-<hostname>-<port>].
+    /// The uid this server's peer links use; unique per server [default: mles-peer-HOSTNAME-PORT].
     #[arg(long = "peer-uid")]
     pub peer_uid: Option<String>,
     /// Key the links' `auth` is computed with, for peers that set MLES_KEY [default: MLES_KEY].

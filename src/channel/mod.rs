@@ -1,6 +1,8 @@
 //! Channels, sans-IO: what a channel's owner knows (members with their kind,
-//! the history, joins waiting on a probe) and the rules of PROTOCOL.md §3–5 as
-//! a plain state machine: `(input, now) -> actions`.
+//! the history, joins waiting on a probe, the peer links' sync and routes)
+//! and the rules of PROTOCOL.md §3–5 and §7 as a plain state machine:
+//! `(input, now) -> actions`. [`links`] holds the link control messages,
+//! cycle detection and history alignment.
 //!
 //! Nothing here sends, reads a clock, or holds a session: the shard feeds
 //! [`Owner`] its messages and carries out the [`Action`]s it returns. A

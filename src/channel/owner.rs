@@ -104,6 +104,8 @@ pub struct Owner<Q> {
     /// Numbers links in the order they synced: the newest of two that
     /// would close a cycle is refused.
     syncs: u64,
+    /// Links still waiting for their peer's sync (the timer looks only then).
+    unsynced: usize,
 }
 
 impl<Q: Sequencer> Owner<Q> {
@@ -127,6 +129,7 @@ impl<Q: Sequencer> Owner<Q> {
             tally: Tally::default(),
             node: 0,
             syncs: 0,
+            unsynced: 0,
         }
     }
 
@@ -409,10 +412,10 @@ impl<Q: Sequencer> Owner<Q> {
             .links
             .get(&session)
             .is_some_and(LinkState::routes_through);
-        let Some((m, synced)) = ch.remove_member(id, session) else {
+        let Some((m, link)) = ch.remove_member(id, session) else {
             return;
         };
-        self.tally.links -= i64::from(synced);
+        peering::link_gone(&mut self.tally, &mut self.unsynced, link);
         ch.last_activity = now;
         self.sequencer.release(&ch.name, &id.1);
         let slot = key as u32 as usize;
@@ -455,8 +458,8 @@ impl<Q: Sequencer> Owner<Q> {
                 close: close::DUPLICATE,
             });
         }
-        if let Some((_, synced)) = ch.remove_member(id, incumbent) {
-            self.tally.links -= i64::from(synced);
+        if let Some((_, link)) = ch.remove_member(id, incumbent) {
+            peering::link_gone(&mut self.tally, &mut self.unsynced, link);
             self.sequencer.release(&ch.name, &id.1);
         }
         self.tally.probe_replaced += 1;

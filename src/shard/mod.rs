@@ -3,7 +3,7 @@
 //!
 //! All state here is `Rc`/`RefCell` and never leaves the thread; other shards
 //! are reached only through [`mesh::Mesh`]. Each concern has its own type:
-//! [`registry::Registry`] (sessions, local members), [`Owner`] (the channels
+//! the registry (sessions, local members), [`Owner`] (the channels
 //! this shard owns, a sans-IO state machine from [`crate::channel`]), the
 //! paused publishers, and the link starter. [`Shard`] dispatches messages to
 //! them and carries out what the owner decides; sessions see it only through

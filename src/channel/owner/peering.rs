@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Action, Owner, channel_mut};
+use super::{Action, Owner, Tally, channel_mut};
 use crate::channel::links::{Alignment, Control, LinkEnds, MAX_ROUTES, align};
 use crate::channel::sequencer::{Origin, Sequencer};
 use crate::channel::{ChannelKey, MemberKind, SessionId};
@@ -74,11 +74,6 @@ impl LinkState {
         true
     }
 
-    /// Whether it counts as a synced link.
-    pub(super) fn counted(&self) -> bool {
-        self.counted
-    }
-
     /// Whether nodes are reached through this link.
     pub(super) fn routes_through(&self) -> bool {
         !self.refused && !self.routes.is_empty()
@@ -134,6 +129,7 @@ impl<Q: Sequencer> Owner<Q> {
         }
         .encode();
         ch.links.insert(session, link);
+        self.unsynced += 1;
         out.push(Action::LinkControl { session, payload });
     }
 
@@ -159,6 +155,7 @@ impl<Q: Sequencer> Owner<Q> {
             return;
         }
         let history = link.resync.take();
+        self.unsynced -= usize::from(history.is_some());
         let mut routes = c.routes;
         routes.push(c.node);
         routes.sort_unstable();
@@ -185,11 +182,15 @@ impl<Q: Sequencer> Owner<Q> {
 
     /// Links whose peer sent no sync in time: what they sent is their history.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.unsynced == 0 {
+            return;
+        }
         let mut due = Vec::new();
         for (slot, ch) in self.channels.iter_mut() {
             for (&session, link) in ch.links.iter_mut() {
                 if link.resync.is_some() && now.saturating_duration_since(link.since) >= SYNC_WAIT {
                     due.push((slot, session, link.resync.take().unwrap_or_default()));
+                    self.unsynced -= 1;
                 }
             }
         }
@@ -274,7 +275,7 @@ impl<Q: Sequencer> Owner<Q> {
             return;
         };
         link.refused = true;
-        link.resync = None;
+        self.unsynced -= usize::from(link.resync.take().is_some());
         self.tally.cycles_refused += 1;
         if std::mem::take(&mut link.counted) {
             self.tally.links -= 1;
@@ -317,6 +318,14 @@ impl<Q: Sequencer> Owner<Q> {
                 payload: c.encode(),
             });
         }
+    }
+}
+
+/// A link member left (or was replaced): forget what was counted for it.
+pub(super) fn link_gone(tally: &mut Tally, unsynced: &mut usize, link: Option<LinkState>) {
+    if let Some(l) = link {
+        tally.links -= i64::from(l.counted);
+        *unsynced -= usize::from(l.resync.is_some());
     }
 }
 

@@ -131,25 +131,24 @@ impl OwnedChannel {
         }
     }
 
-    /// Removes `id` if `session` holds it; with a link, whether it was
-    /// counted as synced.
+    /// Removes `id` if `session` holds it; with a link, its state.
     pub(super) fn remove_member(
         &mut self,
         id: &MemberId,
         session: SessionId,
-    ) -> Option<(Member, bool)> {
+    ) -> Option<(Member, Option<LinkState>)> {
         if self.members.get(id)?.session != session {
             return None;
         }
         let m = self.members.remove(id).expect("looked up above");
-        let synced = self.links.remove(&session).is_some_and(|l| l.counted());
+        let link = self.links.remove(&session);
         self.clients -= usize::from(m.kind == MemberKind::Client);
         let s = shard_of(session) as usize;
         self.shard_counts[s] -= 1;
         if self.shard_counts[s] == 0 {
             self.member_shards.retain(|&x| x as usize != s);
         }
-        Some((m, synced))
+        Some((m, link))
     }
 
     /// Takes the join pending for `id` if `ours` says it is the one meant

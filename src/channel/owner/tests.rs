@@ -615,6 +615,25 @@ fn a_peer_that_sends_no_sync_is_resynced_after_a_wait() {
     assert!(out.is_empty());
     o.tick(t + Duration::from_secs(3), &mut out);
     assert_eq!(to_shard(&out, 1, l), ["theirs"]);
+    assert!(out.contains(&Action::OpenLink { session: l }));
+    // Nothing is waited for any more; a link that leaves before its sync
+    // is forgotten too.
+    out.clear();
+    o.tick(t + Duration::from_secs(6), &mut out);
+    assert!(out.is_empty());
+    let l2 = sid(2, 8);
+    o.join(incoming("other-server", l2), t, &mut out);
+    o.leave(
+        key,
+        &(MemberKind::Link, "other-server".into()),
+        l2,
+        t,
+        &mut out,
+    );
+    out.clear();
+    o.tick(t + Duration::from_secs(9), &mut out);
+    assert!(out.is_empty());
+    assert_eq!(o.take_tally().links, 0);
 }
 
 #[test]

@@ -51,9 +51,14 @@ pub struct Cli {
     #[arg(long = "shards")]
     pub shards: Option<usize>,
     /// For tests only: on this channel, uid `panic-session` panics in its
-    /// session and uid `panic-shard` in the owner shard (supervision tests).
-    #[arg(long = "test-panic-channel", hide = true)]
-    pub test_panic_channel: Option<String>,
+    /// session, uid `panic-shard` in the owner shard, and uid `stall-shard`
+    /// blocks the owner shard's thread for 3 s (supervision, backpressure).
+    #[arg(long = "test-hook-channel", hide = true)]
+    pub test_hook_channel: Option<String>,
+    /// For tests only: bytes in one shard's inbox above which publishers
+    /// pause [default: 64MiB].
+    #[arg(long = "test-inbox-limit", hide = true, value_parser = parse_size)]
+    pub test_inbox_limit: Option<usize>,
     /// Full listen address, e.g. 0.0.0.0:9000 or [::]:443 (repeatable; wins over --port).
     #[arg(long = "listen")]
     pub listen: Vec<SocketAddr>,
@@ -152,10 +157,13 @@ pub struct Limits {
     /// This server's identity among peer servers: a hash of its `--peer-uid`
     /// (PROTOCOL.md §7, cycle detection).
     pub node: u64,
-    /// Tests only (`--test-panic-channel`): on this channel, uid
-    /// `panic-session` panics in its session and uid `panic-shard` in the
-    /// owner shard's handler, to prove supervision.
-    pub panic_channel: Option<std::sync::Arc<str>>,
+    /// Tests only (`--test-hook-channel`): on this channel, uid
+    /// `panic-session` panics in its session, `panic-shard` in the owner
+    /// shard's handler, and `stall-shard` blocks the owner shard for 3 s.
+    pub hook_channel: Option<std::sync::Arc<str>>,
+    /// Bytes in one shard's inbox above which publishers pause
+    /// (`shard::mesh::BACKLOG_LIMIT`; smaller only in tests).
+    pub inbox_limit: usize,
 }
 
 /// Static web serving settings.
@@ -330,7 +338,10 @@ impl Config {
                 dedup: cli.dedup,
                 key: mles_key.clone().map(String::into_bytes),
                 node: crate::protocol::auth::hash_parts(&[peer_uid.as_bytes()]),
-                panic_channel: cli.test_panic_channel.as_deref().map(Into::into),
+                hook_channel: cli.test_hook_channel.as_deref().map(Into::into),
+                inbox_limit: cli
+                    .test_inbox_limit
+                    .unwrap_or(crate::shard::mesh::BACKLOG_LIMIT),
             },
             statics: StaticSettings {
                 wwwroot: cli.wwwroot.clone(),

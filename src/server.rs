@@ -168,7 +168,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         .map_err(StartError::Peer)?;
         Some(crate::peer::link_starter(Arc::new(cfg)))
     };
-    let (mesh, inboxes) = Mesh::new(config.shards);
+    let (mesh, inboxes) = Mesh::with_limit(config.shards, config.limits.inbox_limit);
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics {
         let (bound, thread) = crate::admin::start(addr, mesh.clone(), shutdown_rx.clone())

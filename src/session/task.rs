@@ -304,11 +304,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             };
             return self.session.close(c);
         }
-        if let Some(hook) = &self.shard.limits().panic_channel
+        if let Some(hook) = &self.shard.limits().hook_channel
             && *h.channel == **hook
             && h.uid == "panic-session"
         {
-            panic!("test hook: a session panics (--test-panic-channel)");
+            panic!("test hook: a session panics (--test-hook-channel)");
         }
         // A peer's frames are never dropped for their content (PROTOCOL.md §7).
         self.link = h.peer;

@@ -244,11 +244,10 @@ impl Shard {
                 kind,
                 header,
             } => {
-                if let Some(hook) = &self.limits.panic_channel
+                if let Some(hook) = &self.limits.hook_channel
                     && channel == *hook
-                    && &*uid == "panic-shard"
                 {
-                    panic!("test hook: a shard-level handler panics (--test-panic-channel)");
+                    test_hook(&uid);
                 }
                 let j = Join {
                     channel,
@@ -402,6 +401,16 @@ impl Shard {
         for s in sessions {
             s.kill();
         }
+    }
+}
+
+/// `--test-hook-channel`: what a join with `uid` does to the owner shard.
+fn test_hook(uid: &str) {
+    match uid {
+        "panic-shard" => panic!("test hook: a shard-level handler panics (--test-hook-channel)"),
+        // A shard that falls behind: its inbox fills while it sleeps.
+        "stall-shard" => std::thread::sleep(std::time::Duration::from_secs(3)),
+        _ => {}
     }
 }
 

@@ -90,7 +90,7 @@ fn a_panicking_shard_handler_trips_the_failure_and_handles_nothing_more() {
     local(async {
         let (mesh, _rxs) = Mesh::new(1);
         let mut limits = Config::local(1).limits;
-        limits.panic_channel = Some("boom".into());
+        limits.hook_channel = Some("boom".into());
         let shard = Shard::new(0, mesh.clone(), limits);
         let s = shard.new_session();
         s.begin_join();

@@ -201,6 +201,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             limits: config.limits.clone(),
             frontend: frontend.clone(),
             links: links.clone(),
+            sequencer: None,
             shutdown: shutdown_rx.clone(),
         };
         match runtime::spawn(start, rt) {

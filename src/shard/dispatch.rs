@@ -113,11 +113,8 @@ impl Shard {
         history: Vec<Bytes>,
     ) {
         let s = self.registry.borrow().get(session).cloned();
-        let member = s.is_some_and(|s| s.joined(key, history, id.0.is_link()))
-            && self
-                .registry
-                .borrow_mut()
-                .add_member(session, key, id.clone());
+        let member = s.is_some_and(|s| s.joined(key, id.1.clone(), history, id.0.is_link()))
+            && self.registry.borrow_mut().add_member(session, key, id.0);
         if !member {
             // Gone or closing meanwhile: the owner must forget it again.
             self.submit(owner_of(key), ShardMsg::Leave { key, id, session });

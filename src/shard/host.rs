@@ -80,14 +80,18 @@ impl Host for Shard {
         let c = self.counters();
         c.sessions.fetch_sub(1, Ordering::Relaxed);
         c.closed(s.close_code());
-        let left = self.registry.borrow_mut().remove(s.id);
-        if let Some(m) = left {
+        let joined = s.take_joined();
+        let kind = self
+            .registry
+            .borrow_mut()
+            .remove(s.id, joined.as_ref().map(|j| j.0));
+        if let (Some((key, uid)), Some(kind)) = (joined, kind) {
             let msg = ShardMsg::Leave {
-                key: m.key,
-                id: m.id,
+                key,
+                id: (kind, uid),
                 session: s.id,
             };
-            self.submit(owner_of(m.key), msg);
+            self.submit(owner_of(key), msg);
         }
         if self.is_shutting_down() && self.registry.borrow().is_empty() {
             self.shutdown.drained.notify_one();

@@ -161,9 +161,9 @@ pub struct Limits {
     /// `panic-session` panics in its session, `panic-shard` in the owner
     /// shard's handler, and `stall-shard` blocks the owner shard for 3 s.
     pub hook_channel: Option<std::sync::Arc<str>>,
-    /// Bytes in one shard's inbox above which publishers pause
-    /// (`shard::mesh::BACKLOG_LIMIT`; smaller only in tests).
-    pub inbox_limit: usize,
+    /// Bytes in one shard's inbox above which publishers pause; `None`:
+    /// `shard::mesh::BACKLOG_LIMIT` (set only by tests).
+    pub inbox_limit: Option<usize>,
 }
 
 /// Static web serving settings.
@@ -339,9 +339,7 @@ impl Config {
                 key: mles_key.clone().map(String::into_bytes),
                 node: crate::protocol::auth::hash_parts(&[peer_uid.as_bytes()]),
                 hook_channel: cli.test_hook_channel.as_deref().map(Into::into),
-                inbox_limit: cli
-                    .test_inbox_limit
-                    .unwrap_or(crate::shard::mesh::BACKLOG_LIMIT),
+                inbox_limit: cli.test_inbox_limit,
             },
             statics: StaticSettings {
                 wwwroot: cli.wwwroot.clone(),

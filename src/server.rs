@@ -14,7 +14,7 @@ use crate::http::Frontend;
 use crate::redirect;
 use crate::shard::LinkStarter;
 use crate::shard::listener::{self, ListenError};
-use crate::shard::mesh::Mesh;
+use crate::shard::mesh::{BACKLOG_LIMIT, Mesh};
 use crate::shard::runtime::{self, SHUTDOWN_GRACE, ShardStart};
 use crate::tls::{Tls, TlsError};
 
@@ -168,7 +168,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         .map_err(StartError::Peer)?;
         Some(crate::peer::link_starter(Arc::new(cfg)))
     };
-    let (mesh, inboxes) = Mesh::with_limit(config.shards, config.limits.inbox_limit);
+    let inbox_limit = config.limits.inbox_limit.unwrap_or(BACKLOG_LIMIT);
+    let (mesh, inboxes) = Mesh::with_limit(config.shards, inbox_limit);
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics {
         let (bound, thread) = crate::admin::start(addr, mesh.clone(), shutdown_rx.clone())

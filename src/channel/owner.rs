@@ -353,7 +353,9 @@ impl<Q: Sequencer> Owner<Q> {
         let Some(ch) = channel_mut(&mut self.channels, key) else {
             return;
         };
-        if let Some(link) = ch.links.get_mut(&origin)
+        // Most channels have no links: skip the lookup for them.
+        if !ch.links.is_empty()
+            && let Some(link) = ch.links.get_mut(&origin)
             && link.buffer(&frame, self.history_frames, self.history_bytes)
         {
             return;

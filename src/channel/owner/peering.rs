@@ -154,6 +154,13 @@ impl<Q: Sequencer> Owner<Q> {
         if link.refused {
             return;
         }
+        if c.node == self.node {
+            // Another server with our --peer-uid (or a link to ourselves):
+            // routes would be meaningless, so the link cannot be kept.
+            tracing::warn!(channel = %ch.name, "a peer link reached a server with this server's --peer-uid; refusing it");
+            let slot = key as u32 as usize;
+            return self.refuse(slot, session, out);
+        }
         let history = link.resync.take();
         self.unsynced -= usize::from(history.is_some());
         let mut routes = c.routes;

@@ -735,3 +735,22 @@ fn routes_reach_the_other_links_and_a_ring_is_refused_where_it_closes() {
     assert!(!out.contains(&Action::OpenLink { session: from_c }));
     assert!(controls(&out).is_empty(), "nothing new to tell b");
 }
+
+#[test]
+fn a_link_to_a_server_with_the_same_node_id_is_refused() {
+    let (mut o, t) = (owner().with_node(5), Instant::now());
+    let key = join(&mut o, "a", sid(1, 1), t);
+    let l = sid(2, 7);
+    let mut out = Vec::new();
+    o.join(incoming("twin", l), t, &mut out);
+    out.clear();
+    o.link_control(key, l, &sync(5, &[]), t, &mut out);
+    assert_eq!(
+        out,
+        [Action::Refused {
+            session: l,
+            close: close::PEER_CYCLE
+        }]
+    );
+    assert_eq!(o.take_tally().links, 0);
+}

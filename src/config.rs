@@ -51,9 +51,14 @@ pub struct Cli {
     #[arg(long = "shards")]
     pub shards: Option<usize>,
     /// For tests only: on this channel, uid `panic-session` panics in its
-    /// session and uid `panic-shard` in the owner shard (supervision tests).
-    #[arg(long = "test-panic-channel", hide = true)]
-    pub test_panic_channel: Option<String>,
+    /// session, uid `panic-shard` in the owner shard, and uid `stall-shard`
+    /// blocks the owner shard's thread for 3 s (supervision, backpressure).
+    #[arg(long = "test-hook-channel", hide = true)]
+    pub test_hook_channel: Option<String>,
+    /// For tests only: bytes in one shard's inbox above which publishers
+    /// pause [default: 64MiB].
+    #[arg(long = "test-inbox-limit", hide = true, value_parser = parse_size)]
+    pub test_inbox_limit: Option<usize>,
     /// Full listen address, e.g. 0.0.0.0:9000 or [::]:443 (repeatable; wins over --port).
     #[arg(long = "listen")]
     pub listen: Vec<SocketAddr>,
@@ -93,9 +98,12 @@ pub struct Cli {
     /// Peer server to link every channel to, ws:// or wss:// (repeatable).
     #[arg(long = "peer")]
     pub peer: Vec<String>,
-    /// The uid this server's peer links use [default: mles-<hostname>].
+    /// The uid this server's peer links use; unique per server [default: mles-peer-HOSTNAME-PORT].
     #[arg(long = "peer-uid")]
     pub peer_uid: Option<String>,
+    /// Key the links' `auth` is computed with, for peers that set MLES_KEY [default: MLES_KEY].
+    #[arg(long = "peer-key")]
+    pub peer_key: Option<String>,
     /// PEM root certificate(s) to trust for wss:// peers [default: public roots].
     #[arg(long = "peer-ca")]
     pub peer_ca: Option<PathBuf>,
@@ -149,10 +157,16 @@ pub struct Limits {
     pub dedup: bool,
     /// `MLES_KEY`, when set: auth becomes mandatory.
     pub key: Option<Vec<u8>>,
-    /// Tests only (`--test-panic-channel`): on this channel, uid
-    /// `panic-session` panics in its session and uid `panic-shard` in the
-    /// owner shard's handler, to prove supervision.
-    pub panic_channel: Option<std::sync::Arc<str>>,
+    /// This server's identity among peer servers: a hash of its `--peer-uid`
+    /// (PROTOCOL.md §7, cycle detection).
+    pub node: u64,
+    /// Tests only (`--test-hook-channel`): on this channel, uid
+    /// `panic-session` panics in its session, `panic-shard` in the owner
+    /// shard's handler, and `stall-shard` blocks the owner shard for 3 s.
+    pub hook_channel: Option<std::sync::Arc<str>>,
+    /// Bytes in one shard's inbox above which publishers pause; `None`:
+    /// `shard::mesh::BACKLOG_LIMIT` (set only by tests).
+    pub inbox_limit: Option<usize>,
 }
 
 /// Static web serving settings.
@@ -185,6 +199,8 @@ pub struct Config {
     pub peers: Vec<String>,
     /// The uid of this server's peer links.
     pub peer_uid: String,
+    /// The key the links' `auth` is computed with (`--peer-key`, else `MLES_KEY`).
+    pub peer_key: Option<Vec<u8>>,
     /// Roots to trust for `wss://` peers instead of the public ones.
     pub peer_ca: Option<PathBuf>,
     /// Flags given but without effect in this mode, for the log at start.
@@ -220,6 +236,9 @@ pub enum ConfigError {
     /// An empty domain name.
     #[error("--domains must not be empty")]
     EmptyDomain,
+    /// An empty `--peer-uid`, or one with control characters.
+    #[error("--peer-uid must be non-empty, without control characters")]
+    BadPeerUid,
     /// A `--peer` that is not a ws:// or wss:// URL.
     #[error("--peer {0}: expected a ws:// or wss:// URL")]
     BadPeer(String),
@@ -320,6 +339,13 @@ impl Config {
                 }
             }
         }
+        let peer_uid = match &cli.peer_uid {
+            Some(u) if u.is_empty() || u.chars().any(char::is_control) => {
+                return Err(ConfigError::BadPeerUid);
+            }
+            Some(u) => u.clone(),
+            None => default_peer_uid(listen.first().map_or(0, |a| a.port())),
+        };
         Ok(Config {
             warnings,
             write_timeout: cli.write_timeout,
@@ -335,8 +361,10 @@ impl Config {
                 ping_interval: cli.ping_interval,
                 header_timeout: cli.header_timeout,
                 dedup: cli.dedup,
-                key: mles_key.map(String::into_bytes),
-                panic_channel: cli.test_panic_channel.as_deref().map(Into::into),
+                key: mles_key.clone().map(String::into_bytes),
+                node: crate::protocol::auth::hash_parts(&[peer_uid.as_bytes()]),
+                hook_channel: cli.test_hook_channel.as_deref().map(Into::into),
+                inbox_limit: cli.test_inbox_limit,
             },
             statics: StaticSettings {
                 wwwroot: cli.wwwroot.clone(),
@@ -347,7 +375,8 @@ impl Config {
             redirect_port: cli.redirect.then_some(cli.redirect_port),
             metrics: cli.metrics,
             peers: cli.peer.clone(),
-            peer_uid: cli.peer_uid.clone().unwrap_or_else(default_peer_uid),
+            peer_uid,
+            peer_key: cli.peer_key.clone().or(mles_key).map(String::into_bytes),
             peer_ca: cli.peer_ca.clone(),
             tls_port,
         })
@@ -366,8 +395,10 @@ impl Config {
     }
 }
 
-/// `mles-<hostname>`, the default uid of peer links.
-fn default_peer_uid() -> String {
+/// The default uid of peer links: `mles-peer-<hostname>-<port>`, unique per
+/// server on a host (two servers cannot share a port); with port 0 (chosen by
+/// the kernel, not yet known) the process id and a counter stand in for it.
+fn default_peer_uid(port: u16) -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
@@ -376,7 +407,14 @@ fn default_peer_uid() -> String {
     } else {
         String::from("local")
     };
-    format!("mles-{host}")
+    if port == 0 {
+        // Several servers in one process (tests, embedding) still differ.
+        static NTH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NTH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("mles-peer-{host}-pid{}-{n}", std::process::id())
+    } else {
+        format!("mles-peer-{host}-{port}")
+    }
 }
 
 /// The CPUs in this process's affinity mask (so `taskset` is honoured).

@@ -8,10 +8,6 @@
 //!   history, the half-open probe, and the `Sequencer` seam for the order.
 //! - [`session`]: one WebSocket session: framing, header, relay, close;
 //!   it reaches its shard only through the narrow `session::Host` handle.
-//!
-//! Dependencies run one way: `server` → `shard` → `session` → `protocol`,
-//! with `channel` (sans-IO) used by `shard`; `peer` and `http` sit beside
-//! `shard` and use it.
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
 //! - [`metrics`], [`admin`], [`health`]: counters and readiness, served for
 //!   Prometheus and health checks on the `--metrics` listener.
@@ -22,6 +18,11 @@
 //! - [`statics`]: static files per domain and the built-in web client.
 //! - [`tls`]: the shared rustls config: certificate files (with reload) or ACME.
 //! - [`redirect`]: the plain-HTTP listener that redirects to https.
+//! - [`clock`]: the compact millisecond clock sessions keep their times in.
+//!
+//! Dependencies run one way: `server` → `shard` → `session` → `protocol`,
+//! with `channel` (sans-IO) used by `shard`; `peer` and `http` sit beside
+//! `shard` and use it; nothing below points back up.
 
 pub mod admin;
 pub mod background;

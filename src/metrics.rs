@@ -29,6 +29,10 @@ pub struct Counters {
     pub probe_replaced: AtomicU64,
     /// Sessions closed (1013) because their outbound queue went over `--max-queue`.
     pub slow_consumers: AtomicU64,
+    /// Synced peer links (either direction) on channels this shard owns (gauge).
+    pub peer_links: AtomicI64,
+    /// Peer links refused because they would close a cycle.
+    pub peer_cycles_refused: AtomicU64,
     /// Sessions ended, by the close code they ended with (`CODES` order, then other).
     closed: [AtomicU64; CODES.len() + 1],
     /// Shard state the owner code reports through [`Counters::set`]
@@ -92,6 +96,8 @@ impl Default for Counters {
             dedup_dropped: AtomicU64::new(0),
             probe_replaced: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
+            peer_links: AtomicI64::new(0),
+            peer_cycles_refused: AtomicU64::new(0),
             closed: Default::default(),
             gauges: std::array::from_fn(|_| AtomicI64::new(UNSET)),
         }
@@ -142,7 +148,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of all counters.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let series: [Series; 8] = [
+        let series: [Series; 10] = [
             (
                 "mles_connections_accepted_total",
                 "counter",
@@ -187,6 +193,18 @@ impl Metrics {
                 "counter",
                 "Sessions closed (1013) for an outbound queue over --max-queue.",
                 |c| c.slow_consumers.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "mles_peer_links",
+                "gauge",
+                "Synced peer links, either direction.",
+                |c| c.peer_links.load(Ordering::Relaxed),
+            ),
+            (
+                "mles_peer_cycles_refused_total",
+                "counter",
+                "Peer links refused because they would close a cycle.",
+                |c| c.peer_cycles_refused.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, get) in series {

@@ -15,7 +15,7 @@ use crate::http::Frontend;
 use crate::redirect;
 use crate::shard::LinkStarter;
 use crate::shard::listener::{self, ListenError};
-use crate::shard::mesh::Mesh;
+use crate::shard::mesh::{BACKLOG_LIMIT, Mesh};
 use crate::shard::runtime::{self, SHUTDOWN_GRACE, ShardStart};
 use crate::tls::{Tls, TlsError};
 
@@ -181,12 +181,14 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         let cfg = crate::peer::PeerConfig::new(
             config.peers.clone(),
             config.peer_uid.clone(),
+            config.peer_key.clone(),
             config.peer_ca.as_deref(),
         )
         .map_err(StartError::Peer)?;
         Some(crate::peer::link_starter(Arc::new(cfg)))
     };
-    let (mesh, inboxes) = Mesh::new(config.shards);
+    let inbox_limit = config.limits.inbox_limit.unwrap_or(BACKLOG_LIMIT);
+    let (mesh, inboxes) = Mesh::with_limit(config.shards, inbox_limit);
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics {
         let admin = crate::admin::Admin {
@@ -224,6 +226,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             limits: config.limits.clone(),
             frontend: frontend.clone(),
             links: links.clone(),
+            sequencer: None,
             shutdown: shutdown_rx.clone(),
         };
         match runtime::spawn(start, rt) {

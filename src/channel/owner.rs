@@ -13,10 +13,16 @@ use ahash::AHashMap;
 use bytes::Bytes;
 use slab::Slab;
 
-use super::history::History;
 use super::sequencer::{Ordered, Origin, Sequencer};
-use super::{ChannelKey, MemberKind, SessionId, shard_of};
+use super::{ChannelKey, MemberId, MemberKind, SessionId};
 use crate::protocol::close::{self, Close};
+
+mod peering;
+mod state;
+
+pub use peering::LinkState;
+pub use state::OwnedChannel;
+use state::{Member, Pending, Stage};
 
 /// Most channels one shard may own at once: a slot must fit the key's 32 bits.
 const MAX_CHANNELS: usize = u32::MAX as usize;
@@ -32,21 +38,26 @@ pub enum Action {
         skip: Option<SessionId>,
         frame: Bytes,
     },
-    /// `session` is a member of `key` as `uid`: replay `history`, then live frames.
+    /// `session` is a member of `key` as `id`: replay `history`, then live frames.
     Joined {
         session: SessionId,
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
         history: Vec<Bytes>,
     },
     /// Close `session` (a refused join, or a link no longer needed).
     Refused { session: SessionId, close: Close },
-    /// Ask the incumbent `session` holding `uid` whether it is alive (§4 probe).
+    /// Ask the incumbent `session` holding `id` whether it is alive (§4 probe).
     Probe {
         session: SessionId,
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
     },
+    /// Send the link `session` a control message (a Ping with this payload).
+    LinkControl { session: SessionId, payload: Bytes },
+    /// The link `session` was synced and kept: its live frames, held until
+    /// now, may flow (nothing crossed it while a cycle was still possible).
+    OpenLink { session: SessionId },
     /// The channel got its first client: start this server's peer links for it.
     StartLinks { key: ChannelKey, channel: Arc<str> },
 }
@@ -69,162 +80,10 @@ pub struct Tally {
     pub published: u64,
     pub dedup_dropped: u64,
     pub probe_replaced: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Member {
-    session: SessionId,
-    kind: MemberKind,
-}
-
-/// Where a join that is not yet admitted waits.
-#[derive(Debug)]
-enum Stage {
-    /// The incumbent with the same uid is being probed.
-    Probing { incumbent: SessionId },
-    /// The sequencer is claiming (channel, uid) beyond this owner.
-    Claiming,
-    /// The join header is on its way through the sequencer.
-    Ordering,
-}
-
-#[derive(Debug)]
-struct Pending {
-    stage: Stage,
-    join: Join,
-}
-
-impl Pending {
-    /// Whether this join waits on a probe of `incumbent`.
-    fn probes(&self, incumbent: SessionId) -> bool {
-        matches!(self.stage, Stage::Probing { incumbent: i } if i == incumbent)
-    }
-}
-
-/// The owner's record of one channel.
-#[derive(Debug)]
-pub struct OwnedChannel {
-    name: Arc<str>,
-    key: ChannelKey,
-    history: History,
-    members: AHashMap<Arc<str>, Member>,
-    /// Joins not yet admitted, by uid: they count for the duplicate check.
-    pending: AHashMap<Arc<str>, Pending>,
-    /// Members per shard, and the shards with at least one, for fan-out.
-    shard_counts: Vec<u32>,
-    member_shards: Vec<u16>,
-    clients: usize,
-    last_activity: Instant,
-    /// This server's peer links were started for the channel.
-    linked: bool,
-}
-
-impl OwnedChannel {
-    fn new(name: Arc<str>, key: ChannelKey, shards: usize, now: Instant) -> OwnedChannel {
-        OwnedChannel {
-            name,
-            key,
-            history: History::default(),
-            members: AHashMap::new(),
-            pending: AHashMap::new(),
-            shard_counts: vec![0; shards],
-            member_shards: Vec::new(),
-            clients: 0,
-            last_activity: now,
-            linked: false,
-        }
-    }
-
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
-    pub fn history(&self) -> &History {
-        &self.history
-    }
-
-    /// Members of either kind.
-    pub fn members(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Members that are clients.
-    pub fn clients(&self) -> usize {
-        self.clients
-    }
-
-    /// The session holding `uid`, if any.
-    pub fn holder(&self, uid: &str) -> Option<SessionId> {
-        self.members.get(uid).map(|m| m.session)
-    }
-
-    /// Shards with at least one member.
-    pub fn member_shards(&self) -> &[u16] {
-        &self.member_shards
-    }
-
-    fn add_member(&mut self, uid: Arc<str>, m: Member) {
-        let s = shard_of(m.session) as usize;
-        self.clients += usize::from(m.kind == MemberKind::Client);
-        self.members.insert(uid, m);
-        self.shard_counts[s] += 1;
-        if self.shard_counts[s] == 1 {
-            self.member_shards.push(s as u16);
-        }
-    }
-
-    /// Removes `uid` if `session` holds it.
-    fn remove_member(&mut self, uid: &str, session: SessionId) -> Option<Member> {
-        if self.members.get(uid)?.session != session {
-            return None;
-        }
-        let m = self.members.remove(uid).expect("looked up above");
-        self.clients -= usize::from(m.kind == MemberKind::Client);
-        let s = shard_of(session) as usize;
-        self.shard_counts[s] -= 1;
-        if self.shard_counts[s] == 0 {
-            self.member_shards.retain(|&x| x as usize != s);
-        }
-        Some(m)
-    }
-
-    /// Takes the join pending for `uid` if `ours` says it is the one meant
-    /// (answers about an older join are stale and change nothing).
-    fn take_pending(&mut self, uid: &str, ours: impl Fn(&Pending) -> bool) -> Option<Pending> {
-        if self.pending.get(uid).is_some_and(ours) {
-            self.pending.remove(uid)
-        } else {
-            None
-        }
-    }
-
-    /// Delivers `o` to every shard with members, except to its publisher.
-    fn fan_out(&self, o: &Ordered, out: &mut Vec<Action>) {
-        let skip = o.origin.local_session();
-        out.extend(self.member_shards.iter().map(|&shard| Action::Deliver {
-            shard,
-            key: self.key,
-            skip,
-            frame: o.frame.clone(),
-        }));
-    }
-
-    /// This server's own links among the members (the sessions to end when
-    /// no client is left).
-    fn links(&self) -> impl Iterator<Item = SessionId> + '_ {
-        self.members
-            .values()
-            .filter(|m| m.kind == MemberKind::Link)
-            .map(|m| m.session)
-    }
-
-    /// Whether the owner may forget this channel: no members, nothing
-    /// pending, and no activity for `idle`.
-    fn expired(&self, now: Instant, idle: Duration) -> bool {
-        self.members.is_empty()
-            && self.pending.is_empty()
-            && now.saturating_duration_since(self.last_activity) >= idle
-    }
+    /// Change in the number of synced peer links.
+    pub links: i64,
+    /// Peer links refused for closing a cycle.
+    pub cycles_refused: u64,
 }
 
 /// Every channel one shard owns.
@@ -240,6 +99,13 @@ pub struct Owner<Q> {
     generations: Vec<u16>,
     sequencer: Q,
     tally: Tally,
+    /// This server's node id among peers (links, PROTOCOL.md §7).
+    node: u64,
+    /// Numbers links in the order they synced: the newest of two that
+    /// would close a cycle is refused.
+    syncs: u64,
+    /// Links still waiting for their peer's sync (the timer looks only then).
+    unsynced: usize,
 }
 
 impl<Q: Sequencer> Owner<Q> {
@@ -261,7 +127,16 @@ impl<Q: Sequencer> Owner<Q> {
             generations: Vec::new(),
             sequencer,
             tally: Tally::default(),
+            node: 0,
+            syncs: 0,
+            unsynced: 0,
         }
+    }
+
+    /// Sets this server's node id among peers (from `--peer-uid`).
+    pub fn with_node(mut self, node: u64) -> Owner<Q> {
+        self.node = node;
+        self
     }
 
     /// The channel named `name`, if this owner has it.
@@ -315,22 +190,23 @@ impl<Q: Sequencer> Owner<Q> {
             });
         };
         let ch = &mut self.channels[slot];
-        if ch.pending.contains_key(&j.uid) {
+        let id = (j.kind, j.uid.clone());
+        if ch.pending.contains_key(&id) {
             return out.push(Action::Refused {
                 session: j.session,
                 close: close::DUPLICATE,
             });
         }
-        if let Some(&m) = ch.members.get(&j.uid) {
+        if let Some(&m) = ch.members.get(&id) {
             out.push(Action::Probe {
                 session: m.session,
                 key: ch.key,
-                uid: j.uid.clone(),
+                id: id.clone(),
             });
             let stage = Stage::Probing {
                 incumbent: m.session,
             };
-            ch.pending.insert(j.uid.clone(), Pending { stage, join: j });
+            ch.pending.insert(id, Pending { stage, join: j });
             return;
         }
         self.claim(slot, j, now, out);
@@ -350,7 +226,7 @@ impl<Q: Sequencer> Owner<Q> {
                     stage: Stage::Claiming,
                     join: j,
                 };
-                ch.pending.insert(p.join.uid.clone(), p);
+                ch.pending.insert((p.join.kind, p.join.uid.clone()), p);
             }
         }
     }
@@ -359,7 +235,7 @@ impl<Q: Sequencer> Owner<Q> {
     pub fn claimed(
         &mut self,
         key: ChannelKey,
-        uid: &str,
+        id: &MemberId,
         session: SessionId,
         free: bool,
         now: Instant,
@@ -369,7 +245,7 @@ impl<Q: Sequencer> Owner<Q> {
             return;
         };
         let ours = |p: &Pending| matches!(p.stage, Stage::Claiming) && p.join.session == session;
-        let Some(p) = ch.take_pending(uid, ours) else {
+        let Some(p) = ch.take_pending(id, ours) else {
             return;
         };
         if free {
@@ -386,7 +262,7 @@ impl<Q: Sequencer> Owner<Q> {
     /// Sends a client's header through the sequencer; a link is admitted at once.
     fn order_join(&mut self, slot: usize, j: Join, now: Instant, out: &mut Vec<Action>) {
         let ch = &mut self.channels[slot];
-        if j.kind == MemberKind::Link {
+        if j.kind == MemberKind::OwnLink {
             if ch.clients == 0 {
                 // Every client left while this link was connecting.
                 return out.push(Action::Refused {
@@ -394,6 +270,10 @@ impl<Q: Sequencer> Owner<Q> {
                     close: close::CHANNEL_EMPTY,
                 });
             }
+            return self.admit(slot, j, None, now, out);
+        }
+        if j.kind == MemberKind::Link {
+            // Another server's link: no header to relay or store.
             return self.admit(slot, j, None, now, out);
         }
         let last = ch.history.last_seq();
@@ -408,7 +288,7 @@ impl<Q: Sequencer> Owner<Q> {
                     stage: Stage::Ordering,
                     join: j,
                 };
-                ch.pending.insert(p.join.uid.clone(), p);
+                ch.pending.insert((p.join.kind, p.join.uid.clone()), p);
             }
         }
     }
@@ -433,21 +313,23 @@ impl<Q: Sequencer> Owner<Q> {
                 .push(h.frame, self.history_frames, self.history_bytes);
         }
         let first_client = j.kind == MemberKind::Client && ch.clients == 0;
-        ch.add_member(
-            j.uid.clone(),
-            Member {
-                session: j.session,
-                kind: j.kind,
-            },
-        );
+        let member = Member {
+            session: j.session,
+            kind: j.kind,
+        };
+        ch.add_member((j.kind, j.uid.clone()), member);
         ch.last_activity = now;
         self.tally.joins += 1;
         out.push(Action::Joined {
             session: j.session,
             key: ch.key,
-            uid: j.uid,
+            id: (j.kind, j.uid),
             history,
         });
+        if j.kind.is_link() {
+            self.link_admitted(slot, j.session, j.kind, now, out);
+        }
+        let ch = &mut self.channels[slot];
         if first_client && !ch.linked {
             ch.linked = true;
             out.push(Action::StartLinks {
@@ -471,6 +353,13 @@ impl<Q: Sequencer> Owner<Q> {
         let Some(ch) = channel_mut(&mut self.channels, key) else {
             return;
         };
+        // Most channels have no links: skip the lookup for them.
+        if !ch.links.is_empty()
+            && let Some(link) = ch.links.get_mut(&origin)
+            && link.buffer(&frame, self.history_frames, self.history_bytes)
+        {
+            return;
+        }
         if dedup && ch.history.contains(&frame) {
             self.tally.dedup_dropped += 1;
             return;
@@ -513,7 +402,7 @@ impl<Q: Sequencer> Owner<Q> {
     pub fn leave(
         &mut self,
         key: ChannelKey,
-        uid: &Arc<str>,
+        id: &MemberId,
         session: SessionId,
         now: Instant,
         out: &mut Vec<Action>,
@@ -521,18 +410,27 @@ impl<Q: Sequencer> Owner<Q> {
         let Some(ch) = channel_mut(&mut self.channels, key) else {
             return;
         };
-        let Some(m) = ch.remove_member(uid, session) else {
+        let routed = ch
+            .links
+            .get(&session)
+            .is_some_and(LinkState::routes_through);
+        let Some((m, link)) = ch.remove_member(id, session) else {
             return;
         };
+        peering::link_gone(&mut self.tally, &mut self.unsynced, link);
         ch.last_activity = now;
-        self.sequencer.release(&ch.name, uid);
-        if let Some(p) = ch.take_pending(uid, |p| p.probes(session)) {
-            let slot = key as u32 as usize;
+        self.sequencer.release(&ch.name, &id.1);
+        let slot = key as u32 as usize;
+        if routed {
+            self.advertise(slot, out);
+        }
+        let ch = &mut self.channels[slot];
+        if let Some(p) = ch.take_pending(id, |p| p.probes(session)) {
             return self.claim(slot, p.join, now, out);
         }
         if m.kind == MemberKind::Client && ch.clients == 0 && ch.linked {
             ch.linked = false;
-            out.extend(ch.links().map(|session| Action::Refused {
+            out.extend(ch.own_links().map(|session| Action::Refused {
                 session,
                 close: close::CHANNEL_EMPTY,
             }));
@@ -544,7 +442,7 @@ impl<Q: Sequencer> Owner<Q> {
     pub fn probe_result(
         &mut self,
         key: ChannelKey,
-        uid: &Arc<str>,
+        id: &MemberId,
         incumbent: SessionId,
         alive: bool,
         now: Instant,
@@ -553,17 +451,18 @@ impl<Q: Sequencer> Owner<Q> {
         let Some(ch) = channel_mut(&mut self.channels, key) else {
             return;
         };
-        let Some(p) = ch.take_pending(uid, |p| p.probes(incumbent)) else {
+        let Some(p) = ch.take_pending(id, |p| p.probes(incumbent)) else {
             return;
         };
-        if alive && ch.holder(uid) == Some(incumbent) {
+        if alive && ch.members.get(id).map(|m| m.session) == Some(incumbent) {
             return out.push(Action::Refused {
                 session: p.join.session,
                 close: close::DUPLICATE,
             });
         }
-        if ch.remove_member(uid, incumbent).is_some() {
-            self.sequencer.release(&ch.name, uid);
+        if let Some((_, link)) = ch.remove_member(id, incumbent) {
+            peering::link_gone(&mut self.tally, &mut self.unsynced, link);
+            self.sequencer.release(&ch.name, &id.1);
         }
         self.tally.probe_replaced += 1;
         let slot = key as u32 as usize;

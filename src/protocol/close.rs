@@ -32,6 +32,12 @@ pub const BAD_LENGTH: Close = Close::new(1002, "invalid frame length");
 pub const INVALID_UTF8: Close = Close::new(1007, "invalid utf-8 in text frame");
 pub const EMPTY_FIELD: Close = Close::new(1008, "header uid and channel must not be empty");
 pub const OVERSIZED_FIELD: Close = Close::new(1008, "header uid or channel over 1024 bytes");
+pub const CONTROL_CHARS: Close = Close::new(
+    1008,
+    "header uid and channel must not contain control characters",
+);
+/// A peer link that would close a cycle of links (PROTOCOL.md §7).
+pub const PEER_CYCLE: Close = Close::new(1008, "peer link would form a cycle");
 pub const AUTH_REQUIRED: Close = Close::new(1008, "auth required");
 pub const AUTH_FAILED: Close = Close::new(1008, "auth failed");
 pub const DUPLICATE: Close = Close::new(1008, "uid already joined on this channel");

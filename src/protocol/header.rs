@@ -15,7 +15,7 @@ pub struct Header {
     pub channel: String,
     pub auth: Option<String>,
     /// `"peer": true`: the session is another server's peer link (PROTOCOL.md
-    /// §7); its frames are de-duplicated against history.
+    /// §7), admitted as a link member rather than a client.
     pub peer: bool,
     /// The JSON payload to relay and store: the original bytes when there was
     /// no `auth`, else the object re-serialized without it.
@@ -57,6 +57,8 @@ fn take_field(obj: &Map<String, Value>, name: &str) -> Result<String, Close> {
         None | Some(Value::Null) => Err(close::MISSING_HEADER_FIELD),
         Some(Value::String(s)) if s.is_empty() => Err(close::EMPTY_FIELD),
         Some(Value::String(s)) if s.len() > MAX_FIELD => Err(close::OVERSIZED_FIELD),
+        // Names end up in logs and user interfaces: no terminal escapes, NUL or newlines.
+        Some(Value::String(s)) if s.chars().any(char::is_control) => Err(close::CONTROL_CHARS),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(close::BAD_HEADER_FIELD),
     }
@@ -115,5 +117,25 @@ mod tests {
         assert_eq!(parse(long.as_bytes()).unwrap_err(), close::OVERSIZED_FIELD);
         let max = format!(r#"{{"uid":"{}","channel":"c"}}"#, "u".repeat(1024));
         assert!(parse(max.as_bytes()).is_ok());
+        for bad in [
+            r#""\u0000peer""#,
+            r#""a\nb""#,
+            r#""\u001b[31m""#,
+            r#""\u0085""#,
+        ] {
+            let uid = format!(r#"{{"uid":{bad},"channel":"c"}}"#);
+            assert_eq!(
+                parse(uid.as_bytes()).unwrap_err(),
+                close::CONTROL_CHARS,
+                "{bad}"
+            );
+            let ch = format!(r#"{{"uid":"u","channel":{bad}}}"#);
+            assert_eq!(
+                parse(ch.as_bytes()).unwrap_err(),
+                close::CONTROL_CHARS,
+                "{bad}"
+            );
+        }
+        assert!(parse("{\"uid\":\"é ü 名\",\"channel\":\"c\"}".as_bytes()).is_ok());
     }
 }

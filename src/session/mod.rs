@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::channel::{ChannelKey, SessionId};
+use crate::channel::{ChannelKey, MemberId, SessionId};
 use crate::clock::{self, Millis};
 use crate::config::Limits;
 use crate::protocol::close::{self, Close};
@@ -39,7 +39,9 @@ pub trait Host {
     /// A member published `frame` (encoded for receivers) into `key`.
     fn publish(&self, key: ChannelKey, origin: SessionId, frame: Bytes, dedup: bool);
     /// A probed session answered (or failed to).
-    fn probe_answered(&self, key: ChannelKey, uid: Arc<str>, session: SessionId, alive: bool);
+    fn probe_answered(&self, key: ChannelKey, id: MemberId, session: SessionId, alive: bool);
+    /// A link member sent a control message (a Ping payload, PROTOCOL.md §7).
+    fn link_control(&self, key: ChannelKey, session: SessionId, payload: Bytes);
     /// Whether the session must stop reading for now (the process is
     /// congested); if so `waker` is woken when it may go on.
     fn must_pause(&self, waker: &Waker) -> bool;
@@ -86,6 +88,10 @@ pub enum Phase {
 struct Replay(Option<Box<VecDeque<Bytes>>>);
 
 impl Replay {
+    fn push_back(&mut self, frame: Bytes) {
+        self.0.get_or_insert_with(Default::default).push_back(frame);
+    }
+
     fn set(&mut self, frames: Vec<Bytes>) {
         self.0 = (!frames.is_empty()).then(|| Box::new(frames.into()));
     }
@@ -124,7 +130,7 @@ impl Replay {
 struct Probe {
     deadline: Millis,
     key: ChannelKey,
-    uid: Arc<str>,
+    id: MemberId,
 }
 
 struct Inner {
@@ -139,15 +145,35 @@ struct Inner {
     waker: Option<Waker>,
     /// Set to end the task at once (close linger over, or shutdown deadline).
     kill: bool,
+    /// A peer link whose peer has not synced yet: live frames wait in `out`
+    /// unwritten; control frames go out after the history (PROTOCOL.md §7).
+    held: bool,
     /// The close code sent, 1005 while none was.
     close_code: u16,
-    /// The channel once joined: where published frames go.
-    key: Option<ChannelKey>,
+    /// Channel and uid once joined: where published frames go, and what to leave.
+    joined: Option<(ChannelKey, Arc<str>)>,
     probe: Option<Box<Probe>>,
     /// When the phase last changed (header timeout, close linger).
     since: Millis,
     last_rx: Millis,
     last_ping: Millis,
+}
+
+impl Inner {
+    /// Whether something may be written now.
+    fn writable(&self) -> bool {
+        !self.replay.is_empty() || (!self.held && !self.out.is_empty())
+    }
+
+    /// The frames to write next, history first; live ones unless held.
+    fn to_write(&self) -> impl Iterator<Item = &Bytes> {
+        let live = if self.held {
+            None
+        } else {
+            Some(self.out.iter())
+        };
+        self.replay.iter().chain(live.into_iter().flatten())
+    }
 }
 
 /// The part of a session the shard holds: its outbound queue and state.
@@ -162,7 +188,7 @@ pub enum TickOutcome {
     /// The incumbent did not answer the probe: it is being closed.
     ProbeFailed {
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
     },
 }
 
@@ -178,8 +204,9 @@ impl Session {
                 written: 0,
                 waker: None,
                 kill: false,
+                held: false,
                 close_code: 1005,
-                key: None,
+                joined: None,
                 probe: None,
                 since: now,
                 last_rx: now,
@@ -209,7 +236,7 @@ impl Session {
     /// Whether frames are waiting to be taken.
     pub fn has_queued(&self) -> bool {
         let i = self.inner.borrow();
-        !i.out.is_empty() || !i.replay.is_empty()
+        i.writable()
     }
 
     /// The close code this session sent (1005 if it ended without one).
@@ -231,8 +258,10 @@ impl Session {
     pub fn take_queued(&self) -> Vec<Bytes> {
         let mut i = self.inner.borrow_mut();
         let mut v = i.replay.take();
-        v.extend(i.out.drain(..));
-        i.out_bytes = 0;
+        if !i.held {
+            v.extend(i.out.drain(..));
+            i.out_bytes = 0;
+        }
         i.written = 0;
         v
     }
@@ -257,10 +286,24 @@ impl Session {
         false
     }
 
-    /// Queues a control frame (not counted against the queue bound).
-    fn push_control(&self, frame: Bytes) {
+    /// Queues a control frame (not counted against the queue bound); while
+    /// held, after the history, ahead of the live frames that wait.
+    pub fn push_control(&self, frame: Bytes) {
         let mut i = self.inner.borrow_mut();
-        i.out.push_back(frame);
+        if i.held {
+            i.replay.push_back(frame);
+        } else {
+            i.out.push_back(frame);
+        }
+        if let Some(w) = i.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// A held link's peer synced and the link was kept: live frames flow.
+    pub fn release(&self) {
+        let mut i = self.inner.borrow_mut();
+        i.held = false;
         if let Some(w) = i.waker.take() {
             w.wake();
         }
@@ -286,6 +329,11 @@ impl Session {
         i.phase = Phase::Closing;
         i.close_code = c.code;
         i.since = clock::now();
+        if std::mem::take(&mut i.held) {
+            // A link closed before it was open: what waited is not sent.
+            i.out.clear();
+            i.out_bytes = 0;
+        }
         if c == close::SLOW_CONSUMER {
             // Keep only a frame already partly written, so the stream stays well-formed.
             let keep = if i.written > 0 {
@@ -317,13 +365,15 @@ impl Session {
 
     /// The owner accepted the join: replay `history`, then live frames.
     /// Returns false when the session is no longer waiting for it.
-    pub fn joined(&self, key: ChannelKey, history: Vec<Bytes>) -> bool {
+    /// A link (`hold`) sends no live frame until [`Session::release`].
+    pub fn joined(&self, key: ChannelKey, uid: Arc<str>, history: Vec<Bytes>, hold: bool) -> bool {
         let mut i = self.inner.borrow_mut();
         if i.phase != Phase::Joining {
             return false;
         }
         i.phase = Phase::Member;
-        i.key = Some(key);
+        i.joined = Some((key, uid));
+        i.held = hold;
         i.replay.set(history);
         if let Some(w) = i.waker.take() {
             w.wake();
@@ -333,11 +383,16 @@ impl Session {
 
     /// The channel this session is a member of.
     pub fn key(&self) -> Option<ChannelKey> {
-        self.inner.borrow().key
+        self.inner.borrow().joined.as_ref().map(|(k, _)| *k)
+    }
+
+    /// The channel and uid this session joined, taken when it ends.
+    pub fn take_joined(&self) -> Option<(ChannelKey, Arc<str>)> {
+        self.inner.borrow_mut().joined.take()
     }
 
     /// Starts a half-open probe; `Some(alive)` when it can be answered at once.
-    pub fn probe(&self, key: ChannelKey, uid: Arc<str>, now: Millis) -> Option<bool> {
+    pub fn probe(&self, key: ChannelKey, id: MemberId, now: Millis) -> Option<bool> {
         let mut i = self.inner.borrow_mut();
         if i.phase == Phase::Closing {
             return Some(false);
@@ -348,7 +403,7 @@ impl Session {
         i.probe = Some(Box::new(Probe {
             deadline: clock::after(now, PROBE_ANSWER),
             key,
-            uid,
+            id,
         }));
         drop(i);
         self.push_control(Bytes::from_static(PING));
@@ -375,7 +430,7 @@ impl Session {
             self.close(close::KEEPALIVE_TIMEOUT);
             return TickOutcome::ProbeFailed {
                 key: p.key,
-                uid: p.uid,
+                id: p.id,
             };
         }
         if i.phase == Phase::Header && clock::since(now, i.since) >= header_timeout {
@@ -396,3 +451,43 @@ impl Session {
 mod task;
 
 pub use task::SessionTask;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_session_state_stays_small() {
+        // Every idle connection pays for this (BENCHMARKS.md: 144 bytes).
+        assert!(
+            std::mem::size_of::<Session>() <= 144,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
+    }
+
+    #[test]
+    fn a_held_link_writes_control_frames_but_not_live_ones_until_released() {
+        let s = Session::new(1, 0);
+        s.begin_join();
+        assert!(s.joined(7, "l".into(), vec![Bytes::from_static(b"h")], true));
+        s.push(Bytes::from_static(b"live"), 1 << 20);
+        s.push_control(Bytes::from_static(b"sync"));
+        assert_eq!(
+            s.take_queued(),
+            ["h", "sync"].map(|f| Bytes::from_static(f.as_bytes()))
+        );
+        assert!(!s.has_queued());
+        s.release();
+        assert_eq!(s.take_queued(), [Bytes::from_static(b"live")]);
+        // Closed before it opened: what waited is dropped, the Close goes out.
+        let s = Session::new(2, 0);
+        s.begin_join();
+        s.joined(7, "l".into(), Vec::new(), true);
+        s.push(Bytes::from_static(b"live"), 1 << 20);
+        s.close(close::PEER_CYCLE);
+        let q = s.take_queued();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0][0] & 0x0F, OP_CLOSE);
+    }
+}

@@ -40,8 +40,10 @@ pub struct SessionTask<S, H: Host> {
     shut_down: bool,
     /// The peer started the close handshake: once our echo is out, just close.
     peer_closed: bool,
-    /// Frames are de-duplicated against history (`--dedup`, or a peer link).
+    /// Frames are de-duplicated against history (`--dedup`; never a link's).
     dedup: bool,
+    /// The header said `"peer": true`: this is another server's link.
+    link: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
@@ -59,6 +61,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             shut_down: false,
             peer_closed: false,
             dedup,
+            link: false,
         }
     }
 
@@ -66,12 +69,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         loop {
             let mut i = self.session.inner.borrow_mut();
-            if i.out.is_empty() && i.replay.is_empty() {
+            if !i.writable() {
                 break;
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut k = 0;
-            for f in i.replay.iter().chain(i.out.iter()).take(MAX_IOV) {
+            for f in i.to_write().take(MAX_IOV) {
                 iov[k] = IoSlice::new(if k == 0 { &f[i.written..] } else { &f[..] });
                 k += 1;
             }
@@ -139,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
         };
         if let Some(p) = probe {
             self.shard
-                .probe_answered(p.key, p.uid, self.session.id, true);
+                .probe_answered(p.key, p.id, self.session.id, true);
         }
     }
 
@@ -197,6 +200,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
                 let mut p = masked.to_vec();
                 frame::unmask(&mut p, head.mask, 0);
                 self.session.push_control(frame::encode(OP_PONG, &p));
+                // A peer server's link talks to this server in Pings (PROTOCOL.md §7).
+                if self.link
+                    && let Some(key) = self.session.key()
+                {
+                    self.shard.link_control(key, self.session.id, p.into());
+                }
             }
             OP_PONG => {}
             OP_CLOSE => self.on_close(head, masked),
@@ -295,13 +304,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             };
             return self.session.close(c);
         }
-        if let Some(hook) = &self.shard.limits().panic_channel
+        if let Some(hook) = &self.shard.limits().hook_channel
             && *h.channel == **hook
             && h.uid == "panic-session"
         {
-            panic!("test hook: a session panics (--test-panic-channel)");
+            panic!("test hook: a session panics (--test-hook-channel)");
         }
-        self.dedup |= h.peer;
+        // A peer's frames are never dropped for their content (PROTOCOL.md §7).
+        self.link = h.peer;
+        self.dedup &= !h.peer;
         self.session.begin_join();
         self.shard.join(self.session.id, h);
     }
@@ -359,7 +370,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> Future for SessionTask<S, H> {
             }
             let (phase, pending_out) = {
                 let i = this.session.inner.borrow();
-                (i.phase, !i.out.is_empty() || !i.replay.is_empty())
+                (i.phase, i.writable())
             };
             match phase {
                 Phase::Closing => {

@@ -20,7 +20,7 @@ use tokio::task::LocalSet;
 
 use super::listener::is_fd_exhaustion;
 use super::mesh::{InboxRx, Mesh};
-use super::{LinkStarter, Shard, panic_message};
+use super::{LinkStarter, SequencerFactory, Shard, panic_message};
 use crate::config::Limits;
 use crate::http::Frontend;
 
@@ -42,6 +42,8 @@ pub struct ShardStart {
     pub limits: Limits,
     pub frontend: Arc<Frontend>,
     pub links: Option<LinkStarter>,
+    /// Where channel order comes from; the shard itself when `None`.
+    pub sequencer: Option<SequencerFactory>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -100,11 +102,15 @@ async fn run(start: ShardStart) {
         limits,
         frontend,
         links,
+        sequencer,
         mut shutdown,
         ..
     } = start;
     let period = tick_period(&limits);
-    let shard = Shard::new(id, mesh.clone(), limits);
+    let shard = match sequencer {
+        Some(make) => Shard::with_sequencer(id, mesh.clone(), limits, make(id)),
+        None => Shard::new(id, mesh.clone(), limits),
+    };
     shard.set_link_starter(links);
     let mut tasks = Vec::new();
     let s = shard.clone();

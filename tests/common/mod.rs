@@ -101,16 +101,7 @@ impl TestServer {
     /// The value of metric `name` summed over its series (0 if absent);
     /// needs `--metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
-        let addr = self.metrics_addr().expect("started with --metrics");
-        let body = http_raw(
-            addr,
-            "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        metric_at(self.metrics_addr().expect("started with --metrics"), name).await
     }
 
     /// Starts graceful shutdown without waiting.
@@ -130,6 +121,20 @@ impl Drop for TestServer {
             h.shutdown();
         }
     }
+}
+
+/// The value of metric `name` summed over its series at a metrics listener
+/// (0 if absent).
+pub async fn metric_at(addr: SocketAddr, name: &str) -> u64 {
+    let body = http_raw(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 pub fn header(uid: &str, channel: &str) -> String {

@@ -27,6 +27,16 @@ fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// RFC 6455 §4.1: the key is the base64 encoding of 16 bytes, so exactly 24
+/// characters ending in `==`. The strict decoder also refuses non-zero
+/// trailing bits, so a key has one spelling only.
+pub fn is_valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && data_encoding::BASE64
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+}
+
 /// Checks an upgrade request; on success answers 101 and starts the session
 /// once hyper hands over the connection.
 pub fn accept<S>(mut req: Request<Incoming>, shard: Rc<Shard>) -> Response<Body>
@@ -34,6 +44,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let h = req.headers();
+    // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 (or later) GET.
+    if req.version() < http::Version::HTTP_11 {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "websocket upgrade needs HTTP/1.1\n",
+        );
+    }
     if req.method() != http::Method::GET || !has_token(h, header::CONNECTION, "upgrade") {
         return plain(
             StatusCode::BAD_REQUEST,
@@ -51,7 +68,10 @@ where
         );
         return r;
     }
-    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|k| k.len() == 24) else {
+    let Some(key) = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| is_valid_key(k.as_bytes()))
+    else {
         return plain(
             StatusCode::BAD_REQUEST,
             "missing or invalid Sec-WebSocket-Key\n",
@@ -96,4 +116,28 @@ where
         HeaderValue::from_static(SUBPROTOCOL),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_must_be_base64_of_16_bytes() {
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(is_valid_key(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        for bad in [
+            &b""[..],
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            // 24 characters, but not base64 (or not of 16 bytes).
+            b"!!!!!!!!!!!!!!!!!!!!!!!!",
+            b"dGhlIHNhbXBsZSBub25jZQ  ",
+            b"dGhlIHNhbXBsZSBub25jZSBi",
+            b"dGhlIHNhbXBsZSBub25jZ===",
+            // Non-zero padding bits: another spelling of a 16-byte key.
+            b"dGhlIHNhbXBsZSBub25jZR==",
+        ] {
+            assert!(!is_valid_key(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 }

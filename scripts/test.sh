@@ -5,3 +5,6 @@ cd "$(dirname "$0")/.."
 ./scripts/install-test-deps.sh
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked "$@"
+
+# Fuzzing (issue 9): each cargo-fuzz target for FUZZ_SECONDS (default 30) on its seeds.
+./scripts/fuzz.sh

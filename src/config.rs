@@ -101,6 +101,20 @@ pub struct Cli {
     /// Size of the in-memory cache of compressed static files, in MB.
     #[arg(long = "compression-cache", default_value_t = 64)]
     pub compression_cache: usize,
+    /// Most open connections in total; more are closed (plain HTTP: 503) before
+    /// their request is read. Keep it below the open-files limit (`ulimit -n`).
+    #[arg(long = "max-connections", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// Most open connections from one client address (IPv6: one /64), refused like --max-connections.
+    #[arg(long = "max-connections-per-ip", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+    /// Time a new connection has to send its request head (and its PROXY header).
+    #[arg(long = "request-timeout", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, from a
+    /// TCP load balancer); its client address is used for limits and logs.
+    #[arg(long = "proxy-protocol")]
+    pub proxy_protocol: bool,
 }
 
 /// How connections are secured.
@@ -176,6 +190,17 @@ pub struct Config {
     pub peer_uid: String,
     /// Roots to trust for `wss://` peers instead of the public ones.
     pub peer_ca: Option<PathBuf>,
+    /// Connection admission and the request timeout (issue 9).
+    pub connections: ConnectionSettings,
+}
+
+/// How connections are admitted, from `--max-connections*`,
+/// `--request-timeout` and `--proxy-protocol`.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    pub limits: crate::http::limits::ConnLimitSettings,
+    pub request_timeout: Duration,
+    pub proxy_protocol: bool,
 }
 
 /// A configuration that cannot run.
@@ -190,6 +215,9 @@ pub enum ConfigError {
     /// A size flag too small to be useful.
     #[error("{0} must be at least 1 byte")]
     ZeroSize(&'static str),
+    /// A connection limit of zero, which would refuse everyone.
+    #[error("{0} must be at least 1")]
+    ZeroCount(&'static str),
     /// A zero duration where time must pass.
     #[error("{0} must be longer than zero")]
     ZeroDuration(&'static str),
@@ -227,9 +255,18 @@ impl Config {
         for (name, v) in [
             ("--ping-interval", cli.ping_interval),
             ("--header-timeout", cli.header_timeout),
+            ("--request-timeout", cli.request_timeout),
         ] {
             if v.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        for (name, v) in [
+            ("--max-connections", cli.max_connections),
+            ("--max-connections-per-ip", cli.max_connections_per_ip),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroCount(name));
             }
         }
         let domains: Vec<String> = cli
@@ -310,6 +347,14 @@ impl Config {
             peer_uid: cli.peer_uid.clone().unwrap_or_else(default_peer_uid),
             peer_ca: cli.peer_ca.clone(),
             tls_port,
+            connections: ConnectionSettings {
+                limits: crate::http::limits::ConnLimitSettings {
+                    max_total: cli.max_connections,
+                    max_per_ip: cli.max_connections_per_ip,
+                },
+                request_timeout: cli.request_timeout,
+                proxy_protocol: cli.proxy_protocol,
+            },
         })
     }
 

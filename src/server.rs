@@ -128,10 +128,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         redirect_addr = Some(bound);
         threads.push(thread);
     }
-    let frontend = Arc::new(Frontend {
-        statics,
-        tls: tls.clone(),
-    });
+    let frontend = Arc::new(Frontend::new(statics, tls.clone(), &config.connections));
     let peers = if config.peers.is_empty() {
         None
     } else {

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Body;
+use super::{Admission, Body};
 use crate::protocol::SUBPROTOCOL;
 use crate::session::SessionTask;
 use crate::shard::Shard;
@@ -38,8 +38,13 @@ pub fn is_valid_key(key: &[u8]) -> bool {
 }
 
 /// Checks an upgrade request; on success answers 101 and starts the session
-/// once hyper hands over the connection.
-pub fn accept<S>(mut req: Request<Incoming>, shard: Rc<Shard>) -> Response<Body>
+/// once hyper hands over the connection. The session takes over the
+/// connection's `admission`, so it stays counted for the session's life.
+pub fn accept<S>(
+    mut req: Request<Incoming>,
+    shard: Rc<Shard>,
+    admission: &Admission,
+) -> Response<Body>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -85,6 +90,7 @@ where
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let conn = admission.take();
     tokio::task::spawn_local(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -98,9 +104,12 @@ where
         // slice of hyper's read buffer, which must not stay pinned for the session's life.
         let hyper::upgrade::Parts { io, read_buf, .. } = parts;
         let task = SessionTask::new(io.into_inner(), shard.new_session(), shard, &read_buf);
-        // The session gets a task of its own, sized to the session alone rather
-        // than to this handshake future; this one ends here.
-        tokio::task::spawn_local(task);
+        // The session gets a task of its own, sized to the session (and its
+        // admission) rather than to this handshake future; this one ends here.
+        tokio::task::spawn_local(async move {
+            let _conn = conn;
+            task.await
+        });
     });
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

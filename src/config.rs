@@ -54,6 +54,10 @@ pub struct Cli {
     /// session and uid `panic-shard` in the owner shard (supervision tests).
     #[arg(long = "test-panic-channel", hide = true)]
     pub test_panic_channel: Option<String>,
+    /// For conformance tests only (Autobahn|Testsuite): no header frame, and
+    /// every message is echoed to its sender instead of relayed.
+    #[arg(long = "conformance-echo", hide = true)]
+    pub conformance_echo: bool,
     /// Full listen address, e.g. 0.0.0.0:9000 or [::]:443 (repeatable; wins over --port).
     #[arg(long = "listen")]
     pub listen: Vec<SocketAddr>,
@@ -164,6 +168,9 @@ pub struct Limits {
     /// `panic-session` panics in its session and uid `panic-shard` in the
     /// owner shard's handler, to prove supervision.
     pub panic_channel: Option<std::sync::Arc<str>>,
+    /// Conformance testing only (`--conformance-echo`): every session is
+    /// answered by echo instead of joining a channel (`session::echo`).
+    pub conformance_echo: bool,
 }
 
 /// Static web serving settings.
@@ -349,6 +356,7 @@ impl Config {
                 dedup: cli.dedup,
                 key: mles_key.map(String::into_bytes),
                 panic_channel: cli.test_panic_channel.as_deref().map(Into::into),
+                conformance_echo: cli.conformance_echo,
             },
             statics: StaticSettings {
                 wwwroot: cli.wwwroot.clone(),

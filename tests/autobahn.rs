@@ -10,6 +10,11 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
 
 /// Behaviours that count as passing: RFC conformant, conformant but not
 /// failing fast (e.g. invalid UTF-8 found at the end of a message rather
@@ -95,6 +100,122 @@ impl std::fmt::Display for Summary {
         }
         Ok(())
     }
+}
+
+/// Where reports go: `target/autobahn/`.
+fn report_root() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target tmp dir has a parent")
+        .join("autobahn")
+}
+
+/// Where scripts/install-autobahn.sh put the suite, and the Python to run it.
+fn installation() -> (PathBuf, PathBuf) {
+    let home = std::env::var("HOME").expect("HOME is set");
+    let dir = std::env::var("MLES_AUTOBAHN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(&home).join(".cache/mles/autobahn-25.10.1"));
+    let python = std::env::var("MLES_PYTHON2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let pyenv = std::env::var("PYENV_ROOT").unwrap_or_else(|_| format!("{home}/.pyenv"));
+            Path::new(&pyenv).join("versions/2.7.18/bin/python")
+        });
+    assert!(
+        dir.join(".installed").exists() && python.exists(),
+        "Autobahn|Testsuite is not installed at {} (run scripts/install-autobahn.sh)",
+        dir.display()
+    );
+    (dir, python)
+}
+
+/// Upper bound for the whole run: about 300 cases, the largest (9.x)
+/// moving 16 MiB messages through Python.
+const RUN_LIMIT: Duration = Duration::from_secs(20 * 60);
+
+/// Runs `wstest -m fuzzingclient` against `url` for `cases`; returns the report's outcomes.
+fn run_wstest(url: &str, cases: &[&str], exclude: &[&str], out: &Path) -> Vec<Outcome> {
+    let (dir, python) = installation();
+    let report = out.join("report");
+    let _ = std::fs::remove_dir_all(&report);
+    std::fs::create_dir_all(&report).expect("target/ is writable");
+    let spec = serde_json::json!({
+        "outdir": report,
+        "servers": [{"agent": "mles", "url": url, "protocols": ["mles-websocket"]}],
+        "cases": cases,
+        "exclude-cases": exclude,
+        "exclude-agent-cases": {},
+    });
+    let spec_path = out.join("fuzzingclient.json");
+    std::fs::write(&spec_path, spec.to_string()).expect("target/ is writable");
+    let log = std::fs::File::create(out.join("wstest.log")).expect("target/ is writable");
+    let script = "import site, sys\n\
+                  site.addsitedir(sys.argv[1])\n\
+                  sys.argv = ['wstest', '-m', 'fuzzingclient', '-s', sys.argv[2]]\n\
+                  from autobahntestsuite.wstest import run\n\
+                  sys.exit(run())\n";
+    let mut child = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&dir)
+        .arg(&spec_path)
+        .current_dir(out)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("a log file clones"))
+        .stderr(log)
+        .spawn()
+        .expect("python 2.7 starts");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wstest can be waited for") {
+            break status;
+        }
+        if started.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            panic!(
+                "wstest ran over {RUN_LIMIT:?}; see {}",
+                out.join("wstest.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        status.success(),
+        "wstest failed ({status}); see {}",
+        out.join("wstest.log").display()
+    );
+    let index =
+        std::fs::read_to_string(report.join("index.json")).expect("wstest wrote index.json");
+    parse_index(&index, "mles")
+}
+
+/// Every case of 1-11 against the echo mode; 12 and 13 test permessage-deflate.
+#[test]
+fn autobahn_fuzzingclient_cases_1_to_11_all_pass() {
+    // Messages up to 16 MiB (cases 9.x) are echoed whole, so the limits sit above them.
+    let srv = TestServer::start(&[
+        "--conformance-echo",
+        "--shards",
+        "2",
+        "--max-message",
+        "20MiB",
+        "--max-queue",
+        "64MiB",
+    ]);
+    let out = report_root();
+    std::fs::create_dir_all(&out).expect("target/ is writable");
+    let url = format!("ws://{}", srv.addr);
+    let outcomes = run_wstest(&url, &["*"], &["12.*", "13.*"], &out);
+    let summary = summarize(&outcomes);
+    std::fs::write(out.join("summary.txt"), summary.to_string()).expect("target/ is writable");
+    println!("Autobahn|Testsuite: {summary}");
+    assert!(summary.total > 200, "too few cases ran: {summary}");
+    assert!(
+        summary.failed.is_empty(),
+        "{summary}report: {}",
+        out.join("report/index.html").display()
+    );
 }
 
 #[test]

@@ -92,3 +92,25 @@ async fn header_frame_over_the_cap_closes_with_1009() {
     assert_eq!(code, 1009, "{why}");
     assert!(why.contains("header"), "{why}");
 }
+
+#[tokio::test]
+async fn oversized_header_is_refused_from_its_length_alone() {
+    let srv = TestServer::start(&[]);
+    let mut raw = RawClient::connect(srv.addr).await;
+    // Only the head of a 1 MiB text frame (under --max-message): the server
+    // must not wait for a payload it would hold unauthenticated.
+    let mut head = vec![0x81, 0x80 | 127];
+    head.extend_from_slice(&(1u64 << 20).to_be_bytes());
+    head.extend_from_slice(&[1, 2, 3, 4]);
+    raw.send(&head).await;
+    let (code, why) = raw.expect_close().await;
+    assert_eq!(code, 1009, "{why}");
+    // The same through fragments: the total counts.
+    let mut raw = RawClient::connect(srv.addr).await;
+    raw.send(&masked(0x01, &[b' '; 8000])).await;
+    let mut head = vec![0x80, 0x80 | 126];
+    head.extend_from_slice(&1000u16.to_be_bytes());
+    head.extend_from_slice(&[1, 2, 3, 4]);
+    raw.send(&head).await;
+    assert_eq!(raw.expect_close().await.0, 1009);
+}

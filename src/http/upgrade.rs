@@ -10,7 +10,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Admission, Body};
 use crate::protocol::SUBPROTOCOL;
-use crate::session::SessionTask;
+use crate::session::echo::EchoHost;
+use crate::session::{Host, SessionTask};
 use crate::shard::Shard;
 use crate::statics::response::{empty, plain};
 
@@ -103,9 +104,19 @@ where
         // Copy what hyper read ahead and drop its buffer now: `read_buf` may be a
         // slice of hyper's read buffer, which must not stay pinned for the session's life.
         let hyper::upgrade::Parts { io, read_buf, .. } = parts;
-        let task = SessionTask::new(io.into_inner(), shard.new_session(), shard, &read_buf);
+        let session = shard.new_session();
         // The session gets a task of its own, sized to the session (and its
         // admission) rather than to this handshake future; this one ends here.
+        if shard.limits().conformance_echo {
+            let host = Rc::new(EchoHost::new(shard, &session));
+            let task = SessionTask::new(io.into_inner(), session, host, &read_buf);
+            tokio::task::spawn_local(async move {
+                let _conn = conn;
+                task.await
+            });
+            return;
+        }
+        let task = SessionTask::new(io.into_inner(), session, shard, &read_buf);
         tokio::task::spawn_local(async move {
             let _conn = conn;
             task.await

@@ -393,6 +393,7 @@ impl Session {
     }
 }
 
+pub mod echo;
 mod task;
 
 pub use task::SessionTask;

@@ -175,8 +175,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             };
             if !head.is_control() {
                 let so_far = self.frag.as_ref().map_or(0, |f| f.payload.len() as u64);
-                if so_far + head.len > max {
-                    self.session.close(close::TOO_BIG);
+                // Before its header a session is unauthenticated: refuse an
+                // oversized header as soon as its length is known, rather than
+                // hold up to --max-message of it.
+                let cap = if self.session.phase() == Phase::Header {
+                    header::check_len(so_far + head.len)
+                } else if so_far + head.len > max {
+                    Err(close::TOO_BIG)
+                } else {
+                    Ok(())
+                };
+                if let Err(c) = cap {
+                    self.session.close(c);
                     break;
                 }
             }

@@ -109,6 +109,10 @@ pub struct Cli {
     /// Size of the in-memory cache of compressed static files, in MB.
     #[arg(long = "compression-cache", default_value_t = 64)]
     pub compression_cache: usize,
+    /// Server-wide bound on incomplete frames and messages being reassembled;
+    /// past it the session that asks for more is closed with 1013 [default: half the RAM].
+    #[arg(long = "max-memory", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
     /// Most open connections in total; more are closed (plain HTTP: 503) before
     /// their request is read. Keep it below the open-files limit (`ulimit -n`).
     #[arg(long = "max-connections", default_value_t = 50_000)]
@@ -168,6 +172,8 @@ pub struct Limits {
     /// `panic-session` panics in its session and uid `panic-shard` in the
     /// owner shard's handler, to prove supervision.
     pub panic_channel: Option<std::sync::Arc<str>>,
+    /// Server-wide bound on partial frames and reassembly (`--max-memory`).
+    pub max_memory: usize,
     /// Conformance testing only (`--conformance-echo`): every session is
     /// answered by echo instead of joining a channel (`session::echo`).
     pub conformance_echo: bool,
@@ -268,6 +274,7 @@ impl Config {
             ("--history-bytes", cli.history_bytes),
             ("--max-message", cli.max_message),
             ("--max-queue", cli.max_queue),
+            ("--max-memory", cli.max_memory.unwrap_or(1)),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroSize(name));
@@ -357,6 +364,7 @@ impl Config {
                 key: mles_key.map(String::into_bytes),
                 panic_channel: cli.test_panic_channel.as_deref().map(Into::into),
                 conformance_echo: cli.conformance_echo,
+                max_memory: cli.max_memory.unwrap_or_else(crate::memory::default_limit),
             },
             statics: StaticSettings {
                 wwwroot: cli.wwwroot.clone(),

@@ -13,6 +13,7 @@
 //! with `channel` (sans-IO) used by `shard`; `peer` and `http` sit beside
 //! `shard` and use it.
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
+//! - [`memory`]: the server-wide `--max-memory` budget for partial frames.
 //! - [`metrics`], [`admin`]: per-shard counters, served for Prometheus.
 //! - [`peer`]: links to peer servers (PROTOCOL.md §7).
 //! - [`protocol`]: sans-IO header parsing, auth, close codes, frame codec.
@@ -25,6 +26,7 @@ pub mod channel;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod peer;
 pub mod protocol;

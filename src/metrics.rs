@@ -30,6 +30,10 @@ pub struct Counters {
     pub probe_replaced: AtomicU64,
     /// Sessions closed (1013) because their outbound queue went over `--max-queue`.
     pub slow_consumers: AtomicU64,
+    /// Bytes of incomplete frames and reassembled messages held (gauge).
+    pub partial_bytes: AtomicI64,
+    /// Sessions closed (1013) because `--max-memory` was reached.
+    pub budget_refusals: AtomicU64,
     /// Sessions ended, by the close code they ended with (`CODES` order, then other).
     closed: [AtomicU64; CODES.len() + 1],
 }
@@ -73,7 +77,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of all counters.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let series: [Series; 8] = [
+        let series: [Series; 10] = [
             (
                 "mles_connections_accepted_total",
                 "counter",
@@ -118,6 +122,18 @@ impl Metrics {
                 "counter",
                 "Sessions closed (1013) for an outbound queue over --max-queue.",
                 |c| c.slow_consumers.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "mles_partial_bytes",
+                "gauge",
+                "Bytes of incomplete frames and fragmented messages held.",
+                |c| c.partial_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "mles_budget_refusals_total",
+                "counter",
+                "Sessions closed (1013) because --max-memory was reached.",
+                |c| c.budget_refusals.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, get) in series {

@@ -165,6 +165,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         Some(crate::peer::link_starter(Arc::new(cfg)))
     };
     let (mesh, inboxes) = Mesh::new(config.shards);
+    mesh.memory.set_limit(config.limits.max_memory);
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics {
         let (bound, thread) = crate::admin::start(addr, mesh.clone(), shutdown_rx.clone())

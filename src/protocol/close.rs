@@ -43,6 +43,7 @@ pub const HEADER_TOO_BIG: Close = Close::new(1009, "header frame over 8192 bytes
 pub const INTERNAL: Close = Close::new(1011, "internal error");
 /// The owner shard's channel table is full (over 4 billion channels).
 pub const TOO_MANY_CHANNELS: Close = Close::new(1013, "too many channels on this server");
+pub const MEMORY_BUDGET: Close = Close::new(1013, "server memory budget reached, retry later");
 pub const SLOW_CONSUMER: Close = Close::new(1013, "slow consumer: outbound queue full");
 
 /// Whether a close code received from a client is one RFC 6455 allows on the wire.

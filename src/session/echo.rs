@@ -71,4 +71,12 @@ impl<H: Host> Host for EchoHost<H> {
     fn ended(&self, session: &Session) {
         self.inner.ended(session)
     }
+
+    fn charge(&self, bytes: usize) -> bool {
+        self.inner.charge(bytes)
+    }
+
+    fn discharge(&self, bytes: usize) {
+        self.inner.discharge(bytes)
+    }
 }

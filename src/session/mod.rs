@@ -45,6 +45,11 @@ pub trait Host {
     fn must_pause(&self, waker: &Waker) -> bool;
     /// The session's task ended, however it ended (a panic included).
     fn ended(&self, session: &Session);
+    /// Charges `bytes` more held between reads to the server's `--max-memory`;
+    /// false, with nothing charged, when that would pass it.
+    fn charge(&self, bytes: usize) -> bool;
+    /// Gives back `bytes` charged before.
+    fn discharge(&self, bytes: usize);
 }
 
 /// How long a closing session may take to flush its Close and see the peer's EOF.

@@ -42,6 +42,8 @@ pub struct SessionTask<S, H: Host> {
     peer_closed: bool,
     /// Frames are de-duplicated against history (`--dedup`, or a peer link).
     dedup: bool,
+    /// Bytes of `partial` and `frag` charged to the server's `--max-memory`.
+    held: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
@@ -59,6 +61,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             shut_down: false,
             peer_closed: false,
             dedup,
+            held: 0,
         }
     }
 
@@ -112,13 +115,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
                 if self.partial.is_empty() {
                     let used = self.process(data);
                     if used < data.len() {
-                        self.partial.extend_from_slice(&data[used..]);
+                        append_partial(&mut self.partial, &data[used..]);
                         self.stalled = self.can_parse();
                     }
                 } else {
-                    self.partial.extend_from_slice(data);
+                    append_partial(&mut self.partial, data);
                     self.process_partial();
                 }
+                self.account();
                 Poll::Ready(true)
             }
             Poll::Ready(Err(e)) => {
@@ -141,6 +145,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             self.shard
                 .probe_answered(p.key, p.uid, self.session.id, true);
         }
+    }
+
+    /// Charges what this session holds between reads (an incomplete frame,
+    /// a message being reassembled) to the server's `--max-memory`, or gives
+    /// back what it no longer holds. Refused, the session lets go of both
+    /// and closes with 1013: only the session asking for more pays.
+    fn account(&mut self) {
+        let now = self.partial.capacity() + self.frag.as_ref().map_or(0, |f| f.payload.capacity());
+        if now < self.held {
+            self.shard.discharge(self.held - now);
+        } else if now > self.held && !self.shard.charge(now - self.held) {
+            self.partial = Vec::new();
+            self.frag = None;
+            self.stalled = false;
+            self.shard.discharge(self.held);
+            self.held = 0;
+            self.session.close(close::MEMORY_BUDGET);
+            return;
+        }
+        self.held = now;
     }
 
     fn can_parse(&self) -> bool {
@@ -317,6 +341,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
     }
 }
 
+/// Appends `data` to `partial`, growing it geometrically but never past the
+/// end of the frame it starts with: a frame's memory follows the bytes that
+/// arrived (not the length it declares), and a whole 1 MiB frame costs
+/// 1 MiB rather than the 2 MiB plain doubling would reserve.
+fn append_partial(partial: &mut Vec<u8>, data: &[u8]) {
+    let need = partial.len() + data.len();
+    if need > partial.capacity() {
+        let mut head = [0u8; 14];
+        let k = partial.len().min(14);
+        head[..k].copy_from_slice(&partial[..k]);
+        let m = (14 - k).min(data.len());
+        head[k..k + m].copy_from_slice(&data[..m]);
+        let frame_end = match frame::parse_head(&head[..k + m]) {
+            Ok(Some(h)) => usize::try_from(h.head_len as u64 + h.len).unwrap_or(usize::MAX),
+            _ => need,
+        };
+        let target = need.max(frame_end.min(2 * partial.capacity()));
+        partial.reserve_exact(target - partial.len());
+    }
+    partial.extend_from_slice(data);
+}
+
 /// Drops `n` written bytes from the front of the replay and live queues.
 fn advance(i: &mut Inner, n: usize) {
     let mut n = n + i.written;
@@ -405,6 +451,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> Future for SessionTask<S, H> {
             }
             if !this.partial.is_empty() && !this.stalled {
                 this.process_partial();
+                this.account();
                 continue;
             }
             if this.session.phase() == Phase::Member && this.shard.must_pause(cx.waker()) {
@@ -426,6 +473,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> Future for SessionTask<S, H> {
 
 impl<S, H: Host> Drop for SessionTask<S, H> {
     fn drop(&mut self) {
+        self.shard.discharge(self.held);
         self.shard.ended(&self.session);
     }
 }

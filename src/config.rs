@@ -113,6 +113,14 @@ pub struct Cli {
     /// past it the session that asks for more is closed with 1013 [default: half the RAM].
     #[arg(long = "max-memory", value_parser = parse_size)]
     pub max_memory: Option<usize>,
+    /// Channels with no members are forgotten, history and all, after this long idle.
+    #[arg(long = "channel-ttl", default_value = "10m", value_parser = parse_duration)]
+    pub channel_ttl: Duration,
+    /// History of all channels together; past it the least recently active
+    /// idle channels are forgotten, then live ones lose their oldest frames
+    /// [default: half of --max-memory].
+    #[arg(long = "history-total", value_parser = parse_size)]
+    pub history_total: Option<usize>,
     /// Most open connections in total; more are closed (plain HTTP: 503) before
     /// their request is read. Keep it below the open-files limit (`ulimit -n`).
     #[arg(long = "max-connections", default_value_t = 50_000)]
@@ -174,6 +182,10 @@ pub struct Limits {
     pub panic_channel: Option<std::sync::Arc<str>>,
     /// Server-wide bound on partial frames and reassembly (`--max-memory`).
     pub max_memory: usize,
+    /// Channels with no members forget their history after this (`--channel-ttl`).
+    pub channel_ttl: Duration,
+    /// History bytes of all channels together (`--history-total`).
+    pub history_total: usize,
     /// Conformance testing only (`--conformance-echo`): every session is
     /// answered by echo instead of joining a channel (`session::echo`).
     pub conformance_echo: bool,
@@ -275,6 +287,7 @@ impl Config {
             ("--max-message", cli.max_message),
             ("--max-queue", cli.max_queue),
             ("--max-memory", cli.max_memory.unwrap_or(1)),
+            ("--history-total", cli.history_total.unwrap_or(1)),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroSize(name));
@@ -284,6 +297,7 @@ impl Config {
             ("--ping-interval", cli.ping_interval),
             ("--header-timeout", cli.header_timeout),
             ("--request-timeout", cli.request_timeout),
+            ("--channel-ttl", cli.channel_ttl),
         ] {
             if v.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -297,6 +311,7 @@ impl Config {
                 return Err(ConfigError::ZeroCount(name));
             }
         }
+        let max_memory = cli.max_memory.unwrap_or_else(crate::memory::default_limit);
         let domains: Vec<String> = cli
             .domains
             .iter()
@@ -364,7 +379,9 @@ impl Config {
                 key: mles_key.map(String::into_bytes),
                 panic_channel: cli.test_panic_channel.as_deref().map(Into::into),
                 conformance_echo: cli.conformance_echo,
-                max_memory: cli.max_memory.unwrap_or_else(crate::memory::default_limit),
+                max_memory,
+                channel_ttl: cli.channel_ttl,
+                history_total: cli.history_total.unwrap_or(max_memory / 2),
             },
             statics: StaticSettings {
                 wwwroot: cli.wwwroot.clone(),

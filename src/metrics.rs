@@ -30,6 +30,10 @@ pub struct Counters {
     pub probe_replaced: AtomicU64,
     /// Sessions closed (1013) because their outbound queue went over `--max-queue`.
     pub slow_consumers: AtomicU64,
+    /// Channels this shard owns (gauge, refreshed every timer tick).
+    pub channels: AtomicI64,
+    /// History bytes of the channels this shard owns (gauge, every tick).
+    pub history_bytes: AtomicI64,
     /// Bytes of incomplete frames and reassembled messages held (gauge).
     pub partial_bytes: AtomicI64,
     /// Sessions closed (1013) because `--max-memory` was reached.
@@ -77,7 +81,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of all counters.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let series: [Series; 10] = [
+        let series: [Series; 12] = [
             (
                 "mles_connections_accepted_total",
                 "counter",
@@ -122,6 +126,15 @@ impl Metrics {
                 "counter",
                 "Sessions closed (1013) for an outbound queue over --max-queue.",
                 |c| c.slow_consumers.load(Ordering::Relaxed) as i64,
+            ),
+            ("mles_channels", "gauge", "Channels owned.", |c| {
+                c.channels.load(Ordering::Relaxed)
+            }),
+            (
+                "mles_history_bytes",
+                "gauge",
+                "History bytes of owned channels.",
+                |c| c.history_bytes.load(Ordering::Relaxed),
             ),
             (
                 "mles_partial_bytes",

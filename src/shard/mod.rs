@@ -28,7 +28,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -54,9 +54,6 @@ const SCRATCH: usize = 64 * 1024;
 /// enough that sessions on a busy shard are not starved, long enough that the
 /// yield costs little (quinn's `IO_LOOP_BOUND` reasoning).
 const INBOX_BATCH: usize = 512;
-/// Channels with no members and no activity for this long may be dropped
-/// (PROTOCOL.md §6).
-const CHANNEL_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Starts this server's peer links for a channel the shard owns; installed
 /// by the server when `--peer` is given.
@@ -117,7 +114,8 @@ impl Shard {
             limits.history_frames,
             limits.history_bytes,
             LocalSequencer,
-        );
+        )
+        .with_history_budget(limits.history_total / mesh.shards().max(1));
         let shard = Rc::new(Shard {
             id,
             mesh,
@@ -440,11 +438,16 @@ impl Shard {
             self.probe_answered(key, uid, id, false);
         }
         if expire_channels {
-            let n = self.owner.borrow_mut().expire(now, CHANNEL_IDLE);
+            let n = self.owner.borrow_mut().expire(now, self.limits.channel_ttl);
             if n > 0 {
                 tracing::debug!(shard = self.id, channels = n, "idle channels dropped");
             }
         }
+        let owner = self.owner.borrow();
+        let c = self.counters();
+        c.channels.store(owner.len() as i64, Ordering::Relaxed);
+        c.history_bytes
+            .store(owner.total_history_bytes() as i64, Ordering::Relaxed);
     }
 
     /// Wakes the sessions paused on congestion whenever a congested inbox

@@ -28,7 +28,8 @@ use crate::http::Frontend;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after accept fails for lack of file descriptors.
 const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
-/// Idle channels are looked at this often.
+/// Idle channels are looked at this often (or 4 times per `--channel-ttl`
+/// when that is shorter, so a channel outlives its TTL by at most a quarter).
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
 /// Everything a shard thread starts with.
@@ -104,6 +105,7 @@ async fn run(start: ShardStart) {
         ..
     } = start;
     let period = tick_period(&limits);
+    let expire_every = EXPIRE_EVERY.min(limits.channel_ttl / 4);
     let shard = Shard::new(id, mesh.clone(), limits);
     shard.set_link_starter(links);
     let mut tasks = Vec::new();
@@ -123,7 +125,7 @@ async fn run(start: ShardStart) {
         loop {
             every.tick().await;
             let now = Instant::now();
-            let expire = now.duration_since(last_expire) >= EXPIRE_EVERY;
+            let expire = now.duration_since(last_expire) >= expire_every;
             if expire {
                 last_expire = now;
             }

@@ -113,6 +113,14 @@ pub struct Cli {
     /// past it the session that asks for more is closed with 1013 [default: half the RAM].
     #[arg(long = "max-memory", value_parser = parse_size)]
     pub max_memory: Option<usize>,
+    /// Most messages (pings included) one session may send per second,
+    /// bursts of one second's worth allowed; over it: close 1008 [default: no limit].
+    #[arg(long = "rate-limit")]
+    pub rate_limit: Option<std::num::NonZeroU32>,
+    /// Most payload bytes one session may send per second (bursts may add one
+    /// --max-message message); over it: close 1008 [default: no limit].
+    #[arg(long = "rate-limit-bytes", value_parser = parse_size)]
+    pub rate_limit_bytes: Option<usize>,
     /// Channels with no members are forgotten, history and all, after this long idle.
     #[arg(long = "channel-ttl", default_value = "10m", value_parser = parse_duration)]
     pub channel_ttl: Duration,
@@ -186,6 +194,8 @@ pub struct Limits {
     pub channel_ttl: Duration,
     /// History bytes of all channels together (`--history-total`).
     pub history_total: usize,
+    /// Per-session rate limits (`--rate-limit`, `--rate-limit-bytes`).
+    pub rate: crate::session::rate::RateSettings,
     /// Conformance testing only (`--conformance-echo`): every session is
     /// answered by echo instead of joining a channel (`session::echo`).
     pub conformance_echo: bool,
@@ -288,6 +298,7 @@ impl Config {
             ("--max-queue", cli.max_queue),
             ("--max-memory", cli.max_memory.unwrap_or(1)),
             ("--history-total", cli.history_total.unwrap_or(1)),
+            ("--rate-limit-bytes", cli.rate_limit_bytes.unwrap_or(1)),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroSize(name));
@@ -382,6 +393,14 @@ impl Config {
                 max_memory,
                 channel_ttl: cli.channel_ttl,
                 history_total: cli.history_total.unwrap_or(max_memory / 2),
+                rate: crate::session::rate::RateSettings {
+                    messages_per_sec: cli.rate_limit,
+                    // governor's replenish interval is whole nanoseconds: 1 GB/s at most.
+                    bytes_per_sec: cli.rate_limit_bytes.map(|b| {
+                        std::num::NonZeroU32::new(b.min(1_000_000_000) as u32)
+                            .unwrap_or(std::num::NonZeroU32::MIN)
+                    }),
+                },
             },
             statics: StaticSettings {
                 wwwroot: cli.wwwroot.clone(),

@@ -399,6 +399,7 @@ impl Session {
 }
 
 pub mod echo;
+pub mod rate;
 mod task;
 
 pub use task::SessionTask;

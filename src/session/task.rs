@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::rate::SessionRate;
 use super::{EMPTY_CLOSE, Host, Inner, MAX_IOV, Phase, READ_BUDGET, Session};
 use crate::clock;
 use crate::protocol::close::{self, Close};
@@ -44,12 +45,15 @@ pub struct SessionTask<S, H: Host> {
     dedup: bool,
     /// Bytes of `partial` and `frag` charged to the server's `--max-memory`.
     held: usize,
+    /// `--rate-limit*`, when set.
+    rate: Option<Box<SessionRate>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
     /// `read_ahead` is what the HTTP layer had already read past the upgrade request.
     pub fn new(io: S, session: Rc<Session>, shard: Rc<H>, read_ahead: &[u8]) -> Self {
         let dedup = shard.limits().dedup;
+        let rate = SessionRate::new(shard.limits().rate, shard.limits().max_message);
         SessionTask {
             io,
             session,
@@ -62,6 +66,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             peer_closed: false,
             dedup,
             held: 0,
+            rate,
         }
     }
 
@@ -228,6 +233,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
     fn on_frame(&mut self, head: Head, masked: &[u8]) {
         match head.opcode {
             OP_PING => {
+                if let Err(c) = self.rate_ok(0) {
+                    return self.session.close(c);
+                }
                 let mut p = masked.to_vec();
                 frame::unmask(&mut p, head.mask, 0);
                 self.session.push_control(frame::encode(OP_PONG, &p));
@@ -289,9 +297,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
         }
     }
 
+    /// Counts a message of `len` bytes against `--rate-limit*`.
+    fn rate_ok(&self, len: usize) -> Result<(), Close> {
+        self.rate.as_ref().map_or(Ok(()), |r| r.admit(len))
+    }
+
     /// A complete message, `f` already encoded for receivers.
     fn on_message(&mut self, opcode: u8, f: Bytes) {
         let payload = frame::payload_of(&f);
+        if let Err(c) = self.rate_ok(payload.len()) {
+            return self.session.close(c);
+        }
         if opcode == OP_TEXT && std::str::from_utf8(payload).is_err() {
             self.session.close(close::INVALID_UTF8);
             return;

@@ -14,6 +14,7 @@ pub mod upgrade;
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,16 +68,25 @@ impl Frontend {
     }
 }
 
-/// The connection's admission, held by the HTTP connection and handed to
-/// its session when it upgrades, so it is given back when whichever ends last ends.
-pub type Admission = Rc<Cell<Option<ConnGuard>>>;
+/// What the HTTP side knows of one connection: its admission, held by the
+/// HTTP connection and handed to its session when it upgrades (so it is
+/// given back when whichever ends last ends), and its TCP socket.
+pub struct Conn {
+    pub guard: Cell<Option<ConnGuard>>,
+    pub fd: RawFd,
+}
+
+pub type Admission = Rc<Conn>;
 
 /// Serves one accepted connection until it closes or becomes a session.
 pub async fn serve_connection(shard: Rc<Shard>, frontend: Arc<Frontend>, mut tcp: TcpStream) {
     let Some(guard) = admit(&frontend, &mut tcp).await else {
         return;
     };
-    let admission: Admission = Rc::new(Cell::new(Some(guard)));
+    let admission: Admission = Rc::new(Conn {
+        guard: Cell::new(Some(guard)),
+        fd: tcp.as_raw_fd(),
+    });
     match frontend.tls.clone() {
         Some(tls) => {
             if let Some(stream) = tls.accept(tcp).await {

@@ -91,7 +91,8 @@ where
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let conn = admission.take();
+    let conn = admission.guard.take();
+    let fd = admission.fd;
     tokio::task::spawn_local(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -105,6 +106,7 @@ where
         // slice of hyper's read buffer, which must not stay pinned for the session's life.
         let hyper::upgrade::Parts { io, read_buf, .. } = parts;
         let session = shard.new_session();
+        session.set_socket(fd);
         // The session gets a task of its own, sized to the session (and its
         // admission) rather than to this handshake future; this one ends here.
         if shard.limits().conformance_echo {

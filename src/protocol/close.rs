@@ -37,6 +37,8 @@ pub const AUTH_REQUIRED: Close = Close::new(1008, "auth required");
 pub const AUTH_FAILED: Close = Close::new(1008, "auth failed");
 pub const DUPLICATE: Close = Close::new(1008, "uid already joined on this channel");
 pub const HEADER_TIMEOUT: Close = Close::new(1008, "no header frame in time");
+pub const PROBE_FAILED: Close =
+    Close::new(1008, "no answer to a liveness probe: the uid joined again");
 pub const KEEPALIVE_TIMEOUT: Close = Close::new(1008, "keepalive timeout");
 pub const RATE_MESSAGES: Close = Close::new(1008, "message rate over --rate-limit");
 pub const RATE_BYTES: Close = Close::new(1008, "byte rate over --rate-limit-bytes");

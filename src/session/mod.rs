@@ -130,6 +130,10 @@ struct Probe {
     deadline: Millis,
     key: ChannelKey,
     uid: Arc<str>,
+    /// The peer's acknowledged bytes when the probe began, if data was
+    /// waiting ahead of the ping: acknowledgements past it prove the peer
+    /// is reading, though its answer is still queued behind that data.
+    acked_at_start: Option<u64>,
 }
 
 struct Inner {
@@ -149,6 +153,8 @@ struct Inner {
     /// The channel once joined: where published frames go.
     key: Option<ChannelKey>,
     probe: Option<Box<Probe>>,
+    /// The TCP socket under the session (also under TLS), for the probe.
+    fd: Option<std::os::fd::RawFd>,
     /// When the phase last changed (header timeout, close linger).
     since: Millis,
     last_rx: Millis,
@@ -169,6 +175,11 @@ pub enum TickOutcome {
         key: ChannelKey,
         uid: Arc<str>,
     },
+    /// The incumbent's ping was stuck behind data it kept reading: alive.
+    ProbeAlive {
+        key: ChannelKey,
+        uid: Arc<str>,
+    },
 }
 
 impl Session {
@@ -186,11 +197,18 @@ impl Session {
                 close_code: 1005,
                 key: None,
                 probe: None,
+                fd: None,
                 since: now,
                 last_rx: now,
                 last_ping: now,
             }),
         }
+    }
+
+    /// Records the TCP socket under this session. The session's task owns
+    /// it; the shard forgets the session before the task closes it.
+    pub fn set_socket(&self, fd: std::os::fd::RawFd) {
+        self.inner.borrow_mut().fd = Some(fd);
     }
 
     pub fn phase(&self) -> Phase {
@@ -350,10 +368,19 @@ impl Session {
         if clock::since(now, i.last_rx) < PROBE_QUIET {
             return Some(true);
         }
+        let ahead = !i.out.is_empty()
+            || !i.replay.is_empty()
+            || i.fd.and_then(socket::unacked).is_some_and(|n| n > 0);
+        let acked_at_start = if ahead {
+            i.fd.and_then(socket::bytes_acked)
+        } else {
+            None
+        };
         i.probe = Some(Box::new(Probe {
             deadline: clock::after(now, PROBE_ANSWER),
             key,
             uid,
+            acked_at_start,
         }));
         drop(i);
         self.push_control(Bytes::from_static(PING));
@@ -376,8 +403,17 @@ impl Session {
             return TickOutcome::Nothing;
         }
         if let Some(p) = i.probe.take_if(|p| clock::reached(now, p.deadline)) {
+            let acked_now = i.fd.and_then(socket::bytes_acked);
+            if let (Some(a0), Some(a1)) = (p.acked_at_start, acked_now)
+                && a1 > a0
+            {
+                return TickOutcome::ProbeAlive {
+                    key: p.key,
+                    uid: p.uid,
+                };
+            }
             drop(i);
-            self.close(close::KEEPALIVE_TIMEOUT);
+            self.close(close::PROBE_FAILED);
             return TickOutcome::ProbeFailed {
                 key: p.key,
                 uid: p.uid,
@@ -400,6 +436,7 @@ impl Session {
 
 pub mod echo;
 pub mod rate;
+pub mod socket;
 mod task;
 
 pub use task::SessionTask;

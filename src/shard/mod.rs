@@ -430,12 +430,14 @@ impl Shard {
                 self.limits.ping_interval,
                 self.limits.header_timeout,
             );
-            if let TickOutcome::ProbeFailed { key, uid } = outcome {
-                failed.push((key, uid, s.id));
+            match outcome {
+                TickOutcome::ProbeFailed { key, uid } => failed.push((key, uid, s.id, false)),
+                TickOutcome::ProbeAlive { key, uid } => failed.push((key, uid, s.id, true)),
+                TickOutcome::Nothing => {}
             }
         }
-        for (key, uid, id) in failed {
-            self.probe_answered(key, uid, id, false);
+        for (key, uid, id, alive) in failed {
+            self.probe_answered(key, uid, id, alive);
         }
         if expire_channels {
             let n = self.owner.borrow_mut().expire(now, self.limits.channel_ttl);

@@ -423,7 +423,7 @@ impl Shard {
     /// Keepalive, header timeouts, probe deadlines; expires idle channels.
     pub fn tick(&self, now: Instant, expire_channels: bool) {
         let now_ms = crate::clock::now();
-        let mut failed = Vec::new();
+        let mut answers = Vec::new();
         for s in self.registry.borrow().sessions() {
             let outcome = s.tick(
                 now_ms,
@@ -431,12 +431,12 @@ impl Shard {
                 self.limits.header_timeout,
             );
             match outcome {
-                TickOutcome::ProbeFailed { key, uid } => failed.push((key, uid, s.id, false)),
-                TickOutcome::ProbeAlive { key, uid } => failed.push((key, uid, s.id, true)),
+                TickOutcome::ProbeFailed { key, uid } => answers.push((key, uid, s.id, false)),
+                TickOutcome::ProbeAlive { key, uid } => answers.push((key, uid, s.id, true)),
                 TickOutcome::Nothing => {}
             }
         }
-        for (key, uid, id, alive) in failed {
+        for (key, uid, id, alive) in answers {
             self.probe_answered(key, uid, id, alive);
         }
         if expire_channels {

@@ -34,6 +34,8 @@ pub struct Counters {
     pub channels: AtomicI64,
     /// History bytes of the channels this shard owns (gauge, every tick).
     pub history_bytes: AtomicI64,
+    /// Bytes queued to this shard's sessions, not yet written (gauge, every tick).
+    pub queued_bytes: AtomicI64,
     /// Bytes of incomplete frames and reassembled messages held (gauge).
     pub partial_bytes: AtomicI64,
     /// Sessions closed (1013) because `--max-memory` was reached.
@@ -81,7 +83,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of all counters.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let series: [Series; 12] = [
+        let series: [Series; 13] = [
             (
                 "mles_connections_accepted_total",
                 "counter",
@@ -135,6 +137,12 @@ impl Metrics {
                 "gauge",
                 "History bytes of owned channels.",
                 |c| c.history_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "mles_queued_bytes",
+                "gauge",
+                "Bytes queued to sessions, not yet written.",
+                |c| c.queued_bytes.load(Ordering::Relaxed),
             ),
             (
                 "mles_partial_bytes",

@@ -235,6 +235,11 @@ impl Session {
         !i.out.is_empty() || !i.replay.is_empty()
     }
 
+    /// Bytes of live frames waiting to be written (history replay excluded).
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.borrow().out_bytes
+    }
+
     /// The close code this session sent (1005 if it ended without one).
     pub fn close_code(&self) -> u16 {
         self.inner.borrow().close_code

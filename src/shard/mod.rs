@@ -424,7 +424,9 @@ impl Shard {
     pub fn tick(&self, now: Instant, expire_channels: bool) {
         let now_ms = crate::clock::now();
         let mut answers = Vec::new();
+        let mut queued = 0;
         for s in self.registry.borrow().sessions() {
+            queued += s.queued_bytes();
             let outcome = s.tick(
                 now_ms,
                 self.limits.ping_interval,
@@ -448,6 +450,7 @@ impl Shard {
         let owner = self.owner.borrow();
         let c = self.counters();
         c.channels.store(owner.len() as i64, Ordering::Relaxed);
+        c.queued_bytes.store(queued as i64, Ordering::Relaxed);
         c.history_bytes
             .store(owner.total_history_bytes() as i64, Ordering::Relaxed);
     }

@@ -9,37 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn total(text: &str, name: &str) -> i64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
-        .sum()
-}
-
-async fn metric(srv: &TestServer, name: &str) -> i64 {
-    let addr = srv.metrics_addr().expect("--metrics was given");
-    let resp = http_raw(
-        addr,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    total(&resp, name)
-}
-
-async fn until(srv: &TestServer, name: &str, ok: impl Fn(i64) -> bool) -> i64 {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let v = metric(srv, name).await;
-            if ok(v) {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{name} never reached the expected value"))
-}
-
 /// Joins `channel` as `uid`, sends `n` binary frames of `size` bytes, and
 /// waits until a second member has them all (so they are in history).
 async fn fill(srv: &TestServer, channel: &str, n: usize, size: usize) {
@@ -78,10 +47,10 @@ async fn history_of(srv: &TestServer, channel: &str) -> Vec<Vec<u8>> {
 async fn channels_without_members_forget_their_history_after_the_ttl() {
     let srv = TestServer::start(&["--metrics", "127.0.0.1:0", "--channel-ttl", "400ms"]);
     fill(&srv, "ephemeral", 3, 1000).await;
-    assert!(until(&srv, "mles_history_bytes", |v| v >= 3000).await >= 3000);
+    assert!(srv.metric_until("mles_history_bytes", |v| v >= 3000).await >= 3000);
     // Everyone left (the clients of `fill` are dropped): the channel goes.
-    until(&srv, "mles_channels", |v| v == 0).await;
-    assert_eq!(metric(&srv, "mles_history_bytes").await, 0);
+    srv.metric_until("mles_channels", |v| v == 0).await;
+    assert_eq!(srv.metric("mles_history_bytes").await, 0);
     assert!(history_of(&srv, "ephemeral").await.is_empty());
 }
 
@@ -96,10 +65,10 @@ async fn a_member_keeps_the_channel_past_the_ttl() {
     assert_eq!(keeper.recv_binary().await, b"kept frame");
     drop(writer);
     // Several TTLs pass with keeper a member (the gauge refreshes every tick).
-    until(&srv, "mles_channels", |v| v == 1).await;
+    srv.metric_until("mles_channels", |v| v == 1).await;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(metric(&srv, "mles_channels").await, 1);
+        assert_eq!(srv.metric("mles_channels").await, 1);
     }
     assert_eq!(history_of(&srv, "kept").await, [b"kept frame".to_vec()]);
 }
@@ -119,7 +88,7 @@ async fn history_of_all_channels_stays_under_the_total() {
         fill(&srv, c, 10, 3000).await;
     }
     // 150 KB were sent into channels left idle: the oldest are forgotten.
-    let bytes = until(&srv, "mles_history_bytes", |_| true).await;
+    let bytes = srv.metric_until("mles_history_bytes", |_| true).await;
     assert!(bytes <= 100 << 10, "{bytes}");
     assert!(
         history_of(&srv, "c1").await.is_empty(),

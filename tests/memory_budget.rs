@@ -5,42 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-
-/// Sum of a metric's samples over all shards.
-fn total(text: &str, name: &str) -> i64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
-        .sum()
-}
-
-async fn metric(srv: &TestServer, name: &str) -> i64 {
-    let addr = srv.metrics_addr().expect("--metrics was given");
-    let resp = http_raw(
-        addr,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    total(&resp, name)
-}
-
-/// Waits until `name` satisfies `ok`.
-async fn until(srv: &TestServer, name: &str, ok: impl Fn(i64) -> bool) -> i64 {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let v = metric(srv, name).await;
-            if ok(v) {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{name} never reached the expected value"))
-}
 
 const MIB: usize = 1 << 20;
 
@@ -72,9 +37,11 @@ async fn unfinished_frames_are_bounded_server_wide() {
     // a holds almost a whole 1 MiB frame, the server holds it for a.
     let (a_most, a_last) = frame_in_two(MIB, 0xAA);
     a.send(&a_most).await;
-    let held = until(&srv, "mles_partial_bytes", |v| v >= (MIB - 64) as i64).await;
+    let held = srv
+        .metric_until("mles_partial_bytes", |v| v >= (MIB - 64) as u64)
+        .await;
     assert!(
-        held <= (MIB + 64) as i64,
+        held <= (MIB + 64) as u64,
         "1 MiB frame held as {held} bytes"
     );
 
@@ -87,7 +54,8 @@ async fn unfinished_frames_are_bounded_server_wide() {
     assert_eq!(code, 1013, "{why}");
     assert!(why.contains("memory"), "{why}");
     assert_eq!(
-        until(&srv, "mles_budget_refusals_total", |v| v >= 1).await,
+        srv.metric_until("mles_budget_refusals_total", |v| v >= 1)
+            .await,
         1
     );
 
@@ -102,7 +70,7 @@ async fn unfinished_frames_are_bounded_server_wide() {
         }
     }
     // Everything is given back, so the next big frame fits again.
-    until(&srv, "mles_partial_bytes", |v| v == 0).await;
+    srv.metric_until("mles_partial_bytes", |v| v == 0).await;
     let mut c = RawClient::connect(srv.addr).await;
     c.join("c", "budget").await;
     let (c_most, c_last) = frame_in_two(MIB, 0xCC);
@@ -137,5 +105,5 @@ async fn fragmented_messages_count_against_the_budget() {
     }
     let (code, why) = a.expect_close().await;
     assert_eq!(code, 1013, "{why}");
-    until(&srv, "mles_partial_bytes", |v| v == 0).await;
+    srv.metric_until("mles_partial_bytes", |v| v == 0).await;
 }

@@ -188,8 +188,7 @@ pub struct Limits {
     /// `panic-session` panics in its session and uid `panic-shard` in the
     /// owner shard's handler, to prove supervision.
     pub panic_channel: Option<std::sync::Arc<str>>,
-    /// `SO_SNDBUF` of every accepted socket: the kernel's share of
-    /// `--max-queue` (it allocates twice this); `max_queue` is the rest.
+    /// `SO_SNDBUF` of every accepted socket (see [`send_buffer_for`]).
     pub send_buffer: usize,
     /// Server-wide bound on partial frames and reassembly (`--max-memory`).
     pub max_memory: usize,
@@ -326,7 +325,6 @@ impl Config {
             }
         }
         let max_memory = cli.max_memory.unwrap_or_else(crate::memory::default_limit);
-        let (queue_bound, send_buffer) = split_queue(cli.max_queue, cli.max_message);
         let domains: Vec<String> = cli
             .domains
             .iter()
@@ -387,8 +385,8 @@ impl Config {
                 history_frames: cli.limit,
                 history_bytes: cli.history_bytes,
                 max_message: cli.max_message,
-                max_queue: queue_bound,
-                send_buffer,
+                max_queue: cli.max_queue,
+                send_buffer: send_buffer_for(cli.max_queue),
                 ping_interval: cli.ping_interval,
                 header_timeout: cli.header_timeout,
                 dedup: cli.dedup,
@@ -443,25 +441,16 @@ impl Config {
     }
 }
 
-/// Splits `--max-queue` between a session's own queue and its socket's
-/// kernel send buffer, so that both together stay within it: without a set
-/// `SO_SNDBUF`, Linux grows each send buffer up to `tcp_wmem` (4 MiB), far
-/// beyond the queue bound, for every subscriber that stops reading.
-///
-/// The kernel gets a quarter (it allocates twice what is asked, so half in
-/// truth), at most 1 MiB asked (2 MiB of buffer: 20 MB/s at 100 ms round
-/// trips), and never so much that a `--max-message` message would no
-/// longer fit the queue; but at least 256 KiB asked: smaller buffers
-/// stalled a fast reader on loopback (32 MB took 20 s instead of 0.4 s in
-/// tests/backpressure.rs with 64 KiB), so below `--max-queue` 1 MiB the
-/// kernel's share is not within it. Returns (queue bound, `SO_SNDBUF`).
-pub fn split_queue(max_queue: usize, max_message: usize) -> (usize, usize) {
-    const MIN: usize = 256 << 10;
-    const MAX: usize = 1 << 20;
-    let room = max_queue.saturating_sub(max_message + 14) / 2;
-    let send_buffer = (max_queue / 4).min(MAX).min(room).max(MIN);
-    let queue = max_queue.saturating_sub(2 * send_buffer).max(max_queue / 2);
-    (queue, send_buffer)
+/// `SO_SNDBUF` for every accepted socket, from `--max-queue`: without a set
+/// value Linux grows each send buffer up to `tcp_wmem` (4 MiB) for every
+/// subscriber that stops reading, beyond any bound of ours. Fixed at a
+/// quarter of `--max-queue`, so a session holds at most 1.5 × `--max-queue`
+/// (Linux allocates twice what is asked), within 256 KiB and 1 MiB asked:
+/// 1 MiB (2 MiB of buffer) still carries 20 MB/s at 100 ms round trips,
+/// and below 256 KiB a fast reader stalled on loopback (32 MB took 20 s
+/// instead of 0.4 s in tests/backpressure.rs with 64 KiB).
+pub fn send_buffer_for(max_queue: usize) -> usize {
+    (max_queue / 4).clamp(256 << 10, 1 << 20)
 }
 
 /// `mles-<hostname>`, the default uid of peer links.
@@ -592,17 +581,11 @@ mod tests {
     }
 
     #[test]
-    fn queue_and_send_buffer_share_max_queue() {
-        // Default 8 MiB, 1 MiB messages: 1 MiB asked (2 MiB given) + 6 MiB queue.
-        assert_eq!(split_queue(8 << 20, 1 << 20), (6 << 20, 1 << 20));
-        assert_eq!(split_queue(2 << 20, 4 << 10), (1 << 20, 512 << 10));
-        // Small queues: the kernel keeps its floor, the queue half.
-        assert_eq!(split_queue(256 << 10, 4 << 10), (128 << 10, 256 << 10));
-        // A largest message still fits the queue.
-        let (q, b) = split_queue(1 << 20, 1 << 20);
-        assert!(q >= (1 << 20) / 2 && b == 256 << 10, "{q} {b}");
-        let (q, b) = split_queue(3 << 20, 1 << 20);
-        assert!(q > 1 << 20 && q + 2 * b <= 3 << 20, "{q} {b}");
+    fn send_buffer_is_a_bounded_quarter_of_the_queue() {
+        assert_eq!(send_buffer_for(8 << 20), 1 << 20);
+        assert_eq!(send_buffer_for(2 << 20), 512 << 10);
+        assert_eq!(send_buffer_for(256 << 10), 256 << 10);
+        assert_eq!(send_buffer_for(64 << 20), 1 << 20);
     }
 
     #[test]

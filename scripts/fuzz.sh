@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-30}"
-./scripts/install-fuzz.sh
+bash scripts/install-fuzz.sh
 
 out=target/fuzz
 if [ "$#" -gt 0 ]; then

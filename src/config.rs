@@ -143,6 +143,9 @@ pub struct Cli {
     /// TCP load balancer); its client address is used for limits and logs.
     #[arg(long = "proxy-protocol")]
     pub proxy_protocol: bool,
+    /// An HTTP response (static file, web client) whose writes make no progress this long is dropped.
+    #[arg(long = "write-timeout", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
 }
 
 /// How connections are secured.
@@ -235,6 +238,10 @@ pub struct Config {
     pub peer_uid: String,
     /// Roots to trust for `wss://` peers instead of the public ones.
     pub peer_ca: Option<PathBuf>,
+    /// Flags given but without effect in this mode, for the log at start.
+    pub warnings: Vec<String>,
+    /// How long an HTTP response write may make no progress.
+    pub write_timeout: Duration,
     /// Connection admission and the request timeout (issue 9).
     pub connections: ConnectionSettings,
 }
@@ -311,6 +318,7 @@ impl Config {
             ("--header-timeout", cli.header_timeout),
             ("--request-timeout", cli.request_timeout),
             ("--channel-ttl", cli.channel_ttl),
+            ("--write-timeout", cli.write_timeout),
         ] {
             if v.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -376,7 +384,24 @@ impl Config {
             return Err(ConfigError::RedirectWithoutTls);
         }
         let tls_port = listen.first().map(|a| a.port()).unwrap_or(port);
+        let mut warnings = Vec::new();
+        if matches!(tls, TlsChoice::Files { .. }) {
+            for (given, flag) in [
+                (cli.cache.is_some(), "--cache"),
+                (!cli.email.is_empty(), "--email"),
+                (cli.staging, "--staging"),
+                (cli.acme_directory.is_some(), "--acme-directory"),
+            ] {
+                if given {
+                    warnings.push(format!(
+                        "{flag} is ignored: certificates come from --tls-cert/--tls-key, not ACME"
+                    ));
+                }
+            }
+        }
         Ok(Config {
+            warnings,
+            write_timeout: cli.write_timeout,
             listen,
             shards,
             cpus,
@@ -605,5 +630,18 @@ mod tests {
         ));
         assert!(matches!(cfg(&["-r"]), Err(ConfigError::RedirectWithoutTls)));
         assert!(Cli::try_parse_from(["mles", "--tls-cert", "a.pem"]).is_err());
+    }
+
+    #[test]
+    fn acme_flags_in_file_mode_are_reported() {
+        let c = cfg(&["--tls-cert", "c", "--tls-key", "k", "-c", "/x", "-e", "a@b"]).unwrap();
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].starts_with("--cache is ignored"));
+        assert!(
+            cfg(&["-d", "x.org", "-c", "/x"])
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
     }
 }

@@ -14,7 +14,10 @@
 //! `shard` and use it.
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
 //! - [`memory`]: the server-wide `--max-memory` budget for partial frames.
-//! - [`metrics`], [`admin`]: per-shard counters, served for Prometheus.
+//! - [`metrics`], [`admin`], [`health`]: counters and readiness, served for
+//!   Prometheus and health checks on the `--metrics` listener.
+//! - [`background`]: the threads beside the shards (admin, redirect, ACME,
+//!   certificate watcher), each with its own runtime.
 //! - [`peer`]: links to peer servers (PROTOCOL.md §7).
 //! - [`protocol`]: sans-IO header parsing, auth, close codes, frame codec.
 //! - [`statics`]: static files per domain and the built-in web client.
@@ -22,9 +25,11 @@
 //! - [`redirect`]: the plain-HTTP listener that redirects to https.
 
 pub mod admin;
+pub mod background;
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod memory;
 pub mod metrics;

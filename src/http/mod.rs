@@ -7,9 +7,20 @@
 //! header ([`proxy`]); a refused connection is closed unread.
 //!
 //! A connection's error ends that connection only and is logged here at debug.
+//!
+//! - `host`: the Host rules every listener applies (RFC 9112 §3.2)
+//! - `response`: the one body type and plain-text builder of every listener
+//! - `stall`: the write timeout of HTTP responses
+//! - `upgrade`: the WebSocket upgrade
+//!
+//! Nothing here depends on `statics` but the [`Frontend`] that holds it;
+//! `statics` builds on `response` and `host`.
 
+pub mod host;
 pub mod limits;
 pub mod proxy;
+pub mod response;
+pub mod stall;
 pub mod upgrade;
 
 use std::cell::Cell;
@@ -27,14 +38,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use self::stall::{Arming, WriteStall};
 use crate::config::ConnectionSettings;
 use crate::shard::Shard;
 use crate::statics::StaticFiles;
 use crate::tls::Tls;
 use limits::{ConnGuard, ConnLimits};
 
-/// Response body type for everything the HTTP side serves.
-pub use crate::statics::Body;
+pub use response::Body;
 
 /// What a plain-HTTP client refused by a connection limit reads; TLS
 /// clients only see the connection close.
@@ -54,13 +65,22 @@ pub struct Frontend {
     pub request_timeout: Duration,
     /// Connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// A response write that makes no progress for this long ends its
+    /// connection (see [`stall`]).
+    pub write_timeout: Duration,
 }
 
 impl Frontend {
-    pub fn new(statics: StaticFiles, tls: Option<Arc<Tls>>, c: &ConnectionSettings) -> Frontend {
+    pub fn new(
+        statics: StaticFiles,
+        tls: Option<Arc<Tls>>,
+        c: &ConnectionSettings,
+        write_timeout: Duration,
+    ) -> Frontend {
         Frontend {
             statics,
             tls,
+            write_timeout,
             conns: ConnLimits::new(c.limits),
             request_timeout: c.request_timeout,
             proxy_protocol: c.proxy_protocol,
@@ -134,11 +154,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = frontend.request_timeout;
+    let (io, arming) = WriteStall::new(io, frontend.write_timeout);
     let svc = service_fn(move |req: Request<Incoming>| {
         let shard = shard.clone();
         let frontend = frontend.clone();
         let admission = admission.clone();
-        async move { Ok::<_, Infallible>(route::<S>(req, shard, frontend, admission).await) }
+        let arming = arming.clone();
+        async move {
+            let res = route::<WriteStall<S>>(req, shard, frontend, admission, arming).await;
+            Ok::<_, Infallible>(res)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -155,12 +180,22 @@ async fn route<S>(
     shard: Rc<Shard>,
     frontend: Arc<Frontend>,
     admission: Admission,
+    arming: Arming,
 ) -> Response<Body>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if let Err(e) = host::request_authority(&req) {
+        return e.response();
+    }
     if upgrade::is_websocket(&req) {
-        return upgrade::accept::<S>(req, shard, &admission);
+        let res = upgrade::accept::<S>(req, shard, &admission);
+        // The stream becomes a session's (which starts only after this
+        // response is written); a refused upgrade stays HTTP, timed.
+        if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            arming.disarm();
+        }
+        return res;
     }
     frontend.statics.serve(&req).await
 }

@@ -37,7 +37,7 @@ use crate::channel::{
     Action, ChannelKey, Join, LocalSequencer, MemberKind, Owner, SessionId, owner_of, shard_of,
 };
 use crate::config::Limits;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Gauge};
 use crate::protocol::close::{self, Close};
 use crate::protocol::frame::{self, OP_TEXT};
 use crate::protocol::header::Header;
@@ -449,10 +449,9 @@ impl Shard {
         }
         let owner = self.owner.borrow();
         let c = self.counters();
-        c.channels.store(owner.len() as i64, Ordering::Relaxed);
-        c.queued_bytes.store(queued as i64, Ordering::Relaxed);
-        c.history_bytes
-            .store(owner.total_history_bytes() as i64, Ordering::Relaxed);
+        c.set(Gauge::Channels, owner.len() as i64);
+        c.set(Gauge::HistoryBytes, owner.total_history_bytes() as i64);
+        c.set(Gauge::QueuedBytes, queued as i64);
     }
 
     /// Wakes the sessions paused on congestion whenever a congested inbox

@@ -32,7 +32,7 @@ fi
 
 # Feature-specific installers; a missing one is skipped (install-nats.sh
 # comes with cluster mode).
-for extra in scripts/install-pebble.sh tests/browser/install.sh scripts/install-nats.sh; do
+for extra in scripts/install-pebble.sh tests/browser/install.sh scripts/install-nats.sh scripts/install-autobahn.sh; do
     if [ -f "$extra" ]; then
         bash "$extra"
     fi

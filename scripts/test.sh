@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast "$@"
+
+# Fuzzing (issue 9): each cargo-fuzz target for FUZZ_SECONDS (default 30) on its seeds.
+bash scripts/fuzz.sh

@@ -59,6 +59,10 @@ pub struct Cli {
     /// pause [default: 64MiB].
     #[arg(long = "test-inbox-limit", hide = true, value_parser = parse_size)]
     pub test_inbox_limit: Option<usize>,
+    /// For conformance tests only (Autobahn|Testsuite): no header frame, and
+    /// every message is echoed to its sender instead of relayed.
+    #[arg(long = "conformance-echo", hide = true)]
+    pub conformance_echo: bool,
     /// Full listen address, e.g. 0.0.0.0:9000 or [::]:443 (repeatable; wins over --port).
     #[arg(long = "listen")]
     pub listen: Vec<SocketAddr>,
@@ -113,6 +117,40 @@ pub struct Cli {
     /// Size of the in-memory cache of compressed static files, in MB.
     #[arg(long = "compression-cache", default_value_t = 64)]
     pub compression_cache: usize,
+    /// Server-wide bound on incomplete frames and messages being reassembled;
+    /// past it the session that asks for more is closed with 1013 [default: half the RAM].
+    #[arg(long = "max-memory", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
+    /// Most messages (pings included) one session may send per second,
+    /// bursts of one second's worth allowed; over it: close 1008 [default: no limit].
+    #[arg(long = "rate-limit")]
+    pub rate_limit: Option<std::num::NonZeroU32>,
+    /// Most payload bytes one session may send per second (bursts may add one
+    /// --max-message message); over it: close 1008 [default: no limit].
+    #[arg(long = "rate-limit-bytes", value_parser = parse_size)]
+    pub rate_limit_bytes: Option<usize>,
+    /// Channels with no members are forgotten, history and all, after this long idle.
+    #[arg(long = "channel-ttl", default_value = "10m", value_parser = parse_duration)]
+    pub channel_ttl: Duration,
+    /// History of all channels together; past it the least recently active
+    /// idle channels are forgotten, then live ones lose their oldest frames
+    /// [default: half of --max-memory].
+    #[arg(long = "history-total", value_parser = parse_size)]
+    pub history_total: Option<usize>,
+    /// Most open connections in total; more are closed (plain HTTP: 503) before
+    /// their request is read. Keep it below the open-files limit (`ulimit -n`).
+    #[arg(long = "max-connections", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// Most open connections from one client address (IPv6: one /64), refused like --max-connections.
+    #[arg(long = "max-connections-per-ip", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+    /// Time a new connection has to send its request head (and its PROXY header).
+    #[arg(long = "request-timeout", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, from a
+    /// TCP load balancer); its client address is used for limits and logs.
+    #[arg(long = "proxy-protocol")]
+    pub proxy_protocol: bool,
     /// An HTTP response (static file, web client) whose writes make no progress this long is dropped.
     #[arg(long = "write-timeout", default_value = "30s", value_parser = parse_duration)]
     pub write_timeout: Duration,
@@ -167,6 +205,19 @@ pub struct Limits {
     /// Bytes in one shard's inbox above which publishers pause; `None`:
     /// `shard::mesh::BACKLOG_LIMIT` (set only by tests).
     pub inbox_limit: Option<usize>,
+    /// `SO_SNDBUF` of every accepted socket (see [`send_buffer_for`]).
+    pub send_buffer: usize,
+    /// Server-wide bound on partial frames and reassembly (`--max-memory`).
+    pub max_memory: usize,
+    /// Channels with no members forget their history after this (`--channel-ttl`).
+    pub channel_ttl: Duration,
+    /// History bytes of all channels together (`--history-total`).
+    pub history_total: usize,
+    /// Per-session rate limits (`--rate-limit`, `--rate-limit-bytes`).
+    pub rate: crate::session::rate::RateSettings,
+    /// Conformance testing only (`--conformance-echo`): every session is
+    /// answered by echo instead of joining a channel (`session::echo`).
+    pub conformance_echo: bool,
 }
 
 /// Static web serving settings.
@@ -207,6 +258,17 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// How long an HTTP response write may make no progress.
     pub write_timeout: Duration,
+    /// Connection admission and the request timeout (issue 9).
+    pub connections: ConnectionSettings,
+}
+
+/// How connections are admitted, from `--max-connections*`,
+/// `--request-timeout` and `--proxy-protocol`.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    pub limits: crate::http::limits::ConnLimitSettings,
+    pub request_timeout: Duration,
+    pub proxy_protocol: bool,
 }
 
 /// Most shards a server runs. Shard ids are 16 bits inside session and
@@ -227,6 +289,9 @@ pub enum ConfigError {
     /// A size flag too small to be useful.
     #[error("{0} must be at least 1 byte")]
     ZeroSize(&'static str),
+    /// A connection limit of zero, which would refuse everyone.
+    #[error("{0} must be at least 1")]
+    ZeroCount(&'static str),
     /// A zero duration where time must pass.
     #[error("{0} must be longer than zero")]
     ZeroDuration(&'static str),
@@ -259,6 +324,9 @@ impl Config {
             ("--history-bytes", cli.history_bytes),
             ("--max-message", cli.max_message),
             ("--max-queue", cli.max_queue),
+            ("--max-memory", cli.max_memory.unwrap_or(1)),
+            ("--history-total", cli.history_total.unwrap_or(1)),
+            ("--rate-limit-bytes", cli.rate_limit_bytes.unwrap_or(1)),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroSize(name));
@@ -267,12 +335,23 @@ impl Config {
         for (name, v) in [
             ("--ping-interval", cli.ping_interval),
             ("--header-timeout", cli.header_timeout),
+            ("--request-timeout", cli.request_timeout),
+            ("--channel-ttl", cli.channel_ttl),
             ("--write-timeout", cli.write_timeout),
         ] {
             if v.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
             }
         }
+        for (name, v) in [
+            ("--max-connections", cli.max_connections),
+            ("--max-connections-per-ip", cli.max_connections_per_ip),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroCount(name));
+            }
+        }
+        let max_memory = cli.max_memory.unwrap_or_else(crate::memory::default_limit);
         let domains: Vec<String> = cli
             .domains
             .iter()
@@ -358,6 +437,7 @@ impl Config {
                 history_bytes: cli.history_bytes,
                 max_message: cli.max_message,
                 max_queue: cli.max_queue,
+                send_buffer: send_buffer_for(cli.max_queue),
                 ping_interval: cli.ping_interval,
                 header_timeout: cli.header_timeout,
                 dedup: cli.dedup,
@@ -365,6 +445,18 @@ impl Config {
                 node: crate::protocol::auth::hash_parts(&[peer_uid.as_bytes()]),
                 hook_channel: cli.test_hook_channel.as_deref().map(Into::into),
                 inbox_limit: cli.test_inbox_limit,
+                conformance_echo: cli.conformance_echo,
+                max_memory,
+                channel_ttl: cli.channel_ttl,
+                history_total: cli.history_total.unwrap_or(max_memory / 2),
+                rate: crate::session::rate::RateSettings {
+                    messages_per_sec: cli.rate_limit,
+                    // governor's replenish interval is whole nanoseconds: 1 GB/s at most.
+                    bytes_per_sec: cli.rate_limit_bytes.map(|b| {
+                        std::num::NonZeroU32::new(b.min(1_000_000_000) as u32)
+                            .unwrap_or(std::num::NonZeroU32::MIN)
+                    }),
+                },
             },
             statics: StaticSettings {
                 wwwroot: cli.wwwroot.clone(),
@@ -379,6 +471,14 @@ impl Config {
             peer_key: cli.peer_key.clone().or(mles_key).map(String::into_bytes),
             peer_ca: cli.peer_ca.clone(),
             tls_port,
+            connections: ConnectionSettings {
+                limits: crate::http::limits::ConnLimitSettings {
+                    max_total: cli.max_connections,
+                    max_per_ip: cli.max_connections_per_ip,
+                },
+                request_timeout: cli.request_timeout,
+                proxy_protocol: cli.proxy_protocol,
+            },
         })
     }
 
@@ -393,6 +493,18 @@ impl Config {
         ]);
         Config::from_cli(cli, None).expect("the local test configuration is valid")
     }
+}
+
+/// `SO_SNDBUF` for every accepted socket, from `--max-queue`: without a set
+/// value Linux grows each send buffer up to `tcp_wmem` (4 MiB) for every
+/// subscriber that stops reading, beyond any bound of ours. Fixed at a
+/// quarter of `--max-queue`, so a session holds at most 1.5 × `--max-queue`
+/// (Linux allocates twice what is asked), within 256 KiB and 1 MiB asked:
+/// 1 MiB (2 MiB of buffer) still carries 20 MB/s at 100 ms round trips,
+/// and below 256 KiB a fast reader stalled on loopback (32 MB took 20 s
+/// instead of 0.4 s in tests/backpressure.rs with 64 KiB).
+pub fn send_buffer_for(max_queue: usize) -> usize {
+    (max_queue / 4).clamp(256 << 10, 1 << 20)
 }
 
 /// The default uid of peer links: `mles-peer-<hostname>-<port>`, unique per
@@ -529,6 +641,14 @@ mod tests {
         assert_eq!(c.listen, vec!["[::]:9000".parse().unwrap()]);
         let c = cfg(&["--listen", "127.0.0.1:7000", "-p", "9000"]).unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:7000".parse().unwrap()]);
+    }
+
+    #[test]
+    fn send_buffer_is_a_bounded_quarter_of_the_queue() {
+        assert_eq!(send_buffer_for(8 << 20), 1 << 20);
+        assert_eq!(send_buffer_for(2 << 20), 512 << 10);
+        assert_eq!(send_buffer_for(256 << 10), 256 << 10);
+        assert_eq!(send_buffer_for(64 << 20), 1 << 20);
     }
 
     #[test]

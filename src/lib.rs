@@ -9,6 +9,7 @@
 //! - [`session`]: one WebSocket session: framing, header, relay, close;
 //!   it reaches its shard only through the narrow `session::Host` handle.
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
+//! - [`memory`]: the server-wide `--max-memory` budget for partial frames.
 //! - [`metrics`], [`admin`], [`health`]: counters and readiness, served for
 //!   Prometheus and health checks on the `--metrics` listener.
 //! - [`background`]: the threads beside the shards (admin, redirect, ACME,
@@ -31,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod peer;
 pub mod protocol;

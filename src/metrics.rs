@@ -33,6 +33,10 @@ pub struct Counters {
     pub peer_links: AtomicI64,
     /// Peer links refused because they would close a cycle.
     pub peer_cycles_refused: AtomicU64,
+    /// Bytes of incomplete frames and reassembled messages held (gauge).
+    pub partial_bytes: AtomicI64,
+    /// Sessions closed (1013) because `--max-memory` was reached.
+    pub budget_refusals: AtomicU64,
     /// Sessions ended, by the close code they ended with (`CODES` order, then other).
     closed: [AtomicU64; CODES.len() + 1],
     /// Shard state the owner code reports through [`Counters::set`]
@@ -98,6 +102,8 @@ impl Default for Counters {
             slow_consumers: AtomicU64::new(0),
             peer_links: AtomicI64::new(0),
             peer_cycles_refused: AtomicU64::new(0),
+            partial_bytes: AtomicI64::new(0),
+            budget_refusals: AtomicU64::new(0),
             closed: Default::default(),
             gauges: std::array::from_fn(|_| AtomicI64::new(UNSET)),
         }
@@ -148,7 +154,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of all counters.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let series: [Series; 10] = [
+        let series: [Series; 12] = [
             (
                 "mles_connections_accepted_total",
                 "counter",
@@ -205,6 +211,18 @@ impl Metrics {
                 "counter",
                 "Peer links refused because they would close a cycle.",
                 |c| c.peer_cycles_refused.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "mles_partial_bytes",
+                "gauge",
+                "Bytes of incomplete frames and fragmented messages held.",
+                |c| c.partial_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "mles_budget_refusals_total",
+                "counter",
+                "Sessions closed (1013) because --max-memory was reached.",
+                |c| c.budget_refusals.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, get) in series {

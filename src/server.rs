@@ -170,11 +170,12 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         redirect_addr = bound.first().copied();
         threads.push(thread);
     }
-    let frontend = Arc::new(Frontend {
+    let frontend = Arc::new(Frontend::new(
         statics,
-        tls: tls.clone(),
-        write_timeout: config.write_timeout,
-    });
+        tls.clone(),
+        &config.connections,
+        config.write_timeout,
+    ));
     let links: Option<LinkStarter> = if config.peers.is_empty() {
         None
     } else {
@@ -189,6 +190,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     };
     let inbox_limit = config.limits.inbox_limit.unwrap_or(BACKLOG_LIMIT);
     let (mesh, inboxes) = Mesh::with_limit(config.shards, inbox_limit);
+    mesh.memory.set_limit(config.limits.max_memory);
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics {
         let admin = crate::admin::Admin {

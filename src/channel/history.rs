@@ -49,6 +49,22 @@ impl History {
         added
     }
 
+    /// Drops the oldest frames until at most `max_bytes` remain; returns
+    /// the bytes dropped. Sequence numbers stay as they were.
+    pub fn trim_to(&mut self, max_bytes: usize) -> usize {
+        let before = self.bytes;
+        while self.bytes > max_bytes {
+            match self.frames.pop_front() {
+                Some(old) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+        }
+        before - self.bytes
+    }
+
     /// Whether a byte-identical frame is already stored (`--dedup`).
     pub fn contains(&self, frame: &[u8]) -> bool {
         self.frames.iter().any(|f| f[..] == *frame)

@@ -93,6 +93,11 @@ pub struct Owner<Q> {
     shards: usize,
     history_frames: usize,
     history_bytes: usize,
+    /// Bound on the history bytes of all channels of this owner together
+    /// (its share of `--history-total`).
+    history_budget: usize,
+    /// History bytes of all channels of this owner.
+    history_total: usize,
     by_name: AHashMap<Arc<str>, u32>,
     channels: Slab<OwnedChannel>,
     /// Generation of each slot, bumped when its channel is dropped.
@@ -122,6 +127,8 @@ impl<Q: Sequencer> Owner<Q> {
             shards,
             history_frames,
             history_bytes,
+            history_budget: usize::MAX,
+            history_total: 0,
             by_name: AHashMap::new(),
             channels: Slab::new(),
             generations: Vec::new(),
@@ -137,6 +144,19 @@ impl<Q: Sequencer> Owner<Q> {
     pub fn with_node(mut self, node: u64) -> Owner<Q> {
         self.node = node;
         self
+    }
+
+    /// Bounds the history of all channels together to `bytes`: past it, idle
+    /// channels are forgotten least recently active first, then live ones
+    /// lose their oldest frames, least recently active first.
+    pub fn with_history_budget(mut self, bytes: usize) -> Owner<Q> {
+        self.history_budget = bytes;
+        self
+    }
+
+    /// History bytes held by all channels of this owner.
+    pub fn total_history_bytes(&self) -> usize {
+        self.history_total
     }
 
     /// The channel named `name`, if this owner has it.
@@ -309,8 +329,10 @@ impl<Q: Sequencer> Owner<Q> {
         }
         let history = ch.history.snapshot();
         if let Some(h) = header {
+            let before = ch.history.bytes();
             ch.history
                 .push(h.frame, self.history_frames, self.history_bytes);
+            self.history_total = self.history_total + ch.history.bytes() - before;
         }
         let first_client = j.kind == MemberKind::Client && ch.clients == 0;
         let member = Member {
@@ -337,6 +359,7 @@ impl<Q: Sequencer> Owner<Q> {
                 channel: ch.name.clone(),
             });
         }
+        self.enforce_history_budget();
     }
 
     /// A member published `frame`: dropped if `dedup` finds it in history,
@@ -392,9 +415,58 @@ impl<Q: Sequencer> Owner<Q> {
         }
         self.tally.published += 1;
         ch.fan_out(&o, out);
+        let before = ch.history.bytes();
         ch.history
             .push(o.frame, self.history_frames, self.history_bytes);
+        self.history_total = self.history_total + ch.history.bytes() - before;
         ch.last_activity = now;
+        self.enforce_history_budget();
+    }
+
+    /// Brings the history of all channels back under the budget (to 90% of
+    /// it, so a steady stream does not trim on every frame): idle channels
+    /// go first, whole, least recently active first; then live channels
+    /// lose their oldest frames, least recently active first. Runs only
+    /// when over budget, so the scans cost nothing in normal operation.
+    fn enforce_history_budget(&mut self) {
+        if self.history_total <= self.history_budget {
+            return;
+        }
+        let target = self.history_budget - self.history_budget / 10;
+        let mut by_age: Vec<(Instant, bool, usize)> = self
+            .channels
+            .iter()
+            .map(|(slot, c)| {
+                (
+                    c.last_activity,
+                    c.members.is_empty() && c.pending.is_empty(),
+                    slot,
+                )
+            })
+            .collect();
+        by_age.sort_unstable();
+        for &(_, idle, slot) in &by_age {
+            if self.history_total <= target {
+                return;
+            }
+            if idle {
+                let ch = self.channels.remove(slot);
+                self.by_name.remove(&ch.name);
+                self.generations[slot] = self.generations[slot].wrapping_add(1);
+                self.history_total -= ch.history.bytes();
+            }
+        }
+        for &(_, idle, slot) in &by_age {
+            let over = self.history_total.saturating_sub(target);
+            if over == 0 {
+                return;
+            }
+            if !idle {
+                let h = &mut self.channels[slot].history;
+                let keep = h.bytes().saturating_sub(over);
+                self.history_total -= h.trim_to(keep);
+            }
+        }
     }
 
     /// A member's session ended. A join waiting on it as the probed
@@ -474,11 +546,13 @@ impl<Q: Sequencer> Owner<Q> {
     pub fn expire(&mut self, now: Instant, idle: Duration) -> usize {
         let before = self.channels.len();
         let (by_name, generations) = (&mut self.by_name, &mut self.generations);
+        let total = &mut self.history_total;
         self.channels.retain(|slot, ch| {
             let keep = !ch.expired(now, idle);
             if !keep {
                 by_name.remove(&ch.name);
                 generations[slot] = generations[slot].wrapping_add(1);
+                *total -= ch.history.bytes();
             }
             keep
         });

@@ -47,6 +47,11 @@ pub trait Host {
     fn must_pause(&self, waker: &Waker) -> bool;
     /// The session's task ended, however it ended (a panic included).
     fn ended(&self, session: &Session);
+    /// Charges `bytes` more held between reads to the server's `--max-memory`;
+    /// false, with nothing charged, when that would pass it.
+    fn charge(&self, bytes: usize) -> bool;
+    /// Gives back `bytes` charged before.
+    fn discharge(&self, bytes: usize);
 }
 
 /// How long a closing session may take to flush its Close and see the peer's EOF.
@@ -131,6 +136,10 @@ struct Probe {
     deadline: Millis,
     key: ChannelKey,
     id: MemberId,
+    /// The peer's acknowledged bytes when the probe began, if data was
+    /// waiting ahead of the ping: acknowledgements past it prove the peer
+    /// is reading, though its answer is still queued behind that data.
+    acked_at_start: Option<u64>,
 }
 
 struct Inner {
@@ -153,6 +162,8 @@ struct Inner {
     /// Channel and uid once joined: where published frames go, and what to leave.
     joined: Option<(ChannelKey, Arc<str>)>,
     probe: Option<Box<Probe>>,
+    /// The TCP socket under the session (also under TLS), for the probe.
+    fd: Option<std::os::fd::RawFd>,
     /// When the phase last changed (header timeout, close linger).
     since: Millis,
     last_rx: Millis,
@@ -190,6 +201,11 @@ pub enum TickOutcome {
         key: ChannelKey,
         id: MemberId,
     },
+    /// The incumbent's ping was stuck behind data it kept reading: alive.
+    ProbeAlive {
+        key: ChannelKey,
+        id: MemberId,
+    },
 }
 
 impl Session {
@@ -208,11 +224,18 @@ impl Session {
                 close_code: 1005,
                 joined: None,
                 probe: None,
+                fd: None,
                 since: now,
                 last_rx: now,
                 last_ping: now,
             }),
         }
+    }
+
+    /// Records the TCP socket under this session. The session's task owns
+    /// it; the shard forgets the session before the task closes it.
+    pub fn set_socket(&self, fd: std::os::fd::RawFd) {
+        self.inner.borrow_mut().fd = Some(fd);
     }
 
     pub fn phase(&self) -> Phase {
@@ -237,6 +260,11 @@ impl Session {
     pub fn has_queued(&self) -> bool {
         let i = self.inner.borrow();
         i.writable()
+    }
+
+    /// Bytes of live frames waiting to be written (history replay excluded).
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.borrow().out_bytes
     }
 
     /// The close code this session sent (1005 if it ended without one).
@@ -400,10 +428,19 @@ impl Session {
         if clock::since(now, i.last_rx) < PROBE_QUIET {
             return Some(true);
         }
+        let ahead = !i.out.is_empty()
+            || !i.replay.is_empty()
+            || i.fd.and_then(socket::unacked).is_some_and(|n| n > 0);
+        let acked_at_start = if ahead {
+            i.fd.and_then(socket::bytes_acked)
+        } else {
+            None
+        };
         i.probe = Some(Box::new(Probe {
             deadline: clock::after(now, PROBE_ANSWER),
             key,
             id,
+            acked_at_start,
         }));
         drop(i);
         self.push_control(Bytes::from_static(PING));
@@ -426,8 +463,17 @@ impl Session {
             return TickOutcome::Nothing;
         }
         if let Some(p) = i.probe.take_if(|p| clock::reached(now, p.deadline)) {
+            let acked_now = i.fd.and_then(socket::bytes_acked);
+            if let (Some(a0), Some(a1)) = (p.acked_at_start, acked_now)
+                && a1 > a0
+            {
+                return TickOutcome::ProbeAlive {
+                    key: p.key,
+                    id: p.id,
+                };
+            }
             drop(i);
-            self.close(close::KEEPALIVE_TIMEOUT);
+            self.close(close::PROBE_FAILED);
             return TickOutcome::ProbeFailed {
                 key: p.key,
                 id: p.id,
@@ -448,6 +494,9 @@ impl Session {
     }
 }
 
+pub mod echo;
+pub mod rate;
+pub mod socket;
 mod task;
 
 pub use task::SessionTask;

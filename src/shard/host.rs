@@ -76,6 +76,25 @@ impl Host for Shard {
         true
     }
 
+    fn charge(&self, bytes: usize) -> bool {
+        let c = self.counters();
+        if self.mesh.memory.try_grow(bytes) {
+            c.partial_bytes.fetch_add(bytes as i64, Ordering::Relaxed);
+            true
+        } else {
+            c.budget_refusals.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    fn discharge(&self, bytes: usize) {
+        if bytes > 0 {
+            self.mesh.memory.shrink(bytes);
+            let c = self.counters();
+            c.partial_bytes.fetch_sub(bytes as i64, Ordering::Relaxed);
+        }
+    }
+
     fn ended(&self, s: &Session) {
         let c = self.counters();
         c.sessions.fetch_sub(1, Ordering::Relaxed);

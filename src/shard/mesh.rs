@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Notify;
 
 use crate::channel::{ChannelKey, MemberId, MemberKind, SessionId};
+use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::protocol::close::Close;
 
@@ -158,6 +159,8 @@ pub struct Mesh {
     /// Every shard's counters; each shard writes only its own.
     pub metrics: Metrics,
     pub failure: Failure,
+    /// What sessions hold between reads, against `--max-memory`.
+    pub memory: MemoryBudget,
 }
 
 /// One shard's receiving end.
@@ -191,6 +194,7 @@ impl Mesh {
             congested: AtomicUsize::new(0),
             metrics: Metrics::new(shards),
             failure: Failure::default(),
+            memory: MemoryBudget::default(),
         };
         (Arc::new(mesh), rxs)
     }

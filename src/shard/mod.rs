@@ -30,7 +30,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -40,7 +40,7 @@ use crate::channel::{
     SessionId,
 };
 use crate::config::Limits;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Gauge};
 use crate::protocol::close;
 use crate::session::{Host, Session, TickOutcome};
 use mesh::{InboxRx, Mesh, ShardMsg};
@@ -55,9 +55,6 @@ const SCRATCH: usize = 64 * 1024;
 /// enough that sessions on a busy shard are not starved, long enough that the
 /// yield costs little (quinn's `IO_LOOP_BOUND` reasoning).
 const INBOX_BATCH: usize = 512;
-/// Channels with no members and no activity for this long may be dropped
-/// (PROTOCOL.md §6).
-const CHANNEL_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Starts this server's peer links for a channel the shard owns; installed
 /// by the server when `--peer` is given.
@@ -134,7 +131,8 @@ impl Shard {
             limits.history_bytes,
             sequencer,
         )
-        .with_node(limits.node);
+        .with_node(limits.node)
+        .with_history_budget(limits.history_total / mesh.shards().max(1));
         let shard = Rc::new(Shard {
             id,
             mesh,
@@ -349,29 +347,38 @@ impl Shard {
     /// Keepalive, header timeouts, probe deadlines; expires idle channels.
     pub fn tick(&self, now: Instant, expire_channels: bool) {
         let now_ms = crate::clock::now();
-        let mut failed = Vec::new();
+        let mut answers = Vec::new();
+        let mut queued = 0;
         for s in self.registry.borrow().sessions() {
+            queued += s.queued_bytes();
             let outcome = s.tick(
                 now_ms,
                 self.limits.ping_interval,
                 self.limits.header_timeout,
             );
-            if let TickOutcome::ProbeFailed { key, id } = outcome {
-                failed.push((key, id, s.id));
+            match outcome {
+                TickOutcome::ProbeFailed { key, id } => answers.push((key, id, s.id, false)),
+                TickOutcome::ProbeAlive { key, id } => answers.push((key, id, s.id, true)),
+                TickOutcome::Nothing => {}
             }
         }
-        for (key, id, session) in failed {
-            self.probe_answered(key, id, session, false);
+        for (key, id, session, alive) in answers {
+            self.probe_answered(key, id, session, alive);
         }
         if !self.failed.get() {
             self.with_owner(|o, out| o.tick(now, out));
         }
         if expire_channels {
-            let n = self.owner.borrow_mut().expire(now, CHANNEL_IDLE);
+            let n = self.owner.borrow_mut().expire(now, self.limits.channel_ttl);
             if n > 0 {
                 tracing::debug!(shard = self.id, channels = n, "idle channels dropped");
             }
         }
+        let owner = self.owner.borrow();
+        let c = self.counters();
+        c.set(Gauge::Channels, owner.len() as i64);
+        c.set(Gauge::HistoryBytes, owner.total_history_bytes() as i64);
+        c.set(Gauge::QueuedBytes, queued as i64);
     }
 
     /// Wakes the sessions paused on congestion whenever a congested inbox

@@ -104,6 +104,22 @@ impl TestServer {
         metric_at(self.metrics_addr().expect("started with --metrics"), name).await
     }
 
+    /// Waits until metric `name` satisfies `ok` (gauges refresh every timer
+    /// tick) and returns its value; panics after [`WAIT`].
+    pub async fn metric_until(&self, name: &str, ok: impl Fn(u64) -> bool) -> u64 {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let v = self.metric(name).await;
+                if ok(v) {
+                    return v;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} never reached the expected value"))
+    }
+
     /// Starts graceful shutdown without waiting.
     pub fn begin_shutdown(&self) {
         self.handle.as_ref().unwrap().shutdown();

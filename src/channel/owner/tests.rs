@@ -754,3 +754,94 @@ fn a_link_to_a_server_with_the_same_node_id_is_refused() {
     );
     assert_eq!(o.take_tally().links, 0);
 }
+
+/// Joins `uid` to `channel`, publishes `frames` frames of `size` bytes, and
+/// (with `leave`) leaves again; returns the channel's key.
+fn fill(
+    o: &mut Owner<LocalSequencer>,
+    channel: &str,
+    session: SessionId,
+    frames: usize,
+    size: usize,
+    leave: bool,
+    t: Instant,
+) -> ChannelKey {
+    let mut out = Vec::new();
+    o.join(
+        Join {
+            channel: channel.into(),
+            header: Bytes::new(),
+            ..client("u", session)
+        },
+        t,
+        &mut out,
+    );
+    let key = joined_key(&out, session);
+    for _ in 0..frames {
+        o.publish(
+            key,
+            session,
+            Bytes::from(vec![7u8; size]),
+            false,
+            t,
+            &mut out,
+        );
+    }
+    if leave {
+        o.leave(key, &cid("u"), session, t, &mut out);
+    }
+    key
+}
+
+#[test]
+fn history_budget_forgets_idle_channels_least_recently_active_first() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs(1);
+    let mut o = Owner::new(0, 4, 100, 100_000, LocalSequencer).with_history_budget(1000);
+    fill(&mut o, "old", sid(1, 1), 3, 100, true, t0);
+    fill(&mut o, "mid", sid(1, 2), 3, 100, true, t0 + s);
+    fill(&mut o, "live", sid(1, 3), 3, 100, false, t0 + 2 * s);
+    assert_eq!(o.total_history_bytes(), 900);
+    // Two more frames on "new" pass the budget: "old" goes, whole.
+    fill(&mut o, "new", sid(1, 4), 2, 100, true, t0 + 3 * s);
+    assert!(
+        o.channel("old").is_none(),
+        "least recently active idle channel"
+    );
+    // (The empty header counts as a frame of 0 bytes.)
+    assert_eq!(o.channel("mid").unwrap().history().len(), 4);
+    assert_eq!(o.total_history_bytes(), 800);
+    assert_eq!(o.len(), 3);
+}
+
+#[test]
+fn history_budget_trims_live_channels_when_no_idle_one_is_left() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs(1);
+    let mut o = Owner::new(0, 4, 100, 100_000, LocalSequencer).with_history_budget(1000);
+    fill(&mut o, "a", sid(1, 1), 5, 100, false, t0);
+    fill(&mut o, "b", sid(1, 2), 6, 100, false, t0 + s);
+    // 1100 bytes, no idle channel: the least recently active loses its
+    // oldest frames until all are at 90% of the budget.
+    assert_eq!(o.total_history_bytes(), 900);
+    assert_eq!(o.channel("a").unwrap().history().len(), 3);
+    assert_eq!(
+        o.channel("b").unwrap().history().len(),
+        7,
+        "6 and the header"
+    );
+    assert_eq!(o.len(), 2, "live channels are never forgotten");
+}
+
+#[test]
+fn expiry_gives_back_the_history_bytes() {
+    let t0 = Instant::now();
+    let mut o = owner();
+    fill(&mut o, "gone", sid(1, 1), 2, 10, true, t0);
+    assert_eq!(o.total_history_bytes(), 20);
+    assert_eq!(
+        o.expire(t0 + Duration::from_secs(60), Duration::from_secs(60)),
+        1
+    );
+    assert_eq!(o.total_history_bytes(), 0);
+}

@@ -162,8 +162,9 @@ struct Inner {
     /// Channel and uid once joined: where published frames go, and what to leave.
     joined: Option<(ChannelKey, Arc<str>)>,
     probe: Option<Box<Probe>>,
-    /// The TCP socket under the session (also under TLS), for the probe.
-    fd: Option<std::os::fd::RawFd>,
+    /// The TCP socket under the session (also under TLS), for the probe;
+    /// -1 while unknown (a plain `RawFd`: an `Option` would cost 4 bytes more).
+    fd: std::os::fd::RawFd,
     /// When the phase last changed (header timeout, close linger).
     since: Millis,
     last_rx: Millis,
@@ -171,6 +172,10 @@ struct Inner {
 }
 
 impl Inner {
+    fn fd(&self) -> Option<std::os::fd::RawFd> {
+        (self.fd >= 0).then_some(self.fd)
+    }
+
     /// Whether something may be written now.
     fn writable(&self) -> bool {
         !self.replay.is_empty() || (!self.held && !self.out.is_empty())
@@ -224,7 +229,7 @@ impl Session {
                 close_code: 1005,
                 joined: None,
                 probe: None,
-                fd: None,
+                fd: -1,
                 since: now,
                 last_rx: now,
                 last_ping: now,
@@ -235,7 +240,7 @@ impl Session {
     /// Records the TCP socket under this session. The session's task owns
     /// it; the shard forgets the session before the task closes it.
     pub fn set_socket(&self, fd: std::os::fd::RawFd) {
-        self.inner.borrow_mut().fd = Some(fd);
+        self.inner.borrow_mut().fd = fd;
     }
 
     pub fn phase(&self) -> Phase {
@@ -430,9 +435,9 @@ impl Session {
         }
         let ahead = !i.out.is_empty()
             || !i.replay.is_empty()
-            || i.fd.and_then(socket::unacked).is_some_and(|n| n > 0);
+            || i.fd().and_then(socket::unacked).is_some_and(|n| n > 0);
         let acked_at_start = if ahead {
-            i.fd.and_then(socket::bytes_acked)
+            i.fd().and_then(socket::bytes_acked)
         } else {
             None
         };
@@ -463,7 +468,7 @@ impl Session {
             return TickOutcome::Nothing;
         }
         if let Some(p) = i.probe.take_if(|p| clock::reached(now, p.deadline)) {
-            let acked_now = i.fd.and_then(socket::bytes_acked);
+            let acked_now = i.fd().and_then(socket::bytes_acked);
             if let (Some(a0), Some(a1)) = (p.acked_at_start, acked_now)
                 && a1 > a0
             {

@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 
 use self::stall::{Arming, WriteStall};
 use crate::config::ConnectionSettings;
-use crate::shard::Shard;
+use crate::session::{Host, Session};
 use crate::statics::StaticFiles;
 use crate::tls::Tls;
 use limits::{ConnGuard, ConnLimits};
@@ -98,8 +98,19 @@ pub struct Conn {
 
 pub type Admission = Rc<Conn>;
 
+/// Where upgraded connections go: a host that makes sessions (the shard).
+/// HTTP knows only this, so it sits below the shard.
+pub trait Sessions: Host + 'static {
+    /// A new session, registered with its host.
+    fn new_session(&self) -> Rc<Session>;
+}
+
 /// Serves one accepted connection until it closes or becomes a session.
-pub async fn serve_connection(shard: Rc<Shard>, frontend: Arc<Frontend>, mut tcp: TcpStream) {
+pub async fn serve_connection<H: Sessions>(
+    shard: Rc<H>,
+    frontend: Arc<Frontend>,
+    mut tcp: TcpStream,
+) {
     let Some(guard) = admit(&frontend, &mut tcp).await else {
         return;
     };
@@ -149,8 +160,12 @@ async fn admit(frontend: &Frontend, tcp: &mut TcpStream) -> Option<ConnGuard> {
     }
 }
 
-async fn serve_http<S>(shard: Rc<Shard>, frontend: Arc<Frontend>, io: S, admission: Admission)
-where
+async fn serve_http<S, H: Sessions>(
+    shard: Rc<H>,
+    frontend: Arc<Frontend>,
+    io: S,
+    admission: Admission,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = frontend.request_timeout;
@@ -161,7 +176,7 @@ where
         let admission = admission.clone();
         let arming = arming.clone();
         async move {
-            let res = route::<WriteStall<S>>(req, shard, frontend, admission, arming).await;
+            let res = route::<WriteStall<S>, H>(req, shard, frontend, admission, arming).await;
             Ok::<_, Infallible>(res)
         }
     });
@@ -175,9 +190,9 @@ where
     }
 }
 
-async fn route<S>(
+async fn route<S, H: Sessions>(
     req: Request<Incoming>,
-    shard: Rc<Shard>,
+    shard: Rc<H>,
     frontend: Arc<Frontend>,
     admission: Admission,
     arming: Arming,
@@ -189,7 +204,7 @@ where
         return e.response();
     }
     if upgrade::is_websocket(&req) {
-        let res = upgrade::accept::<S>(req, shard, &admission);
+        let res = upgrade::accept::<S, H>(req, shard, &admission);
         // The stream becomes a session's (which starts only after this
         // response is written); a refused upgrade stays HTTP, timed.
         if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {

@@ -8,12 +8,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::response::{empty, plain};
 use super::{Admission, Body};
 use crate::protocol::SUBPROTOCOL;
 use crate::session::echo::EchoHost;
-use crate::session::{Host, SessionTask};
-use crate::shard::Shard;
-use crate::statics::response::{empty, plain};
+use crate::session::SessionTask;
 
 /// Whether the request asks for a WebSocket upgrade at all.
 pub fn is_websocket<B>(req: &Request<B>) -> bool {
@@ -41,9 +40,9 @@ pub fn is_valid_key(key: &[u8]) -> bool {
 /// Checks an upgrade request; on success answers 101 and starts the session
 /// once hyper hands over the connection. The session takes over the
 /// connection's `admission`, so it stays counted for the session's life.
-pub fn accept<S>(
+pub fn accept<S, H: super::Sessions>(
     mut req: Request<Incoming>,
-    shard: Rc<Shard>,
+    shard: Rc<H>,
     admission: &Admission,
 ) -> Response<Body>
 where

@@ -15,6 +15,12 @@ use crate::protocol::frame::{self, OP_TEXT};
 use crate::protocol::header::Header;
 use crate::session::{Host, Session};
 
+impl crate::http::Sessions for Shard {
+    fn new_session(&self) -> std::rc::Rc<Session> {
+        Shard::new_session(self)
+    }
+}
+
 impl Host for Shard {
     fn limits(&self) -> &Limits {
         &self.limits

@@ -34,9 +34,10 @@ use super::negotiate::{Encoding, negotiate};
 use super::open::{Opened, Refusal, Resolved, blocking, open_beneath, read_at, stream_body};
 use super::path::{PathError, directory_location, sanitize};
 use super::range::{RangeRequest, parse_range};
-use super::response::{Meta, accept_encoding, empty, full, plain};
+use super::response::{Meta, accept_encoding};
 use super::validators::if_range_holds;
 use crate::http::host::{host_name, target_authority};
+use crate::http::response::{empty, full, plain};
 
 /// How long a request waits for an open-file permit before it gets 503.
 /// Long enough to ride out a burst, short enough that a client retries

@@ -17,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::Body;
 use super::compress::{Fingerprint, StreamEncoder};
 use super::path::{RelPath, has_hidden_or_odd_component};
-use super::response::plain;
+use crate::http::response::plain;
 
 /// Bytes per blocking read when streaming: a few syscalls per MiB, and at
 /// most one chunk buffered per streaming response.

@@ -6,11 +6,9 @@ use std::time::SystemTime;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
-// The upgrade imports the plain builders from here; they live in `http`.
 use super::negotiate::Encoding;
 use super::validators::{none_match_hits, not_modified_since};
-use crate::http::response::{Body, NOSNIFF};
-pub use crate::http::response::{empty, full, plain};
+use crate::http::response::{Body, NOSNIFF, empty};
 
 /// What is known about the representation chosen for a request before its
 /// bytes are read: enough to answer a conditional request.

@@ -215,19 +215,35 @@ async fn a_chain_carries_every_frame_to_every_server_once() {
 }
 
 #[tokio::test]
+async fn a_chain_passes_frames_through_a_server_without_clients() {
+    let (pb, pc) = (free_port(), free_port());
+    let c = server("c", Some(pc), &[], None);
+    let b = server("b", Some(pb), &[url(pc)], None);
+    let a = server("a", None, &[url(pb)], None);
+    // B has no client: A's link alone has it link the channel on to C.
+    let ms = vec![
+        member(&a, "xa", "through").await,
+        member(&c, "xc", "through").await,
+    ];
+    await_links(&[&a, &b, &c], &[1, 2, 1]).await;
+    drop(exchange(ms, 200, &["xa", "xc"]).await);
+    // The clients are gone: A closes its link, and then B closes its own.
+    await_links(&[&a, &b, &c], &[0, 0, 0]).await;
+}
+
+#[tokio::test]
 async fn a_ring_is_refused_where_it_closes_and_the_rest_carries_every_frame_once() {
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let a = server("a", Some(pa), &[url(pb)], None);
     let b = server("b", Some(pb), &[url(pc)], None);
     let c = server("c", Some(pc), &[url(pa)], None);
-    // Links come up in order: A→B, B→C, then C→A closes the ring.
+    // A's client brings up A→B, which brings up B→C, which brings up C→A:
+    // that one closes the ring and is refused.
     let xa = member(&a, "xa", "ring").await;
-    await_links(&[&a, &b], &[1, 1]).await;
-    let xb = member(&b, "xb", "ring").await;
-    await_links(&[&b, &c], &[2, 1]).await;
-    let xc = member(&c, "xc", "ring").await;
     await_metric(&[&a, &c], "mles_peer_cycles_refused_total", |n| n >= 2).await;
     await_links(&[&a, &b, &c], &[1, 2, 1]).await;
+    let xb = member(&b, "xb", "ring").await;
+    let xc = member(&c, "xc", "ring").await;
     exchange(vec![xa, xb, xc], 200, &["xa", "xb", "xc"]).await;
 }
 

@@ -283,8 +283,8 @@ impl<Q: Sequencer> Owner<Q> {
     fn order_join(&mut self, slot: usize, j: Join, now: Instant, out: &mut Vec<Action>) {
         let ch = &mut self.channels[slot];
         if j.kind == MemberKind::OwnLink {
-            if ch.clients == 0 {
-                // Every client left while this link was connecting.
+            if !ch.wants_links() {
+                // Every client (and link passing frames on) left while this link was connecting.
                 return out.push(Action::Refused {
                     session: j.session,
                     close: close::CHANNEL_EMPTY,
@@ -334,7 +334,6 @@ impl<Q: Sequencer> Owner<Q> {
                 .push(h.frame, self.history_frames, self.history_bytes);
             self.history_total = self.history_total + ch.history.bytes() - before;
         }
-        let first_client = j.kind == MemberKind::Client && ch.clients == 0;
         let member = Member {
             session: j.session,
             kind: j.kind,
@@ -351,14 +350,7 @@ impl<Q: Sequencer> Owner<Q> {
         if j.kind.is_link() {
             self.link_admitted(slot, j.session, j.kind, now, out);
         }
-        let ch = &mut self.channels[slot];
-        if first_client && !ch.linked {
-            ch.linked = true;
-            out.push(Action::StartLinks {
-                key: ch.key,
-                channel: ch.name.clone(),
-            });
-        }
+        self.update_links(slot, out);
         self.enforce_history_budget();
     }
 
@@ -500,12 +492,8 @@ impl<Q: Sequencer> Owner<Q> {
         if let Some(p) = ch.take_pending(id, |p| p.probes(session)) {
             return self.claim(slot, p.join, now, out);
         }
-        if m.kind == MemberKind::Client && ch.clients == 0 && ch.linked {
-            ch.linked = false;
-            out.extend(ch.own_links().map(|session| Action::Refused {
-                session,
-                close: close::CHANNEL_EMPTY,
-            }));
+        if m.kind != MemberKind::OwnLink {
+            self.update_links(slot, out);
         }
     }
 

@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::response::{empty, plain};
 use super::{Admission, Body};
 use crate::protocol::SUBPROTOCOL;
-use crate::session::echo::EchoHost;
 use crate::session::SessionTask;
+use crate::session::echo::EchoHost;
 
 /// Whether the request asks for a WebSocket upgrade at all.
 pub fn is_websocket<B>(req: &Request<B>) -> bool {

@@ -74,6 +74,12 @@ impl LinkState {
         true
     }
 
+    /// A link from another server that synced and was not refused: its
+    /// frames are passed on over this server's own links.
+    pub(super) fn carries_in(&self) -> bool {
+        self.kind == MemberKind::Link && !self.refused && self.resync.is_none()
+    }
+
     /// Whether nodes are reached through this link.
     pub(super) fn routes_through(&self) -> bool {
         !self.refused && !self.routes.is_empty()
@@ -185,6 +191,7 @@ impl<Q: Sequencer> Owner<Q> {
             out.push(Action::OpenLink { session });
         }
         self.advertise(slot, out);
+        self.update_links(slot, out);
     }
 
     /// Links whose peer sent no sync in time: what they sent is their history.
@@ -204,6 +211,7 @@ impl<Q: Sequencer> Owner<Q> {
         for (slot, session, frames) in due {
             self.resync(slot, session, frames, now, out);
             out.push(Action::OpenLink { session });
+            self.update_links(slot, out);
         }
     }
 
@@ -302,6 +310,30 @@ impl<Q: Sequencer> Owner<Q> {
             session,
             close: close::PEER_CYCLE,
         });
+        self.update_links(slot, out);
+    }
+
+    /// Starts this server's own links for a channel that wants them (see
+    /// `OwnedChannel::wants_links`) and ends them when it no longer does.
+    /// Accepted links form a tree (cycles are refused), so a chain of links
+    /// kept up by links ends at a server with clients, and it comes down
+    /// when those clients leave.
+    pub(super) fn update_links(&mut self, slot: usize, out: &mut Vec<Action>) {
+        let ch = &mut self.channels[slot];
+        let wants = ch.wants_links();
+        if wants && !ch.linked {
+            ch.linked = true;
+            out.push(Action::StartLinks {
+                key: ch.key,
+                channel: ch.name.clone(),
+            });
+        } else if !wants && ch.linked {
+            ch.linked = false;
+            out.extend(ch.own_links().map(|session| Action::Refused {
+                session,
+                close: close::CHANNEL_EMPTY,
+            }));
+        }
     }
 
     /// Tells every link what is now reachable through this server, where it changed.

@@ -185,6 +185,13 @@ impl OwnedChannel {
             .map(|m| m.session)
     }
 
+    /// Whether this server's own links should be up for the channel: it has
+    /// clients, or a synced link from another server whose frames must go on
+    /// along a chain (A->B->C with no client on B).
+    pub(super) fn wants_links(&self) -> bool {
+        self.clients > 0 || self.links.values().any(|l| l.carries_in())
+    }
+
     /// Whether the owner may forget this channel: no members, nothing
     /// pending, and no activity for `idle`.
     pub(super) fn expired(&self, now: Instant, idle: Duration) -> bool {

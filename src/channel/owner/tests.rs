@@ -845,3 +845,38 @@ fn expiry_gives_back_the_history_bytes() {
     );
     assert_eq!(o.total_history_bytes(), 0);
 }
+
+#[test]
+fn a_synced_link_from_a_peer_starts_our_links_and_its_leave_ends_them() {
+    // B in a chain A->B->C with no client of its own.
+    let (mut o, t) = (owner().with_node(2), Instant::now());
+    let (from_a, to_c) = (sid(1, 1), sid(2, 2));
+    let mut out = Vec::new();
+    o.join(incoming("peer-a", from_a), t, &mut out);
+    let key = joined_key(&out, from_a);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::StartLinks { .. })),
+        "not before the link is synced (it may yet be refused)"
+    );
+    out.clear();
+    o.link_control(key, from_a, &sync(1, &[]), t, &mut out);
+    assert!(out.contains(&Action::StartLinks {
+        key,
+        channel: "ch".into()
+    }));
+    out.clear();
+    o.join(link("peer-b", to_c), t, &mut out);
+    assert_eq!(joined_key(&out, to_c), key, "our own link is admitted");
+    out.clear();
+    o.leave(
+        key,
+        &(MemberKind::Link, "peer-a".into()),
+        from_a,
+        t,
+        &mut out,
+    );
+    assert!(out.contains(&Action::Refused {
+        session: to_c,
+        close: close::CHANNEL_EMPTY
+    }));
+}

@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::channel::links::MAGIC;
 use crate::protocol::SUBPROTOCOL;
 use crate::protocol::auth::hash_parts;
+use crate::protocol::close;
 use crate::protocol::frame::{self, OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT};
 use crate::session::{Host, Session};
 use crate::shard::{LinkStarter, Shard};
@@ -100,8 +101,9 @@ impl PeerConfig {
     }
 }
 
-/// What the shards call when a channel they own gets its first client: one
-/// link task per peer, on that shard.
+/// What the shards call when a channel they own wants links (it has a
+/// client, or an accepted link from another server): one link task per
+/// peer, on that shard.
 pub fn link_starter(cfg: Arc<PeerConfig>) -> LinkStarter {
     Arc::new(move |shard: &Rc<Shard>, channel: Arc<str>| {
         for url in &cfg.urls {
@@ -140,7 +142,7 @@ impl Drop for Running {
 }
 
 /// Keeps `channel` linked to the peer at `url` until shutdown, or until the
-/// channel has no local clients left. `again` cuts a back-off short.
+/// channel no longer wants links (closed with 1000). `again` cuts a back-off short.
 async fn run_link(
     shard: Rc<Shard>,
     cfg: Arc<PeerConfig>,
@@ -163,7 +165,15 @@ async fn run_link(
             backoff = FIRST_BACKOFF;
             reported = false;
         }
-        let Some(error) = ended.error else { break };
+        let Some(error) = ended.error else {
+            // Closed on purpose (the channel no longer wants links), unless
+            // the shard asked for the link again meanwhile: its call found
+            // this task still running and left a permit instead of a task.
+            if futures_util::FutureExt::now_or_never(again.notified()).is_some() {
+                continue;
+            }
+            break;
+        };
         if reported {
             tracing::debug!(peer = %url, channel = %channel, %error, "peer link failed again");
         } else {
@@ -290,12 +300,25 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = tokio::time::Instant::now();
-    let mut synced = false;
-    let error = relay(shard, cfg, channel, url, ws, &mut synced).await.err();
+    let mut progress = Progress::default();
+    let error = relay(shard, cfg, channel, url, ws, &mut progress)
+        .await
+        .err();
+    // A link refused with 1008 (closing a cycle, from either end) was never
+    // accepted, though it synced first: its back-off keeps growing.
     Ended {
-        accepted: synced || started.elapsed() >= ACCEPTED_AFTER,
+        accepted: !progress.refused && (progress.synced || started.elapsed() >= ACCEPTED_AFTER),
         error,
     }
+}
+
+/// What one connection of a link got to.
+#[derive(Default)]
+struct Progress {
+    /// The peer's sync arrived.
+    synced: bool,
+    /// It was closed with 1008 by either end.
+    refused: bool,
 }
 
 async fn relay<S>(
@@ -304,7 +327,7 @@ async fn relay<S>(
     channel: &Arc<str>,
     url: &str,
     mut ws: WebSocketStream<S>,
-    synced: &mut bool,
+    progress: &mut Progress,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -341,6 +364,7 @@ where
                     Some(Ok(Message::Text(t))) => frame::encode(OP_TEXT, t.as_bytes()),
                     Some(Ok(Message::Binary(b))) => frame::encode(OP_BINARY, &b),
                     Some(Ok(Message::Close(c))) => {
+                        progress.refused = c.as_ref().is_some_and(|c| u16::from(c.code) == close::PEER_CYCLE.code);
                         return Err(match c {
                             Some(c) => format!("peer closed the link: {} {}", u16::from(c.code), c.reason),
                             None => "peer closed the link".to_string(),
@@ -351,8 +375,8 @@ where
                         if p.starts_with(MAGIC)
                             && let Some(key) = m.session.key()
                         {
-                            if !*synced {
-                                *synced = true;
+                            if !progress.synced {
+                                progress.synced = true;
                                 tracing::info!(peer = %url, channel = %channel, "peer link up");
                             }
                             shard.link_control(key, m.session.id, p);
@@ -383,7 +407,9 @@ where
                         OP_PING if payload.starts_with(MAGIC) => Message::Ping(payload),
                         OP_CLOSE => {
                             let _ = ws.close(None).await;
-                            return match m.session.close_code() {
+                            let code = m.session.close_code();
+                            progress.refused = code == close::PEER_CYCLE.code;
+                            return match code {
                                 // The channel emptied (CHANNEL_EMPTY): the link is no longer needed.
                                 1000 => Ok(()),
                                 // Shutdown (1001), a peer too slow for the queue

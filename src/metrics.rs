@@ -55,7 +55,7 @@ pub enum Gauge {
     HistoryBytes,
     /// Bytes queued to this shard's sessions, not yet written.
     QueuedBytes,
-    /// Messages waiting in this shard's inbox.
+    /// Bytes of messages waiting in this shard's inbox.
     InboxBacklog,
 }
 
@@ -79,8 +79,8 @@ impl Gauge {
                 "Bytes queued to the shard's sessions, not yet written.",
             ),
             Gauge::InboxBacklog => (
-                "mles_inbox_backlog",
-                "Messages waiting in the shard's inbox.",
+                "mles_inbox_backlog_bytes",
+                "Bytes of messages waiting in the shard's inbox (publishers pause past a limit).",
             ),
         }
     }

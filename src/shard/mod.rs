@@ -379,6 +379,15 @@ impl Shard {
         c.set(Gauge::Channels, owner.len() as i64);
         c.set(Gauge::HistoryBytes, owner.total_history_bytes() as i64);
         c.set(Gauge::QueuedBytes, queued as i64);
+        // Every shard reports every inbox: a shard stuck in a handler
+        // cannot report its own backlog, which is when it matters most.
+        for to in 0..self.mesh.shards() as u16 {
+            let backlog = self.mesh.backlog(to) as i64;
+            self.mesh
+                .metrics
+                .shard(to)
+                .set(Gauge::InboxBacklog, backlog);
+        }
     }
 
     /// Wakes the sessions paused on congestion whenever a congested inbox

@@ -32,10 +32,14 @@ fn free_port() -> u16 {
     unreachable!()
 }
 
-/// A server with metrics, its own peer uid, and `peers`.
+/// A server with metrics, its own peer uid, and `peers`. Its history holds
+/// every frame of a test: a member admitted after frames began to pass (its
+/// join still on its way) gets them from history instead of live.
 fn server(name: &str, listen: Option<u16>, peers: &[String], key: Option<&str>) -> TestServer {
     let listen = listen.map(|p| format!("127.0.0.1:{p}"));
     let mut args = vec![
+        "--limit",
+        "10000",
         "--metrics",
         "127.0.0.1:0",
         "--peer-uid",
@@ -271,34 +275,34 @@ async fn identical_frames_from_different_users_all_arrive() {
     for _ in 0..3 {
         alice.send_text("ok").await;
     }
-    alice.send_text("done").await;
+    // Each ends with its own marker: alice's and bob's frames may be
+    // ordered either way between them.
+    alice.send_text("alice done").await;
+    bob.send_text("bob done").await;
+    let ends = ["alice done", "bob done"];
     let mut oks = 0;
-    loop {
+    let mut ended = 0;
+    while ended < 2 {
         let t = far.recv_text().await;
-        if t == "done" {
-            break;
-        }
+        ended += usize::from(ends.contains(&t.as_str()));
         oks += usize::from(t == "ok");
     }
     assert_eq!(oks, 5, "every ok a client sent is relayed");
     // A late joiner on B gets the same history as one on A.
-    let hist = |t: &str| !t.starts_with('{');
     let mut late_b = b.join("late-b", "same").await;
     let mut late_a = a.join("late-a", "same").await;
-    let mut hb = Vec::new();
-    while hb.last().map(String::as_str) != Some("done") {
-        let t = late_b.recv_text().await;
-        if hist(&t) {
-            hb.push(t);
+    async fn history(c: &mut Client, ends: &[&str]) -> Vec<String> {
+        let mut h: Vec<String> = Vec::new();
+        while h.iter().filter(|t| ends.contains(&t.as_str())).count() < ends.len() {
+            let t = c.recv_text().await;
+            if !t.starts_with('{') {
+                h.push(t);
+            }
         }
+        h
     }
-    let mut ha = Vec::new();
-    while ha.last().map(String::as_str) != Some("done") {
-        let t = late_a.recv_text().await;
-        if hist(&t) {
-            ha.push(t);
-        }
-    }
+    let hb = history(&mut late_b, &ends).await;
+    let ha = history(&mut late_a, &ends).await;
     assert_eq!(ha, hb);
 }
 

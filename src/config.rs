@@ -117,8 +117,9 @@ pub struct Cli {
     /// Size of the in-memory cache of compressed static files, in MB.
     #[arg(long = "compression-cache", default_value_t = 64)]
     pub compression_cache: usize,
-    /// Server-wide bound on incomplete frames and messages being reassembled;
-    /// past it the session that asks for more is closed with 1013 [default: half the RAM].
+    /// Server-wide bound on incomplete frames, messages being reassembled and
+    /// outbound queues; past it the session that asks for more, or the one
+    /// with the largest queue, is closed with 1013 [default: half the RAM].
     #[arg(long = "max-memory", value_parser = parse_size)]
     pub max_memory: Option<usize>,
     /// Most messages (pings included) one session may send per second,
@@ -207,7 +208,7 @@ pub struct Limits {
     pub inbox_limit: Option<usize>,
     /// `SO_SNDBUF` of every accepted socket (see [`send_buffer_for`]).
     pub send_buffer: usize,
-    /// Server-wide bound on partial frames and reassembly (`--max-memory`).
+    /// Server-wide bound on partial frames, reassembly and queues (`--max-memory`).
     pub max_memory: usize,
     /// Channels with no members forget their history after this (`--channel-ttl`).
     pub channel_ttl: Duration,

@@ -189,7 +189,8 @@ where
         return e.response();
     }
     if upgrade::is_websocket(&req) {
-        let res = upgrade::accept::<S>(req, shard, &admission);
+        let plain = frontend.tls.is_none();
+        let res = upgrade::accept::<S>(req, shard, &admission, plain);
         // The stream becomes a session's (which starts only after this
         // response is written); a refused upgrade stays HTTP, timed.
         if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {

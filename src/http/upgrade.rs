@@ -41,10 +41,13 @@ pub fn is_valid_key(key: &[u8]) -> bool {
 /// Checks an upgrade request; on success answers 101 and starts the session
 /// once hyper hands over the connection. The session takes over the
 /// connection's `admission`, so it stays counted for the session's life.
+/// `raw_tcp`: the stream is the TCP socket itself (no TLS), so the shard may
+/// write frames to the socket directly.
 pub fn accept<S>(
     mut req: Request<Incoming>,
     shard: Rc<Shard>,
     admission: &Admission,
+    raw_tcp: bool,
 ) -> Response<Body>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -106,7 +109,7 @@ where
         // slice of hyper's read buffer, which must not stay pinned for the session's life.
         let hyper::upgrade::Parts { io, read_buf, .. } = parts;
         let session = shard.new_session();
-        session.set_socket(fd);
+        session.set_socket(fd, raw_tcp);
         // The session gets a task of its own, sized to the session (and its
         // admission) rather than to this handshake future; this one ends here.
         if shard.limits().conformance_echo {

@@ -161,7 +161,7 @@ where
         let admission = admission.clone();
         let arming = arming.clone();
         async move {
-            let res = route::<WriteStall<S>>(req, shard, frontend, admission, arming).await;
+            let res = route::<S>(req, shard, frontend, admission, arming).await;
             Ok::<_, Infallible>(res)
         }
     });

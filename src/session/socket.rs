@@ -12,19 +12,26 @@
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 
-/// Writes `bufs` to the socket without blocking: `sendmsg` with
-/// `MSG_DONTWAIT`, which skips what `writev` pays on a socket (the file
-/// position lock, `vfs_writev`; issue 12's profile). `WouldBlock` when the
-/// send buffer is full. Only for plain TCP sessions: under TLS the socket
-/// carries records, not frames.
+/// Writes `bufs` to the socket without blocking: `send` for one buffer,
+/// `sendmsg` for more, both with `MSG_DONTWAIT`, which skip what `writev`
+/// pays on a socket (the file position lock, `vfs_writev`; issue 12's
+/// profile); `send` also skips importing a message header and an iovec
+/// array. `WouldBlock` when the send buffer is full. Only for plain TCP
+/// sessions: under TLS the socket carries records, not frames.
 pub fn send(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: msghdr is plain data; IoSlice is ABI-compatible with iovec
-    // (std guarantees it on Unix), and the kernel only reads through it.
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY: the kernel only reads `len` bytes at `buf`, or through the
+    // iovecs (IoSlice is ABI-compatible with iovec: std guarantees it on
+    // Unix); msghdr is plain data.
     let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len() as _;
-        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        if let [one] = bufs {
+            libc::send(fd, one.as_ptr().cast(), one.len(), flags)
+        } else {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len() as _;
+            libc::sendmsg(fd, &msg, flags)
+        }
     };
     if n < 0 {
         Err(io::Error::last_os_error())

@@ -175,8 +175,12 @@ struct Inner {
     fd: std::os::fd::RawFd,
     /// Frames go to `fd` as they are (no TLS): the shard may write them.
     plain: bool,
-    /// In the shard's list of sessions to [`Session::flush`] at the end of its batch.
+    /// In the caller's list of sessions to [`Session::flush`].
     flushing: bool,
+    /// The socket would block: the task waits for room and writes what is
+    /// queued; until it has, offered frames are only queued (no write is
+    /// tried and no task woken per frame).
+    blocked: bool,
     /// When the phase last changed (header timeout, close linger).
     since: Millis,
     last_rx: Millis,
@@ -260,6 +264,10 @@ impl Inner {
             };
             match sent {
                 Ok(n) if n > 0 => self.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.blocked = true;
+                    return false;
+                }
                 _ => return false,
             }
         }
@@ -319,6 +327,7 @@ impl Session {
                 fd: NO_SOCKET,
                 plain: false,
                 flushing: false,
+                blocked: false,
                 since: now,
                 last_rx: now,
                 last_ping: now,
@@ -428,7 +437,7 @@ impl Session {
             return Offered::Closed;
         }
         if i.plain && i.phase == Phase::Member && !i.held {
-            if i.flushing {
+            if i.flushing || i.blocked {
                 return Offered::Queued;
             }
             i.flushing = true;
@@ -680,11 +689,26 @@ mod tests {
         b.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"abcd");
         assert_eq!(s.offer(Bytes::from_static(b"ef"), 1 << 20), Offered::Flush);
+        s.flush();
+        // A peer that reads nothing: once its socket is full, frames only
+        // queue (the task, woken once, waits for room) until the task wrote.
+        let big = Bytes::from(vec![0u8; 1 << 20]);
+        while s.offer(big.clone(), 1 << 30) == Offered::Flush {
+            s.flush();
+        }
+        assert!(s.inner.borrow().blocked && s.has_queued());
+        let q = s.queued_bytes();
+        assert_eq!(s.offer(big.clone(), 1 << 30), Offered::Queued);
+        assert_eq!(s.queued_bytes(), q + big.len(), "queued, no write tried");
+        // The task clears `blocked` once it has written.
+        s.inner.borrow_mut().blocked = false;
+        s.take_queued();
         // Under TLS (or once the socket is forgotten) the task writes.
+        assert_eq!(s.offer(Bytes::from_static(b"gh"), 1 << 20), Offered::Flush);
         s.forget_socket();
         s.flush();
         assert!(s.has_queued());
-        assert_eq!(s.offer(Bytes::from_static(b"gh"), 1 << 20), Offered::Queued);
+        assert_eq!(s.offer(Bytes::from_static(b"ij"), 1 << 20), Offered::Queued);
         // The bound holds for offered frames as for pushed ones.
         assert_eq!(s.offer(Bytes::from(vec![0u8; 64]), 16), Offered::Closed);
         assert_eq!(s.phase(), Phase::Closing);

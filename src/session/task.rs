@@ -97,10 +97,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
                     self.needs_flush = true;
+                    i.blocked = false;
                     i.advance(n);
                 }
                 Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(()),
+                Poll::Pending => {
+                    // Woken when there is room; the shard leaves the socket alone until then.
+                    i.blocked = true;
+                    return Ok(());
+                }
             }
         }
         if self.needs_flush {

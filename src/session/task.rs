@@ -73,8 +73,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
     }
 
     /// Writes as much of the queue as the socket takes, in vectored writes:
-    /// `sendmsg` on a plain socket, through the stream when that would block
-    /// (so the task is woken when there is room) or under TLS.
+    /// `send`/`sendmsg` on a plain socket, through the stream when that would
+    /// block (so the task is woken when there is room) or under TLS.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         loop {
             let mut i = self.session.inner.borrow_mut();

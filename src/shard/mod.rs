@@ -5,7 +5,8 @@
 //! are reached only through [`mesh::Mesh`]. Each concern has its own type:
 //! the registry (sessions, local members), [`Owner`] (the channels
 //! this shard owns, a sans-IO state machine from [`crate::channel`]), the
-//! paused publishers, and the link starter. [`Shard`] dispatches messages to
+//! paused publishers, the link starter, and the plain members waiting to be
+//! written ([`Flush`], one task). [`Shard`] dispatches messages to
 //! them and carries out what the owner decides; sessions see it only through
 //! [`crate::session::Host`].
 //!

@@ -6,7 +6,7 @@
 //! the registry (sessions, local members), [`Owner`] (the channels
 //! this shard owns, a sans-IO state machine from [`crate::channel`]), the
 //! paused publishers, the link starter, and the plain members waiting to be
-//! written ([`Flush`], one task). [`Shard`] dispatches messages to
+//! written (`Flush`, one task). [`Shard`] dispatches messages to
 //! them and carries out what the owner decides; sessions see it only through
 //! [`crate::session::Host`].
 //!
@@ -431,7 +431,7 @@ impl Shard {
     }
 
     /// Writes the plain members that were offered frames, forever, a round
-    /// per wake-up (see [`Flush`]).
+    /// per wake-up (see the `Flush` list).
     pub async fn run_flush(&self) {
         loop {
             self.flush.wake.notified().await;

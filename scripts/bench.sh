@@ -11,7 +11,7 @@
 # cheaper per delivery for the server and not comparable with other servers'
 # figures taken under ordinary clients.
 #
-#   scripts/bench.sh [label] [scenario...]      scenarios: A A-batch A2 A2-batch B C D10 D19 J E E-batch EM
+#   scripts/bench.sh [label] [scenario...]      scenarios: A A-batch A2 A2-batch B C D10 D1k D19 J E E-batch EM
 #   MLES_BIN=/path/to/other/mles scripts/bench.sh baseline   # measure another build
 #   DURATION=10 (seconds measured per throughput scenario)
 set -euo pipefail
@@ -49,12 +49,19 @@ fi
 port=$((20000 + RANDOM % 20000))
 server_pid=
 start_server() { # args...
-    port=$((port + 1))
-    taskset -c "$SERVER_CPUS" "$MLES" --listen "127.0.0.1:$port" "$@" >"$OUT/server-$scenario.log" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.05
+    # The port range overlaps the ephemeral ports other connections on this
+    # (shared) machine may hold: a port in use is retried with the next one.
+    for _ in 1 2 3 4 5; do
+        port=$((port + 1))
+        taskset -c "$SERVER_CPUS" "$MLES" --listen "127.0.0.1:$port" "$@" >"$OUT/server-$scenario.log" 2>&1 &
+        server_pid=$!
+        for _ in $(seq 100); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && kill -0 "$server_pid" 2>/dev/null && return 0
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill -0 "$server_pid" 2>/dev/null && break
+        wait "$server_pid" 2>/dev/null || true
     done
     echo "server did not start" >&2
     return 1
@@ -85,6 +92,8 @@ for scenario in "${scenarios[@]}"; do
         load fanout --client "$client" --url "ws://127.0.0.1:$port/" --channels 1000 --subs 2 --pubs 1 --size 64 --rate 10 --duration "$DURATION" ;;
     D10) start_server --shards 1
         load conns --url "ws://127.0.0.1:$port/" --conns 10000 --per-channel 100 --duration 12 ;;
+    D1k) start_server --shards 1
+        load conns --url "ws://127.0.0.1:$port/" --conns 10000 --per-channel 10 --duration 12 ;;
     D19) start_server --shards 1
         load conns --url "ws://127.0.0.1:$port/" --conns 19000 --per-channel 100 --duration 12 ;;
     J)  start_server --shards 1

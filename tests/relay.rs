@@ -249,3 +249,42 @@ async fn dedup_option_drops_frames_identical_to_history() {
         "without --dedup a client may repeat itself"
     );
 }
+
+/// A plain subscriber that stops reading until its socket is full (the
+/// shard's direct write would block, and the session's task takes over
+/// until the socket has room), then reads again, gets every frame once and
+/// in order (issue 12).
+#[tokio::test]
+async fn a_reader_that_pauses_until_its_socket_is_full_gets_everything_in_order() {
+    let srv = TestServer::start(&[
+        "--shards",
+        "2",
+        "--max-queue",
+        "64MiB",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let mut slow = RawClient::connect(srv.addr).await;
+    slow.join("slow", "pause").await;
+    let mut publisher = srv.join("publisher", "pause").await;
+    // 24 MiB: more than the send buffer (at most 1 MiB, doubled by Linux)
+    // and the reader's receive buffer together, so the rest waits queued.
+    const FRAMES: u32 = 1536;
+    let mut frame = vec![0u8; 16 << 10];
+    for i in 0..FRAMES {
+        frame[..4].copy_from_slice(&i.to_be_bytes());
+        publisher.send_binary(&frame).await;
+    }
+    srv.metric_until("mles_queued_bytes", |q| q > 0).await;
+    let mut next = 0u32;
+    while next < FRAMES {
+        let (b0, p) = slow.frame().await.expect("frames arrive");
+        if b0 != 0x82 {
+            continue;
+        }
+        assert_eq!(p.len(), 16 << 10);
+        assert_eq!(u32::from_be_bytes(p[..4].try_into().unwrap()), next);
+        next += 1;
+    }
+    assert_eq!(srv.metric("mles_slow_consumers_total").await, 0);
+}

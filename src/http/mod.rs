@@ -176,7 +176,7 @@ async fn serve_http<S, H: Sessions>(
         let admission = admission.clone();
         let arming = arming.clone();
         async move {
-            let res = route::<WriteStall<S>, H>(req, shard, frontend, admission, arming).await;
+            let res = route::<S, H>(req, shard, frontend, admission, arming).await;
             Ok::<_, Infallible>(res)
         }
     });
@@ -204,7 +204,8 @@ where
         return e.response();
     }
     if upgrade::is_websocket(&req) {
-        let res = upgrade::accept::<S, H>(req, shard, &admission);
+        let plain = frontend.tls.is_none();
+        let res = upgrade::accept::<S, H>(req, shard, &admission, plain);
         // The stream becomes a session's (which starts only after this
         // response is written); a refused upgrade stays HTTP, timed.
         if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {

@@ -1,14 +1,19 @@
 //! The WebSocket upgrade (RFC 6455 §4.2) with the Mles subprotocol check
 //! (PROTOCOL.md §1), handing the raw stream to a session task.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::limits::ConnGuard;
 use super::response::{empty, plain};
+use super::stall::WriteStall;
 use super::{Admission, Body};
 use crate::protocol::SUBPROTOCOL;
 use crate::session::SessionTask;
@@ -38,12 +43,16 @@ pub fn is_valid_key(key: &[u8]) -> bool {
 }
 
 /// Checks an upgrade request; on success answers 101 and starts the session
-/// once hyper hands over the connection. The session takes over the
-/// connection's `admission`, so it stays counted for the session's life.
+/// once hyper hands over the connection (`S` under its [`WriteStall`],
+/// which the session drops: it no longer times writes). The session takes
+/// over the connection's `admission`, so it stays counted for the session's life.
+/// `raw_tcp`: the stream is the TCP socket itself (no TLS), so the shard may
+/// write frames to the socket directly.
 pub fn accept<S, H: super::Sessions>(
     mut req: Request<Incoming>,
     shard: Rc<H>,
     admission: &Admission,
+    raw_tcp: bool,
 ) -> Response<Body>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -97,31 +106,26 @@ where
             Ok(u) => u,
             Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
         };
-        let parts = match upgraded.downcast::<TokioIo<S>>() {
+        let parts = match upgraded.downcast::<TokioIo<WriteStall<S>>>() {
             Ok(p) => p,
             Err(_) => return tracing::warn!("upgraded connection is not the accepted stream type"),
         };
         // Copy what hyper read ahead and drop its buffer now: `read_buf` may be a
         // slice of hyper's read buffer, which must not stay pinned for the session's life.
         let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+        let io = io.into_inner().into_inner();
         let session = shard.new_session();
-        session.set_socket(fd);
+        session.set_socket(fd, raw_tcp);
         // The session gets a task of its own, sized to the session (and its
         // admission) rather than to this handshake future; this one ends here.
         if shard.limits().conformance_echo {
             let host = Rc::new(EchoHost::new(shard, &session));
-            let task = SessionTask::new(io.into_inner(), session, host, &read_buf);
-            tokio::task::spawn_local(async move {
-                let _conn = conn;
-                task.await
-            });
+            let task = SessionTask::new(io, session, host, &read_buf);
+            tokio::task::spawn_local(Admitted { task, _conn: conn });
             return;
         }
-        let task = SessionTask::new(io.into_inner(), session, shard, &read_buf);
-        tokio::task::spawn_local(async move {
-            let _conn = conn;
-            task.await
-        });
+        let task = SessionTask::new(io, session, shard, &read_buf);
+        tokio::task::spawn_local(Admitted { task, _conn: conn });
     });
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -139,9 +143,39 @@ where
     r
 }
 
+/// A session's task with its connection's admission, given back when the
+/// session ends. A struct rather than an async block: an async block keeps
+/// both the captured values and the locals they are moved into, which
+/// doubled the future and took every session's task allocation from 256
+/// to 512 bytes (tokio aligns task cells to 128 bytes).
+struct Admitted<F> {
+    task: F,
+    _conn: Option<ConnGuard>,
+}
+
+impl<F: Future + Unpin> Future for Admitted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        Pin::new(&mut self.get_mut().task).poll(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_session_task_fits_a_256_byte_task_cell() {
+        // tokio's task cell is 96 bytes (header, scheduler, id, trailer)
+        // plus the future and its stage tag, aligned to 128 bytes on x86_64:
+        // a future up to 152 bytes costs 256 bytes per session, one byte
+        // more costs 384 (BENCHMARKS.md, per-session memory).
+        // The task holds its host behind an `Rc`: the shard here, as in the server.
+        type Plain = Admitted<SessionTask<tokio::net::TcpStream, crate::shard::Shard>>;
+        let n = std::mem::size_of::<Plain>();
+        assert!(n <= 152, "{n}");
+    }
 
     #[test]
     fn keys_must_be_base64_of_16_bytes() {

@@ -4,7 +4,11 @@
 //! A session is one task (a hand-written future, [`SessionTask`]) plus shared
 //! state ([`Session`]) that the shard reaches through an `Rc`: the shard pushes
 //! encoded frames into the outbound queue and wakes the task; the task writes
-//! everything queued in one vectored write per turn. An idle session holds no
+//! everything queued in one vectored write per turn. A plain (non-TLS)
+//! member's live frames skip the task: the shard collects the sessions it
+//! offered frames to and later writes each one's queue straight to its
+//! socket ([`Session::flush`]); the task is woken only when the socket would
+//! block. An idle session holds no
 //! read buffer: reads go into the shard's scratch buffer and only an
 //! incomplete frame is copied out. This module must not touch other sessions
 //! or channel state directly: everything it asks of its shard goes through
@@ -14,6 +18,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -68,6 +73,8 @@ const MAX_IOV: usize = 256;
 /// publisher fast while it cannot delay the other sessions of its shard by
 /// more than about a millisecond.
 const READ_BUDGET: u32 = 16;
+/// `Inner::fd` of a session without a socket.
+const NO_SOCKET: std::os::fd::RawFd = -1;
 /// An empty server Ping.
 static PING: &[u8] = &[0x80 | OP_PING, 0];
 /// An empty Close, the reply to a Close without a status code.
@@ -163,8 +170,17 @@ struct Inner {
     joined: Option<(ChannelKey, Arc<str>)>,
     probe: Option<Box<Probe>>,
     /// The TCP socket under the session (also under TLS), for the probe;
-    /// -1 while unknown (a plain `RawFd`: an `Option` would cost 4 bytes more).
+    /// [`NO_SOCKET`] when there is none (4 bytes rather than an `Option`'s
+    /// 8: they keep `Session` within 144 bytes).
     fd: std::os::fd::RawFd,
+    /// Frames go to `fd` as they are (no TLS): the shard may write them.
+    plain: bool,
+    /// In the caller's list of sessions to [`Session::flush`].
+    flushing: bool,
+    /// The socket would block: the task waits for room and writes what is
+    /// queued; until it has, offered frames are only queued (no write is
+    /// tried and no task woken per frame).
+    blocked: bool,
     /// When the phase last changed (header timeout, close linger).
     since: Millis,
     last_rx: Millis,
@@ -172,10 +188,6 @@ struct Inner {
 }
 
 impl Inner {
-    fn fd(&self) -> Option<std::os::fd::RawFd> {
-        (self.fd >= 0).then_some(self.fd)
-    }
-
     /// Whether something may be written now.
     fn writable(&self) -> bool {
         !self.replay.is_empty() || (!self.held && !self.out.is_empty())
@@ -190,6 +202,89 @@ impl Inner {
         };
         self.replay.iter().chain(live.into_iter().flatten())
     }
+
+    /// Fills `iov` with the frames to write next; returns how many.
+    fn gather<'a>(&'a self, iov: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+        let mut k = 0;
+        for f in self.to_write().take(MAX_IOV) {
+            iov[k] = IoSlice::new(if k == 0 { &f[self.written..] } else { &f[..] });
+            k += 1;
+        }
+        k
+    }
+
+    /// The socket the shard or the task may write frames to directly.
+    fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.socket().filter(|_| self.plain)
+    }
+
+    /// The TCP socket under the session, if it has one.
+    fn socket(&self) -> Option<std::os::fd::RawFd> {
+        (self.fd != NO_SOCKET).then_some(self.fd)
+    }
+
+    /// Drops `n` written bytes from the front of the replay and live queues.
+    fn advance(&mut self, n: usize) {
+        let mut n = n + self.written;
+        self.written = 0;
+        while n > 0 {
+            let (len, from_out) = if let Some(f) = self.replay.front() {
+                (f.len(), false)
+            } else if let Some(f) = self.out.front() {
+                (f.len(), true)
+            } else {
+                break;
+            };
+            if n < len {
+                self.written = n;
+                break;
+            }
+            n -= len;
+            if from_out {
+                self.out.pop_front();
+                self.out_bytes = self.out_bytes.saturating_sub(len);
+            } else {
+                self.replay.pop_front();
+            }
+        }
+        // An idle session keeps no queue memory: drained queues give theirs back.
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = VecDeque::new();
+        }
+    }
+
+    /// Writes what is queued to the plain socket `fd` until it is all out
+    /// (true) or the socket would block or failed (false: the task takes over).
+    fn write_direct(&mut self, fd: std::os::fd::RawFd) -> bool {
+        while self.writable() {
+            let sent = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let k = self.gather(&mut iov);
+                socket::send(fd, &iov[..k])
+            };
+            match sent {
+                Ok(n) if n > 0 => self.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.blocked = true;
+                    return false;
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// What [`Session::offer`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued, and the task woken to write it (or dropped: closing).
+    Queued,
+    /// Queued on a plain member: the caller calls [`Session::flush`] later
+    /// (once per session, however many frames it offered meanwhile).
+    Flush,
+    /// Over `--max-queue`: the session is closing with 1013.
+    Closed,
 }
 
 /// The part of a session the shard holds: its outbound queue and state.
@@ -229,7 +324,10 @@ impl Session {
                 close_code: 1005,
                 joined: None,
                 probe: None,
-                fd: -1,
+                fd: NO_SOCKET,
+                plain: false,
+                flushing: false,
+                blocked: false,
                 since: now,
                 last_rx: now,
                 last_ping: now,
@@ -237,10 +335,21 @@ impl Session {
         }
     }
 
-    /// Records the TCP socket under this session. The session's task owns
-    /// it; the shard forgets the session before the task closes it.
-    pub fn set_socket(&self, fd: std::os::fd::RawFd) {
-        self.inner.borrow_mut().fd = fd;
+    /// Records the TCP socket under this session; `plain` when frames go
+    /// to it as they are (no TLS), so that they may be written without the
+    /// task. The session's task owns the socket and forgets it here before
+    /// closing it.
+    pub fn set_socket(&self, fd: std::os::fd::RawFd, plain: bool) {
+        let mut i = self.inner.borrow_mut();
+        i.fd = fd;
+        i.plain = plain;
+    }
+
+    /// The socket is about to be closed: nothing may reach it any more.
+    fn forget_socket(&self) {
+        let mut i = self.inner.borrow_mut();
+        i.fd = NO_SOCKET;
+        i.plain = false;
     }
 
     pub fn phase(&self) -> Phase {
@@ -299,24 +408,61 @@ impl Session {
         v
     }
 
-    /// Queues a live frame; over `max_queue` bytes the session is closed
-    /// with 1013, and this returns true.
+    /// Queues a live frame and has it written; over `max_queue` bytes the
+    /// session is closed with 1013, and this returns true.
     pub fn push(&self, frame: Bytes, max_queue: usize) -> bool {
+        match self.offer(frame, max_queue) {
+            Offered::Queued => false,
+            Offered::Flush => {
+                self.flush();
+                false
+            }
+            Offered::Closed => true,
+        }
+    }
+
+    /// Queues a live frame, leaving a plain member's write to the caller's
+    /// [`Session::flush`] (see [`Offered`]); over `max_queue` bytes the
+    /// session is closed with 1013.
+    pub fn offer(&self, frame: Bytes, max_queue: usize) -> Offered {
         let mut i = self.inner.borrow_mut();
         if i.phase == Phase::Closing {
-            return false;
+            return Offered::Queued;
         }
         i.out_bytes += frame.len();
         i.out.push_back(frame);
         if i.out_bytes > max_queue {
             drop(i);
             self.close(close::SLOW_CONSUMER);
-            return true;
+            return Offered::Closed;
+        }
+        if i.plain && i.phase == Phase::Member && !i.held {
+            if i.flushing || i.blocked {
+                return Offered::Queued;
+            }
+            i.flushing = true;
+            return Offered::Flush;
         }
         if let Some(w) = i.waker.take() {
             w.wake();
         }
-        false
+        Offered::Queued
+    }
+
+    /// Writes what [`Session::offer`] queued straight to a plain member's
+    /// socket, without waking its task; wakes the task only when the socket
+    /// would block (it then waits for room) or failed (it finds the error),
+    /// or when the session is no longer a plain member.
+    pub fn flush(&self) {
+        let mut i = self.inner.borrow_mut();
+        i.flushing = false;
+        let done = match i.plain_fd() {
+            Some(fd) if i.phase == Phase::Member && !i.kill => i.write_direct(fd),
+            _ => false,
+        };
+        if !done && let Some(w) = i.waker.take() {
+            w.wake();
+        }
     }
 
     /// Queues a control frame (not counted against the queue bound); while
@@ -437,9 +583,9 @@ impl Session {
         }
         let ahead = !i.out.is_empty()
             || !i.replay.is_empty()
-            || i.fd().and_then(socket::unacked).is_some_and(|n| n > 0);
+            || i.socket().and_then(socket::unacked).is_some_and(|n| n > 0);
         let acked_at_start = if ahead {
-            i.fd().and_then(socket::bytes_acked)
+            i.socket().and_then(socket::bytes_acked)
         } else {
             None
         };
@@ -470,7 +616,7 @@ impl Session {
             return TickOutcome::Nothing;
         }
         if let Some(p) = i.probe.take_if(|p| clock::reached(now, p.deadline)) {
-            let acked_now = i.fd().and_then(socket::bytes_acked);
+            let acked_now = i.socket().and_then(socket::bytes_acked);
             if let (Some(a0), Some(a1)) = (p.acked_at_start, acked_now)
                 && a1 > a0
             {
@@ -520,6 +666,54 @@ mod tests {
             "{}",
             std::mem::size_of::<Session>()
         );
+    }
+
+    #[test]
+    fn plain_members_are_flushed_by_the_caller_and_written_directly() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut b, _) = l.accept().unwrap();
+        let s = Session::new(1, 0);
+        s.set_socket(a.as_raw_fd(), true);
+        // Not a member yet: the task writes (woken as before).
+        assert_eq!(s.offer(Bytes::from_static(b"x"), 1 << 20), Offered::Queued);
+        s.take_queued();
+        s.begin_join();
+        assert!(s.joined(7, "u".into(), Vec::new(), false));
+        assert_eq!(s.offer(Bytes::from_static(b"ab"), 1 << 20), Offered::Flush);
+        // Already in the caller's list: once per batch.
+        assert_eq!(s.offer(Bytes::from_static(b"cd"), 1 << 20), Offered::Queued);
+        s.flush();
+        assert!(!s.has_queued(), "written without the task");
+        let mut buf = [0u8; 4];
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"abcd");
+        assert_eq!(s.offer(Bytes::from_static(b"ef"), 1 << 20), Offered::Flush);
+        s.flush();
+        // A peer that reads nothing: once its socket is full, frames only
+        // queue (the task, woken once, waits for room) until the task wrote.
+        let big = Bytes::from(vec![0u8; 1 << 20]);
+        while s.offer(big.clone(), 1 << 30) == Offered::Flush {
+            s.flush();
+        }
+        assert!(s.inner.borrow().blocked && s.has_queued());
+        let q = s.queued_bytes();
+        assert_eq!(s.offer(big.clone(), 1 << 30), Offered::Queued);
+        assert_eq!(s.queued_bytes(), q + big.len(), "queued, no write tried");
+        // The task clears `blocked` once it has written.
+        s.inner.borrow_mut().blocked = false;
+        s.take_queued();
+        // Under TLS (or once the socket is forgotten) the task writes.
+        assert_eq!(s.offer(Bytes::from_static(b"gh"), 1 << 20), Offered::Flush);
+        s.forget_socket();
+        s.flush();
+        assert!(s.has_queued());
+        assert_eq!(s.offer(Bytes::from_static(b"ij"), 1 << 20), Offered::Queued);
+        // The bound holds for offered frames as for pushed ones.
+        assert_eq!(s.offer(Bytes::from(vec![0u8; 64]), 16), Offered::Closed);
+        assert_eq!(s.phase(), Phase::Closing);
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! scratch buffer, validates RFC 6455 framing, hands complete messages to the
 //! shard, and writes what is queued in vectored writes.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -13,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::rate::SessionRate;
-use super::{EMPTY_CLOSE, Host, Inner, MAX_IOV, Phase, READ_BUDGET, Session};
+use super::{EMPTY_CLOSE, Host, MAX_IOV, Phase, READ_BUDGET, Session, socket};
 use crate::clock;
 use crate::protocol::close::{self, Close};
 use crate::protocol::frame::{
@@ -73,27 +72,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
         }
     }
 
-    /// Writes as much of the queue as the socket takes, in vectored writes.
+    /// Writes as much of the queue as the socket takes, in vectored writes:
+    /// `send`/`sendmsg` on a plain socket, through the stream when that would
+    /// block (so the task is woken when there is room) or under TLS.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         loop {
             let mut i = self.session.inner.borrow_mut();
             if !i.writable() {
                 break;
             }
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut k = 0;
-            for f in i.to_write().take(MAX_IOV) {
-                iov[k] = IoSlice::new(if k == 0 { &f[i.written..] } else { &f[..] });
-                k += 1;
-            }
-            match Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k]) {
+            let polled = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let k = i.gather(&mut iov);
+                let direct = i.plain_fd().map(|fd| socket::send(fd, &iov[..k]));
+                match direct {
+                    Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k])
+                    }
+                    Some(r) => Poll::Ready(r),
+                    None => Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k]),
+                }
+            };
+            match polled {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
                     self.needs_flush = true;
-                    advance(&mut i, n);
+                    i.blocked = false;
+                    i.advance(n);
                 }
                 Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(()),
+                Poll::Pending => {
+                    // Woken when there is room; the shard leaves the socket alone until then.
+                    i.blocked = true;
+                    return Ok(());
+                }
             }
         }
         if self.needs_flush {
@@ -390,36 +402,6 @@ fn append_partial(partial: &mut Vec<u8>, data: &[u8]) {
     partial.extend_from_slice(data);
 }
 
-/// Drops `n` written bytes from the front of the replay and live queues.
-fn advance(i: &mut Inner, n: usize) {
-    let mut n = n + i.written;
-    i.written = 0;
-    while n > 0 {
-        let (len, from_out) = if let Some(f) = i.replay.front() {
-            (f.len(), false)
-        } else if let Some(f) = i.out.front() {
-            (f.len(), true)
-        } else {
-            break;
-        };
-        if n < len {
-            i.written = n;
-            break;
-        }
-        n -= len;
-        if from_out {
-            i.out.pop_front();
-            i.out_bytes = i.out_bytes.saturating_sub(len);
-        } else {
-            i.replay.pop_front();
-        }
-    }
-    // An idle session keeps no queue memory: drained queues give theirs back.
-    if i.out.is_empty() && i.out.capacity() > 0 {
-        i.out = VecDeque::new();
-    }
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> Future for SessionTask<S, H> {
     type Output = ();
 
@@ -500,6 +482,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> Future for SessionTask<S, H> {
 
 impl<S, H: Host> Drop for SessionTask<S, H> {
     fn drop(&mut self) {
+        // The socket closes with `io` below: the shard must not write to it
+        // (nor to another connection given its number) from now on.
+        self.session.forget_socket();
         self.shard.discharge(self.held);
         self.shard.ended(&self.session);
     }

@@ -95,14 +95,37 @@ impl Shard {
 
     // ---- member side ----
 
+    /// Queues `frame` for the local members of `key`; plain members are
+    /// written by the flush task ([`Shard::run_flush`]).
     pub(super) fn deliver_local(&self, key: ChannelKey, skip: Option<SessionId>, frame: &Bytes) {
-        let (n, slow) = self
-            .registry
-            .borrow()
-            .deliver(key, skip, frame, self.limits.max_queue);
+        let (n, slow) = {
+            let mut list = self.flush.list.borrow_mut();
+            let was_empty = list.is_empty();
+            let r =
+                self.registry
+                    .borrow()
+                    .deliver(key, skip, frame, self.limits.max_queue, &mut list);
+            if was_empty && !list.is_empty() {
+                self.flush.wake.notify_one();
+            }
+            r
+        };
         let c = self.counters();
         Counters::add(&c.delivered, n);
         Counters::add(&c.slow_consumers, slow);
+    }
+
+    /// Writes out the members offered frames since the last flush.
+    pub(super) fn flush_members(&self) {
+        let mut list = std::mem::take(&mut *self.flush.list.borrow_mut());
+        for s in list.drain(..) {
+            s.flush();
+        }
+        // Keep the list's memory for the next round.
+        let mut f = self.flush.list.borrow_mut();
+        if f.is_empty() {
+            *f = list;
+        }
     }
 
     pub(super) fn on_joined(

@@ -5,7 +5,8 @@
 //! are reached only through [`mesh::Mesh`]. Each concern has its own type:
 //! the registry (sessions, local members), [`Owner`] (the channels
 //! this shard owns, a sans-IO state machine from [`crate::channel`]), the
-//! paused publishers, and the link starter. [`Shard`] dispatches messages to
+//! paused publishers, the link starter, and the plain members waiting to be
+//! written (`Flush`, one task). [`Shard`] dispatches messages to
 //! them and carries out what the owner decides; sessions see it only through
 //! [`crate::session::Host`].
 //!
@@ -83,6 +84,19 @@ pub struct Shard {
     paused: Paused,
     shutdown: Shutdown,
     links: Links,
+    flush: Flush,
+}
+
+/// Plain members offered frames and not yet written. One shard task
+/// ([`Shard::run_flush`]) writes them, woken when the list stops being
+/// empty: it runs after the tasks already scheduled (other reads, the
+/// inbox), so frames for a member coalesce into one write as they did when
+/// each member's task was woken, at the cost of one wake-up per round
+/// instead of one per member.
+#[derive(Default)]
+struct Flush {
+    list: RefCell<Vec<Rc<Session>>>,
+    wake: Notify,
 }
 
 /// Sessions paused because the process is congested, woken when it clears.
@@ -151,6 +165,7 @@ impl Shard {
             paused: Paused::default(),
             shutdown: Shutdown::default(),
             links: Links::default(),
+            flush: Flush::default(),
         });
         *shard.links.me.borrow_mut() = Rc::downgrade(&shard);
         shard
@@ -462,6 +477,15 @@ impl Shard {
                 }
                 tokio::task::yield_now().await;
             }
+        }
+    }
+
+    /// Writes the plain members that were offered frames, forever, a round
+    /// per wake-up (see the `Flush` list).
+    pub async fn run_flush(&self) {
+        loop {
+            self.flush.wake.notified().await;
+            self.flush_members();
         }
     }
 

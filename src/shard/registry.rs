@@ -11,7 +11,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::channel::{ChannelKey, MemberKind, SessionId};
-use crate::session::Session;
+use crate::session::{Offered, Session};
 
 /// `Entry::place` of a session that is no channel's member.
 const NO_PLACE: u32 = u32::MAX;
@@ -86,19 +86,26 @@ impl Registry {
         Some(e.kind)
     }
 
-    /// Queues `frame` on every local member of `key` except `skip`; returns
-    /// how many, and how many of them this closed as slow consumers.
+    /// Queues `frame` on every local member of `key` except `skip`, adding
+    /// to `flush` the members the caller must flush (see [`Offered`]);
+    /// returns how many got it, and how many of them this closed as slow
+    /// consumers.
     pub fn deliver(
         &self,
         key: ChannelKey,
         skip: Option<SessionId>,
         frame: &Bytes,
         max_queue: usize,
+        flush: &mut Vec<Rc<Session>>,
     ) -> (u64, u64) {
         let (mut n, mut slow) = (0, 0);
         for (_, m) in self.members.get(&key).into_iter().flatten() {
             if Some(m.id) != skip {
-                slow += u64::from(m.push(frame.clone(), max_queue));
+                match m.offer(frame.clone(), max_queue) {
+                    Offered::Queued => {}
+                    Offered::Flush => flush.push(m.clone()),
+                    Offered::Closed => slow += 1,
+                }
                 n += 1;
             }
         }
@@ -121,13 +128,17 @@ mod tests {
         assert!(!r.add_member(9, 7, MemberKind::Client));
         assert!(r.add_member(4, 7, MemberKind::Link));
         let f = Bytes::from_static(b"x");
-        assert_eq!(r.deliver(7, Some(2), &f, 1 << 20), (3, 0));
+        assert_eq!(r.deliver(7, Some(2), &f, 1 << 20, &mut Vec::new()), (3, 0));
         assert_eq!(r.remove(1, Some(7)), Some(MemberKind::Client));
         // Removing 1 moved no one: the others are still found by their places.
-        assert_eq!(r.deliver(7, None, &f, 1 << 20), (3, 0));
+        assert_eq!(r.deliver(7, None, &f, 1 << 20, &mut Vec::new()), (3, 0));
         assert_eq!(r.remove(4, Some(7)), Some(MemberKind::Link));
         assert_eq!(r.remove(3, Some(7)), Some(MemberKind::Client));
-        assert_eq!(r.deliver(7, None, &f, 0), (1, 1), "over the bound: closed");
+        assert_eq!(
+            r.deliver(7, None, &f, 0, &mut Vec::new()),
+            (1, 1),
+            "over the bound: closed"
+        );
         assert_eq!(r.remove(2, Some(7)), Some(MemberKind::Client));
         assert!(r.members.is_empty() && r.is_empty());
         r.insert(Rc::new(Session::new(5, 0)));

@@ -125,6 +125,8 @@ async fn run(start: ShardStart) {
         async move { s.resume_paused().await },
     ));
     let s = shard.clone();
+    tasks.push(tokio::task::spawn_local(async move { s.run_flush().await }));
+    let s = shard.clone();
     tasks.push(tokio::task::spawn_local(async move {
         let mut every = tokio::time::interval(period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -20,7 +20,7 @@ if ! python3 -c 'import websockets' 2>/dev/null; then
 fi
 
 # Feature-specific installers live beside their tests.
-for extra in scripts/install-pebble.sh tests/browser/install.sh; do
+for extra in scripts/install-pebble.sh tests/browser/install.sh scripts/install-nats.sh; do
     if [ -x "$extra" ]; then
         "$extra"
     fi

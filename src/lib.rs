@@ -8,6 +8,7 @@
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
 //! - [`metrics`], [`admin`]: per-shard counters, served for Prometheus.
 //! - [`peer`]: links to peer servers (PROTOCOL.md §7).
+//! - [`cluster`]: cluster mode: order, history and uids shared through NATS JetStream.
 //! - [`protocol`]: sans-IO header parsing, auth, close codes, frame codec.
 //! - [`statics`]: static files per domain and the built-in web client.
 //! - [`tls`]: the shared rustls config: certificate files (with reload) or ACME.
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;

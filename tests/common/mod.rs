@@ -3,6 +3,8 @@
 //! framing tests. Every wait has a timeout.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

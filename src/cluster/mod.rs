@@ -1,0 +1,22 @@
+//! Cluster mode (PROTOCOL.md §9): several mles nodes share one order and one
+//! history per channel through a NATS JetStream stream.
+//!
+//! - [`settings`]: the `--nats*` flags, validated.
+//! - [`subject`]: channel -> subject and (channel, uid) -> key encodings (sans-IO).
+//! - [`envelope`]: a stored frame's kind, origin and message id (sans-IO).
+//! - [`link`]: the connection, its state, the stream, publishes and channel feeds.
+//! - [`registry`]: the cluster-wide (channel, uid) registry with cross-node probes.
+//!
+//! This module knows NATS and nothing of shards or sessions: the channel
+//! owner drives it through [`Cluster`].
+
+pub mod envelope;
+pub mod link;
+pub mod registry;
+pub mod settings;
+pub mod subject;
+
+pub use envelope::{Delivery, Kind, NodeId, Origin, Outgoing};
+pub use link::{Cluster, Feed, FollowError, LinkState, PublishError, StartError};
+pub use registry::{Claim, Prober, Registry, RegistryError};
+pub use settings::{ClusterSettings, SettingsError};

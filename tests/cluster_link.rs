@@ -13,8 +13,8 @@ use bytes::Bytes;
 use common::nats::{NatsCluster, NatsServer, free_port};
 use mles::cluster::link::BoxFuture;
 use mles::cluster::{
-    Claim, Cluster, ClusterSettings, Delivery, Kind, LinkState, Origin, Outgoing, Prober,
-    PublishError,
+    ChannelLog, Claim, Cluster, ClusterSettings, Delivery, Kind, LinkState, LogEvent, Origin,
+    Outgoing, Prober, PublishError,
 };
 
 /// Generous: a NATS failover (leader election, feed re-creation) takes seconds.
@@ -366,4 +366,100 @@ async fn r3_stream_survives_a_nats_server_killed_mid_stream() {
         .map(|(i, s)| (*s, Bytes::from(format!("m{i}"))))
         .collect();
     assert_eq!(got, expected, "no loss, no duplicate, no reorder");
+}
+
+async fn event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<LogEvent>) -> LogEvent {
+    tokio::time::timeout(LONG, rx.recv())
+        .await
+        .expect("an event in time")
+        .expect("log open")
+}
+
+/// Two nodes publish into one channel through their pipelines at once: both
+/// see every frame once, in the same order; a log opened later loads the
+/// same sequence as history and then says it caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_logs_on_two_nodes_see_one_order() {
+    let nats = NatsServer::start();
+    let (a, _) = link(vec![nats.url.clone()], 1, 1000);
+    let (b, _) = link(vec![nats.url.clone()], 1, 1000);
+    up(&a).await;
+    up(&b).await;
+    let (log_a, mut rx_a) = ChannelLog::open(&a, "shared room");
+    let (log_b, mut rx_b) = ChannelLog::open(&b, "shared room");
+    assert_eq!(event(&mut rx_a).await, LogEvent::CaughtUp, "empty channel");
+    assert_eq!(event(&mut rx_b).await, LogEvent::CaughtUp);
+
+    const N: usize = 200;
+    for i in 0..N {
+        log_a.publish(1, Kind::Text, Bytes::from(format!("a{i}")));
+        log_b.publish(1, Kind::Binary, Bytes::from(format!("b{i}")));
+    }
+    let mut seen_a = Vec::new();
+    let mut seen_b = Vec::new();
+    while seen_a.len() < 2 * N {
+        match event(&mut rx_a).await {
+            LogEvent::Frame(d) => seen_a.push(d),
+            other => panic!("{other:?}"),
+        }
+    }
+    while seen_b.len() < 2 * N {
+        match event(&mut rx_b).await {
+            LogEvent::Frame(d) => seen_b.push(d),
+            other => panic!("{other:?}"),
+        }
+    }
+    // `pending` is each consumer's own count; the order is what must match.
+    let order = |v: &[Delivery]| -> Vec<(u64, Bytes)> {
+        v.iter().map(|d| (d.seq, d.payload.clone())).collect()
+    };
+    assert!(order(&seen_a) == order(&seen_b), "one order on both nodes");
+    for (who, node) in [("a", &a), ("b", &b)] {
+        let mine: Vec<String> = seen_a
+            .iter()
+            .filter(|d| d.is_from(node.node(), 1))
+            .map(|d| String::from_utf8(d.payload.to_vec()).unwrap())
+            .collect();
+        let sent: Vec<String> = (0..N).map(|i| format!("{who}{i}")).collect();
+        assert_eq!(mine, sent, "each sender's frames once, in its order");
+    }
+    assert_eq!(log_a.queued_bytes(), 0);
+
+    let (_late, mut rx_late) = ChannelLog::open(&a, "shared room");
+    let mut history = Vec::new();
+    loop {
+        match event(&mut rx_late).await {
+            LogEvent::Frame(d) => history.push(d.seq),
+            LogEvent::CaughtUp => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(history, seen_a.iter().map(|d| d.seq).collect::<Vec<_>>());
+}
+
+/// With NATS gone past the deadline, a queued frame is reported lost for its
+/// sender, never dropped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_cannot_be_stored_is_reported() {
+    let mut nats = NatsServer::start();
+    let mut s = settings(vec![nats.url.clone()], 1, 200);
+    s.publish_deadline = Duration::from_millis(500);
+    let c = Cluster::start(s, Arc::new(TableProber::default())).unwrap();
+    up(&c).await;
+    let (log, mut rx) = ChannelLog::open(&c, "doomed");
+    assert_eq!(event(&mut rx).await, LogEvent::CaughtUp);
+    let mut state = c.watch_state();
+    nats.kill();
+    tokio::time::timeout(LONG, state.wait_for(|s| *s != LinkState::Up))
+        .await
+        .unwrap()
+        .unwrap();
+    log.publish(9, Kind::Text, Bytes::from_static(b"into the void"));
+    match event(&mut rx).await {
+        LogEvent::Lost { session, error } => {
+            assert_eq!(session, 9);
+            assert!(matches!(error, PublishError::Unavailable(_)), "{error:?}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event, Subject};
@@ -84,6 +84,8 @@ struct Inner {
     /// Asks the supervisor to re-check the stream (a publish found it missing).
     recheck: Arc<Notify>,
     registry: Registry,
+    /// Message id serials (see [`Outgoing::msg_id`]).
+    serial: std::sync::atomic::AtomicU64,
     shutdown: watch::Sender<bool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -184,6 +186,7 @@ impl Cluster {
                 state: state_rx,
                 recheck,
                 registry,
+                serial: std::sync::atomic::AtomicU64::new(0),
                 shutdown,
                 thread: Mutex::new(Some(thread)),
             }),
@@ -237,25 +240,13 @@ impl Cluster {
         let mut last = String::from("not connected to NATS");
         loop {
             if *self.inner.state.borrow() == LinkState::Up {
-                let message = PublishMessage::build()
-                    .payload(frame.payload.clone())
-                    .headers(headers.clone());
-                let sent = self.inner.js.send_publish(subject.clone(), message).await;
-                let acked = match sent {
+                let acked = match self.send(subject, frame, &headers).await {
                     Ok(ack) => ack.await,
                     Err(e) => Err(e),
                 };
                 match acked {
                     Ok(ack) => return Ok(ack.sequence),
-                    Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                        return Err(PublishError::TooLarge);
-                    }
-                    Err(e) => {
-                        if e.kind() == PublishErrorKind::StreamNotFound {
-                            self.inner.recheck.notify_one();
-                        }
-                        last = e.to_string();
-                    }
+                    Err(e) => last = self.classify(e)?,
                 }
             }
             let now = Instant::now();
@@ -272,6 +263,42 @@ impl Cluster {
                     .await;
             }
         }
+    }
+
+    /// Hands one frame to the connection without waiting for its ack, so a
+    /// caller can keep several in flight (in order: one connection, one order).
+    pub(super) async fn send(
+        &self,
+        subject: &Subject,
+        frame: &Outgoing,
+        headers: &async_nats::HeaderMap,
+    ) -> Result<PublishAckFuture, jetstream::context::PublishError> {
+        let message = PublishMessage::build()
+            .payload(frame.payload.clone())
+            .headers(headers.clone());
+        self.inner.js.send_publish(subject.clone(), message).await
+    }
+
+    /// Sorts a failed publish: fatal for this frame, or worth a retry (the reason).
+    pub(super) fn classify(
+        &self,
+        e: jetstream::context::PublishError,
+    ) -> Result<String, PublishError> {
+        match e.kind() {
+            PublishErrorKind::MaxPayloadExceeded => Err(PublishError::TooLarge),
+            PublishErrorKind::StreamNotFound => {
+                self.inner.recheck.notify_one();
+                Ok(e.to_string())
+            }
+            _ => Ok(e.to_string()),
+        }
+    }
+
+    /// A message id serial unique in this run of this node.
+    pub fn next_serial(&self) -> u64 {
+        self.inner
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Follows one channel: every frame after stream sequence `after` (0: the

@@ -368,11 +368,21 @@ async fn r3_stream_survives_a_nats_server_killed_mid_stream() {
     assert_eq!(got, expected, "no loss, no duplicate, no reorder");
 }
 
-async fn event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<LogEvent>) -> LogEvent {
-    tokio::time::timeout(LONG, rx.recv())
+type Events = tokio::sync::mpsc::UnboundedReceiver<(u64, LogEvent)>;
+
+/// Opens a log on its own event channel (tag 7).
+fn open_log(c: &Cluster, channel: &str, after: u64) -> (ChannelLog, Events) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (ChannelLog::open(c, channel, after, 7, tx), rx)
+}
+
+async fn event(rx: &mut Events) -> LogEvent {
+    let (tag, e) = tokio::time::timeout(LONG, rx.recv())
         .await
         .expect("an event in time")
-        .expect("log open")
+        .expect("log open");
+    assert_eq!(tag, 7);
+    e
 }
 
 /// Two nodes publish into one channel through their pipelines at once: both
@@ -385,8 +395,8 @@ async fn channel_logs_on_two_nodes_see_one_order() {
     let (b, _) = link(vec![nats.url.clone()], 1, 1000);
     up(&a).await;
     up(&b).await;
-    let (log_a, mut rx_a) = ChannelLog::open(&a, "shared room");
-    let (log_b, mut rx_b) = ChannelLog::open(&b, "shared room");
+    let (log_a, mut rx_a) = open_log(&a, "shared room", 0);
+    let (log_b, mut rx_b) = open_log(&b, "shared room", 0);
     assert_eq!(event(&mut rx_a).await, LogEvent::CaughtUp, "empty channel");
     assert_eq!(event(&mut rx_b).await, LogEvent::CaughtUp);
 
@@ -425,7 +435,7 @@ async fn channel_logs_on_two_nodes_see_one_order() {
     }
     assert_eq!(log_a.queued_bytes(), 0);
 
-    let (_late, mut rx_late) = ChannelLog::open(&a, "shared room");
+    let (_late, mut rx_late) = open_log(&a, "shared room", 0);
     let mut history = Vec::new();
     loop {
         match event(&mut rx_late).await {
@@ -435,6 +445,18 @@ async fn channel_logs_on_two_nodes_see_one_order() {
         }
     }
     assert_eq!(history, seen_a.iter().map(|d| d.seq).collect::<Vec<_>>());
+
+    // Re-opened after a known frame, a log resumes right after it.
+    let (_resumed, mut rx_resumed) = open_log(&b, "shared room", seen_a[2 * N - 3].seq);
+    let mut tail = Vec::new();
+    loop {
+        match event(&mut rx_resumed).await {
+            LogEvent::Frame(d) => tail.push(d.seq),
+            LogEvent::CaughtUp => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(tail, [seen_a[2 * N - 2].seq, seen_a[2 * N - 1].seq]);
 }
 
 /// With NATS gone past the deadline, a queued frame is reported lost for its
@@ -446,7 +468,7 @@ async fn a_frame_that_cannot_be_stored_is_reported() {
     s.publish_deadline = Duration::from_millis(500);
     let c = Cluster::start(s, Arc::new(TableProber::default())).unwrap();
     up(&c).await;
-    let (log, mut rx) = ChannelLog::open(&c, "doomed");
+    let (log, mut rx) = open_log(&c, "doomed", 0);
     assert_eq!(event(&mut rx).await, LogEvent::CaughtUp);
     let mut state = c.watch_state();
     nats.kill();

@@ -44,7 +44,11 @@ pub enum LogEvent {
     Lost { session: u64, error: PublishError },
 }
 
-/// A channel's feed and publish pipeline; dropping it stops both.
+/// Where a log reports: its tag (the owner's name for the channel) and an event.
+pub type LogSink = mpsc::UnboundedSender<(u64, LogEvent)>;
+
+/// A channel's feed and publish pipeline; dropping it stops both (events
+/// already sent stay in the sink).
 pub struct ChannelLog {
     cluster: Cluster,
     tx: mpsc::UnboundedSender<Outgoing>,
@@ -61,17 +65,26 @@ impl Drop for ChannelLog {
 }
 
 impl ChannelLog {
-    /// Opens `channel`: starts loading its history. Spawns two tasks on the
-    /// current runtime; events arrive on the returned receiver.
+    /// Opens `channel` and follows it after stream sequence `after` (0: load
+    /// the whole retained history). Spawns two tasks on the current runtime;
+    /// their events go to `sink`, tagged with `tag`, in order.
     pub fn open(
         cluster: &Cluster,
         channel: &str,
-    ) -> (ChannelLog, mpsc::UnboundedReceiver<LogEvent>) {
+        after: u64,
+        tag: u64,
+        sink: LogSink,
+    ) -> ChannelLog {
         let subject = cluster.subject(channel);
-        let (events, rx) = mpsc::unbounded_channel();
+        let events = Events { tag, sink };
         let (tx, frames) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let feed = tokio::spawn(follow(cluster.clone(), subject.clone(), events.clone()));
+        let feed = tokio::spawn(follow(
+            cluster.clone(),
+            subject.clone(),
+            after,
+            events.clone(),
+        ));
         let publisher = tokio::spawn(pipeline(
             cluster.clone(),
             subject,
@@ -79,16 +92,13 @@ impl ChannelLog {
             events,
             queued.clone(),
         ));
-        (
-            ChannelLog {
-                cluster: cluster.clone(),
-                tx,
-                queued,
-                feed,
-                publisher,
-            },
-            rx,
-        )
+        ChannelLog {
+            cluster: cluster.clone(),
+            tx,
+            queued,
+            feed,
+            publisher,
+        }
     }
 
     /// Queues a frame of `session` for the stream.
@@ -113,11 +123,25 @@ impl ChannelLog {
     }
 }
 
-async fn follow(cluster: Cluster, subject: Subject, events: mpsc::UnboundedSender<LogEvent>) {
+/// A sink with its tag.
+#[derive(Clone)]
+struct Events {
+    tag: u64,
+    sink: LogSink,
+}
+
+impl Events {
+    /// False once nobody listens any more.
+    fn send(&self, e: LogEvent) -> bool {
+        self.sink.send((self.tag, e)).is_ok()
+    }
+}
+
+async fn follow(cluster: Cluster, subject: Subject, after: u64, events: Events) {
     let mut pause = std::time::Duration::from_millis(50);
     let mut feed = loop {
         cluster.up().await;
-        match cluster.follow(&subject, 0).await {
+        match cluster.follow(&subject, after).await {
             Ok(f) => break f,
             Err(e) => {
                 tracing::debug!(%subject, error = %e, "cluster: cannot open channel feed yet");
@@ -127,18 +151,18 @@ async fn follow(cluster: Cluster, subject: Subject, events: mpsc::UnboundedSende
         }
     };
     let mut caught_up = feed.initial_pending() == 0;
-    if caught_up && events.send(LogEvent::CaughtUp).is_err() {
+    if caught_up && !events.send(LogEvent::CaughtUp) {
         return;
     }
     loop {
         let d = feed.next().await;
         let last_of_history = !caught_up && d.pending == 0;
-        if events.send(LogEvent::Frame(d)).is_err() {
+        if !events.send(LogEvent::Frame(d)) {
             return;
         }
         if last_of_history {
             caught_up = true;
-            if events.send(LogEvent::CaughtUp).is_err() {
+            if !events.send(LogEvent::CaughtUp) {
                 return;
             }
         }
@@ -149,7 +173,7 @@ async fn pipeline(
     cluster: Cluster,
     subject: Subject,
     mut frames: mpsc::UnboundedReceiver<Outgoing>,
-    events: mpsc::UnboundedSender<LogEvent>,
+    events: Events,
     queued: Arc<AtomicUsize>,
 ) {
     let mut in_flight: VecDeque<(Outgoing, Option<PublishAckFuture>)> = VecDeque::new();
@@ -190,7 +214,7 @@ async fn pipeline(
                     session: frame.origin.session,
                     error,
                 };
-                if events.send(lost).is_err() {
+                if !events.send(lost) {
                     return;
                 }
             }

@@ -18,7 +18,7 @@ pub mod registry;
 pub mod settings;
 pub mod subject;
 
-pub use channel_log::{ChannelLog, LogEvent};
+pub use channel_log::{ChannelLog, LogEvent, LogSink};
 pub use envelope::{Delivery, Kind, NodeId, Origin, Outgoing};
 pub use link::{Cluster, Feed, FollowError, LinkState, PublishError, StartError};
 pub use registry::{Claim, Prober, Registry, RegistryError};

@@ -15,7 +15,7 @@ use clap::Parser;
 use mles_loadtest::clock::now_ns;
 use mles_loadtest::conn::Status;
 use mles_loadtest::payload::{self, Stamp};
-use mles_loadtest::target::Target;
+use mles_loadtest::target::Targets;
 use mles_loadtest::tracker::ChannelView;
 use mles_loadtest::{Cli, metrics, workers};
 
@@ -29,7 +29,8 @@ fn main() -> Result<()> {
     let blaster = std::thread::spawn(move || blast(listener, secs, size));
 
     let cli = Cli::try_parse_from(["x", "fanout", "--url", &url])?;
-    let target = Target::new(cli.command.common())?;
+    let targets = Targets::new(cli.command.common())?;
+    let target = targets.pick(0);
     let rt = workers::runtime()?;
     let (received, lost, wall_ns, cpu_ns, hist) = rt.block_on(async {
         let mut conn = target.connect(0, 65536).await?;

@@ -5,7 +5,9 @@
 //! handed to a callback before the next read, with no allocation per frame
 //! (fragmented messages, rare, are reassembled into a reused vector). Pings
 //! are answered, a Close is echoed. Writes are masked frames queued into one
-//! vector and written with one call.
+//! vector and written with as few calls as the stream takes; [`IoStats`]
+//! counts the calls and how many frames each one carried, so a report can
+//! show that a client wrote one frame per write when it claims to.
 
 use std::collections::VecDeque;
 use std::io;
@@ -115,12 +117,40 @@ impl std::fmt::Display for CloseInfo {
     }
 }
 
+/// What a connection's reads and writes carried (data and control frames
+/// the harness queued; the opening handshake is not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Reads that returned data.
+    pub reads: u64,
+    /// Write calls that took data.
+    pub writes: u64,
+    /// Frames written.
+    pub frames_written: u64,
+    /// The most frames whose bytes one write call carried (a frame split
+    /// over two writes counts in both).
+    pub max_frames_per_write: u64,
+}
+
+impl IoStats {
+    /// Adds `other`'s counts (and takes the larger maximum).
+    pub fn add(&mut self, other: &IoStats) {
+        self.reads += other.reads;
+        self.writes += other.writes;
+        self.frames_written += other.frames_written;
+        self.max_frames_per_write = self.max_frames_per_write.max(other.max_frames_per_write);
+    }
+}
+
 /// A WebSocket client connection with harness-owned framing.
 #[derive(Debug)]
 pub struct Conn {
     stream: Stream,
     rbuf: FrameBuf,
     wbuf: Vec<u8>,
+    /// Where each frame queued in `wbuf` ends, ascending.
+    wends: Vec<usize>,
+    stats: IoStats,
     rng: Rng,
     frag: Vec<u8>,
     frag_opcode: Option<u8>,
@@ -153,6 +183,8 @@ impl Conn {
             stream,
             rbuf: FrameBuf::with_capacity(read_buf),
             wbuf: Vec::with_capacity(256),
+            wends: Vec::new(),
+            stats: IoStats::default(),
             rng: Rng::new(seed),
             frag: Vec::new(),
             frag_opcode: None,
@@ -184,8 +216,15 @@ impl Conn {
         self.rbuf.filled(n);
         if n == 0 {
             self.eof = true;
+        } else {
+            self.stats.reads += 1;
         }
         Ok(n)
+    }
+
+    /// What this connection's reads and writes carried so far.
+    pub fn io_stats(&self) -> IoStats {
+        self.stats
     }
 
     /// Whether the last read filled its buffer, so more data is probably
@@ -318,18 +357,35 @@ impl Conn {
     pub fn queue(&mut self, opcode: u8, payload: &[u8]) {
         let mask = self.rng.mask();
         frame::encode(&mut self.wbuf, opcode, payload, mask);
+        self.wends.push(self.wbuf.len());
     }
 
-    /// Writes everything queued. Not cancel-safe.
+    /// Writes everything queued, counting the write calls and the frames
+    /// each one carried. Not cancel-safe.
     pub async fn flush(&mut self) -> io::Result<()> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(&self.wbuf).await?;
+        let mut off = 0;
+        // The first frame not yet written completely.
+        let mut first = 0;
+        while off < self.wbuf.len() {
+            let n = self.stream.write(&self.wbuf[off..]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            off += n;
+            let (touched, next) = frames_in_write(&self.wends, first, off);
+            first = next;
+            self.stats.writes += 1;
+            self.stats.max_frames_per_write = self.stats.max_frames_per_write.max(touched);
+        }
         if let Stream::Tls(_) = self.stream {
             self.stream.flush().await?;
         }
+        self.stats.frames_written += self.wends.len() as u64;
         self.wbuf.clear();
+        self.wends.clear();
         Ok(())
     }
 
@@ -375,6 +431,24 @@ impl Conn {
     }
 }
 
+/// For a write that ended at byte `end` and began inside frame `first`
+/// (`ends`: where each queued frame ends): how many frames it carried bytes
+/// of, and the first frame it did not finish.
+fn frames_in_write(ends: &[usize], first: usize, end: usize) -> (u64, usize) {
+    let mut last = first;
+    while last < ends.len() && ends[last] < end {
+        last += 1;
+    }
+    // `last` is the frame the write ended in (or at the end of).
+    let touched = (last - first + 1) as u64;
+    let next = if ends.get(last) == Some(&end) {
+        last + 1
+    } else {
+        last
+    };
+    (touched, next)
+}
+
 /// The server's `MLES_KEY`, set once per run ([`set_auth_key`]).
 static AUTH_KEY: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
 
@@ -397,6 +471,35 @@ pub fn header_json(uid: &str, channel: &str, key: Option<&[u8]>) -> String {
             let auth = format!("{:016x}", h.finish());
             serde_json::json!({ "uid": uid, "channel": channel, "auth": auth }).to_string()
         }
+    }
+}
+
+#[cfg(test)]
+mod write_count_tests {
+    use super::frames_in_write;
+
+    #[test]
+    fn frames_per_write_follow_the_boundaries() {
+        // Frames [0,10) [10,20) [20,30).
+        let ends = [10, 20, 30];
+        assert_eq!(
+            frames_in_write(&ends, 0, 30),
+            (3, 3),
+            "one write, all three"
+        );
+        assert_eq!(frames_in_write(&ends, 0, 10), (1, 1), "exactly the first");
+        assert_eq!(
+            frames_in_write(&ends, 0, 15),
+            (2, 1),
+            "first and part of the second"
+        );
+        assert_eq!(frames_in_write(&ends, 1, 18), (1, 1), "inside the second");
+        assert_eq!(
+            frames_in_write(&ends, 1, 30),
+            (2, 3),
+            "rest of the second, the third"
+        );
+        assert_eq!(frames_in_write(&[64], 0, 64), (1, 1));
     }
 }
 

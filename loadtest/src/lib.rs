@@ -4,13 +4,14 @@
 //! Map of the modules:
 //! - [`cli`]: clap arguments of every scenario (the only place options live).
 //! - [`scenario`]: `fanout`, `conns`, `churn`, `history`, and what they share.
-//! - [`target`]: URL, resolution, TLS, loopback source addresses; opens connections.
+//! - [`target`]: URLs, resolution, TLS, loopback source addresses; opens connections.
 //! - [`conn`]: one client connection with harness-owned framing.
 //! - [`frame`]: RFC 6455 frame parsing and masked encoding (sans-IO).
 //! - [`handshake`]: the client opening handshake (sans-IO).
 //! - [`tls`]: rustls client configuration (ring provider only).
 //! - [`payload`]: the stamp in every message: publisher, sequence, send time.
 //! - [`tracker`]: per-publisher loss / late / duplicate tracking.
+//! - [`order`]: whether all subscribers of a channel saw one sequence.
 //! - [`metrics`]: hdrhistogram latencies and their summaries.
 //! - [`procstat`]: server CPU and RSS from /proc, the harness's own CPU.
 //! - [`workers`]: worker threads (one current-thread runtime each), phases, progress line.
@@ -23,6 +24,7 @@ pub mod conn;
 pub mod frame;
 pub mod handshake;
 pub mod metrics;
+pub mod order;
 pub mod payload;
 pub mod procstat;
 pub mod report;

@@ -1,5 +1,6 @@
-//! The server under test: URL, resolved address, TLS, and the loopback
+//! The servers under test: URL, resolved address, TLS, and the loopback
 //! source addresses connections are spread over. Opens [`Conn`]s.
+//! [`Targets`] holds every `--url` of a run and deals sessions over them.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -101,9 +102,9 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
-    /// Parses and resolves the URL, builds TLS, picks source addresses.
-    pub fn new(common: &Common) -> Result<Arc<Target>> {
-        let url = parse_url(&common.url)?;
+    /// Parses and resolves `url`, builds TLS, picks source addresses.
+    pub fn new(url: &str, common: &Common) -> Result<Arc<Target>> {
+        let url = parse_url(url)?;
         let addr = (url.host.as_str(), url.port)
             .to_socket_addrs()
             .with_context(|| format!("resolving {}", url.host))?
@@ -177,6 +178,45 @@ impl Target {
         };
         let seed = self.seed ^ self.counter.fetch_add(1, Ordering::Relaxed);
         Conn::handshake(stream, &self.host_header, &self.url.path, read_buf, seed).await
+    }
+}
+
+/// Every server of a run (`--url`, in the order given). Session `idx` goes
+/// to server `idx % n`: consecutive sessions land on different servers, so
+/// a channel's members are spread over all of them.
+#[derive(Debug)]
+pub struct Targets {
+    list: Vec<Arc<Target>>,
+}
+
+impl Targets {
+    /// Parses and resolves every `--url`.
+    pub fn new(common: &Common) -> Result<Arc<Targets>> {
+        if common.urls.is_empty() {
+            bail!("no --url given");
+        }
+        let list = common
+            .urls
+            .iter()
+            .map(|u| Target::new(u, common))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Targets { list }))
+    }
+
+    /// The server session `idx` uses.
+    pub fn pick(&self, idx: usize) -> &Arc<Target> {
+        &self.list[idx % self.list.len()]
+    }
+
+    /// All servers, in `--url` order.
+    pub fn all(&self) -> &[Arc<Target>] {
+        &self.list
+    }
+
+    /// The resolved addresses, comma-separated, for reports.
+    pub fn describe(&self) -> String {
+        let addrs: Vec<String> = self.list.iter().map(|t| t.addr.to_string()).collect();
+        addrs.join(", ")
     }
 }
 

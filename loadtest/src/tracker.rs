@@ -1,9 +1,17 @@
 //! Per-publisher sequence tracking at one subscriber: loss, late
 //! (out-of-order) arrivals and duplicates. The in-order case is one compare.
-//! [`ChannelView`] is a subscriber's hot path: classify a message, track it.
+//! [`ChannelView`] is a subscriber's hot path: classify a message, track it,
+//! and fold it into the subscriber's [`OrderLog`].
 
-use crate::frame::OP_BINARY;
+use crate::frame::{OP_BINARY, OP_TEXT};
+use crate::order::{self, OrderLog};
 use crate::payload;
+
+/// Uid prefix of the harness's publishers: their join headers are part of
+/// the sequence every subscriber must see alike (they join after every
+/// subscriber), unlike the headers of earlier joiners, which each
+/// subscriber sees a different part of.
+pub const PUBLISHER_UID_PREFIX: &str = "pub-";
 
 /// Gaps remembered per publisher; older gaps are forgotten (still counted as
 /// missing, but a late arrival inside one then counts as a duplicate).
@@ -89,6 +97,9 @@ pub struct ChannelView {
     pub received: u64,
     /// Binary frames that are not from a publisher of this channel.
     pub foreign: u64,
+    /// Everything seen of the channel's sequence: messages and publishers'
+    /// join headers, in arrival order.
+    pub order: OrderLog,
 }
 
 impl ChannelView {
@@ -99,15 +110,19 @@ impl ChannelView {
             trackers: vec![SeqTracker::default(); n],
             received: 0,
             foreign: 0,
+            order: OrderLog::default(),
         }
     }
 
     /// Tracks one message; returns its send time when it is a harness
     /// message. Text frames (joiners' headers, live or from history) are
-    /// skipped.
+    /// not tracked; publishers' headers go into the order log.
     #[inline]
     pub fn on_msg(&mut self, opcode: u8, data: &[u8]) -> Option<u64> {
         if opcode != OP_BINARY {
+            if opcode == OP_TEXT {
+                self.on_text(data);
+            }
             return None;
         }
         let stamp = payload::read(data);
@@ -119,12 +134,23 @@ impl ChannelView {
             (Some(s), Some(t)) => {
                 t.on_seq(s.seq);
                 self.received += 1;
+                self.order.push(order::msg_entry(s.publisher, s.seq));
                 Some(s.sent_ns)
             }
             _ => {
                 self.foreign += 1;
                 None
             }
+        }
+    }
+
+    #[cold]
+    fn on_text(&mut self, data: &[u8]) {
+        let uid = serde_json::from_slice::<serde_json::Value>(data)
+            .ok()
+            .and_then(|v| v.get("uid")?.as_str().map(str::to_string));
+        if let Some(uid) = uid.filter(|u| u.starts_with(PUBLISHER_UID_PREFIX)) {
+            self.order.push(order::header_entry(&uid));
         }
     }
 
@@ -188,6 +214,11 @@ mod tests {
             assert_eq!(r.is_some(), publisher != 9);
         }
         assert_eq!(v.on_msg(crate::frame::OP_TEXT, b"{}"), None);
+        assert_eq!(v.order.len(), 3, "messages from the channel's publishers");
+        assert_eq!(v.on_msg(OP_TEXT, br#"{"uid":"sub-3","channel":"c"}"#), None);
+        assert_eq!(v.order.len(), 3, "a subscriber's header is not ordered");
+        v.on_msg(OP_TEXT, br#"{"uid":"pub-1","channel":"c"}"#);
+        assert_eq!(v.order.len(), 4, "a publisher's header is");
         assert_eq!(v.on_msg(OP_BINARY, b"junk"), None);
         assert_eq!((v.received, v.foreign), (3, 2));
         assert!(v.complete(|j| [2, 1][j]));

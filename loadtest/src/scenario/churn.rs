@@ -19,12 +19,12 @@ use crate::cli::ChurnArgs;
 use crate::clock::{self, now_ns, secs_to_ns};
 use crate::metrics::{self, Summary};
 use crate::report::Report;
-use crate::target::Target;
+use crate::target::Targets;
 use crate::workers::{self, Phase, Ticker};
 
 struct Shared {
     args: ChurnArgs,
-    target: Arc<Target>,
+    targets: Arc<Targets>,
     channels: Vec<String>,
     phase: watch::Sender<Phase>,
     t0: AtomicU64,
@@ -69,7 +69,7 @@ pub struct ChurnResults {
 pub fn run(args: &ChurnArgs) -> Result<Report> {
     let common = &args.common;
     let deadline = now_ns() + secs_to_ns(crate::cli::Command::Churn(args.clone()).deadline_secs());
-    let target = Target::new(common)?;
+    let targets = Targets::new(common)?;
     let run_id = super::run_id(common);
     let channels: Vec<String> = (0..args.channels as usize)
         .map(|i| super::channel_name(common, &run_id, "ch", i))
@@ -77,7 +77,7 @@ pub fn run(args: &ChurnArgs) -> Result<Report> {
     let (phase, _) = watch::channel(Phase::Join);
     let sh = Arc::new(Shared {
         args: args.clone(),
-        target: target.clone(),
+        targets: targets.clone(),
         channels,
         phase,
         t0: AtomicU64::new(0),
@@ -88,7 +88,7 @@ pub fn run(args: &ChurnArgs) -> Result<Report> {
     });
     let rt = workers::runtime()?;
     rt.block_on(super::seed_channels(
-        &target,
+        &targets,
         &sh.channels,
         common.connect_concurrency as usize,
         Duration::from_secs_f64(common.connect_timeout),
@@ -159,7 +159,7 @@ pub fn run(args: &ChurnArgs) -> Result<Report> {
         .filter(|_| cycles_in_window > 0)
         .map(|s| s.cpu_s * 1e6 / cycles_in_window as f64);
     let results = ChurnResults {
-        target: target.addr.to_string(),
+        target: targets.describe(),
         window_s,
         cycles: sh.cycles.load(Ordering::Relaxed),
         cycles_in_window,
@@ -199,7 +199,15 @@ struct Cycle {
 }
 
 async fn cycle(sh: &Shared, idx: usize, uid: &str, channel: &str) -> Result<Cycle> {
-    let j = super::connect_join(&sh.target, idx, sh.args.read_buf, uid, channel, |_| {}).await?;
+    let j = super::connect_join(
+        sh.targets.pick(idx),
+        idx,
+        sh.args.read_buf,
+        uid,
+        channel,
+        |_| {},
+    )
+    .await?;
     let mut conn = j.conn;
     let t = now_ns();
     conn.close(Duration::from_secs_f64(sh.args.common.connect_timeout))

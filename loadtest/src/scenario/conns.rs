@@ -20,12 +20,12 @@ use crate::clock::{now_ns, secs_to_ns};
 use crate::conn::Status;
 use crate::metrics::{self, Summary};
 use crate::report::Report;
-use crate::target::Target;
+use crate::target::Targets;
 use crate::workers::{self, Phase, Ticker};
 
 struct Shared {
     args: ConnsArgs,
-    target: Arc<Target>,
+    targets: Arc<Targets>,
     channels: Vec<String>,
     phase: watch::Sender<Phase>,
     joined: AtomicUsize,
@@ -92,7 +92,7 @@ pub struct ConnsResults {
 pub fn run(args: &ConnsArgs) -> Result<Report> {
     let common = &args.common;
     let deadline = now_ns() + secs_to_ns(crate::cli::Command::Conns(args.clone()).deadline_secs());
-    let target = Target::new(common)?;
+    let targets = Targets::new(common)?;
     let run_id = super::run_id(common);
     let n = args.conns as usize;
     let per = args.per_channel as usize;
@@ -104,7 +104,7 @@ pub fn run(args: &ConnsArgs) -> Result<Report> {
     let (phase, _) = watch::channel(Phase::Join);
     let sh = Arc::new(Shared {
         args: args.clone(),
-        target: target.clone(),
+        targets: targets.clone(),
         channels,
         phase,
         joined: AtomicUsize::new(0),
@@ -116,7 +116,7 @@ pub fn run(args: &ConnsArgs) -> Result<Report> {
     let timeout = Duration::from_secs_f64(common.connect_timeout);
     let rt = workers::runtime()?;
     rt.block_on(super::seed_channels(
-        &target,
+        &targets,
         &sh.channels,
         common.connect_concurrency as usize,
         timeout,
@@ -215,7 +215,7 @@ pub fn run(args: &ConnsArgs) -> Result<Report> {
         failures.push(format!("{aborted} tasks aborted at the deadline"));
     }
     let results = ConnsResults {
-        target: target.addr.to_string(),
+        target: targets.describe(),
         requested: args.conns,
         joined,
         failed,
@@ -252,7 +252,7 @@ async fn worker(sh: Arc<Shared>, ids: Vec<usize>) -> (Hists, usize) {
 async fn session(sh: &Shared, hists: &RefCell<Hists>, sem: &Semaphore, i: usize) {
     let mut phase = sh.phase.subscribe();
     let ctx = JoinCtx {
-        target: &sh.target,
+        targets: &sh.targets,
         timeout: Duration::from_secs_f64(sh.args.common.connect_timeout),
         errors: &sh.errors,
         hists,

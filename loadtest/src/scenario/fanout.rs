@@ -6,7 +6,15 @@
 //! many they sent; subscribers drain until they have everything or the drain
 //! time ends. Every subscriber tracks every publisher of its channel
 //! (loss, late, duplicate), measures latency from the payload's timestamp in
-//! the measured window, and skips header frames and history.
+//! the measured window, and skips header frames and history. At the end the
+//! subscribers of each channel must agree on one sequence ([`crate::order`]).
+//!
+//! Clients (`--client`): `ordinary` publishers write each frame with its own
+//! write call and every connection reads into a small buffer, as client
+//! libraries do; `batch` publishers write up to `--batch` frames per call.
+//! The report counts write calls and frames per call, so the claim is
+//! checked, not assumed. With several `--url`s, sessions are dealt over the
+//! servers round robin (see [`Targets`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -21,16 +29,17 @@ use tokio::sync::{Notify, Semaphore, watch};
 use super::{
     ErrorLog, HarnessFigures, Hists, JoinCtx, Sample, ServerFigures, figure_warnings, figures,
 };
-use crate::cli::FanoutArgs;
+use crate::cli::{ClientMode, FanoutArgs};
 use crate::clock::{self, now_ns, secs_to_ns};
-use crate::conn::{Conn, Msg, Status};
+use crate::conn::{Conn, IoStats, Msg, Status};
 use crate::frame::OP_BINARY;
 use crate::metrics::{self, Summary};
+use crate::order::{self, OrderLog};
 use crate::payload::{self, Stamp};
 use crate::report::Report;
 use crate::rng::{self, Rng};
-use crate::target::Target;
-use crate::tracker::ChannelView;
+use crate::target::Targets;
+use crate::tracker::{ChannelView, PUBLISHER_UID_PREFIX};
 use crate::workers::{self, Phase, Ticker};
 
 /// What the subscribers of a channel have seen of one publisher, for the
@@ -70,7 +79,7 @@ impl PubProgress {
 /// State all threads share.
 struct Shared {
     args: FanoutArgs,
-    target: Arc<Target>,
+    targets: Arc<Targets>,
     channels: Vec<String>,
     phase: watch::Sender<Phase>,
     /// Start of the load on the process clock (0 until the run starts).
@@ -99,12 +108,12 @@ impl Shared {
 
     fn join_ctx<'a>(&'a self, hists: &'a RefCell<Hists>, sem: &'a Semaphore) -> JoinCtx<'a> {
         JoinCtx {
-            target: &self.target,
+            targets: &self.targets,
             timeout: self.connect_timeout(),
             errors: &self.errors,
             hists,
             sem,
-            read_buf: self.args.read_buf,
+            read_buf: self.args.read_buf_bytes(),
         }
     }
 
@@ -122,6 +131,11 @@ enum Job {
 /// What one subscriber saw.
 #[derive(Debug, Default)]
 struct SubResult {
+    chan: usize,
+    idx: usize,
+    /// The sequence it saw; `None` when it never joined.
+    order: Option<OrderLog>,
+    io: IoStats,
     /// Messages its channel's publishers sent (what it was owed).
     expected: u64,
     received: u64,
@@ -140,6 +154,7 @@ struct PubResult {
     sent_in_window: u64,
     echoed: u64,
     closed_early: bool,
+    io: IoStats,
 }
 
 enum TaskOut {
@@ -156,10 +171,14 @@ struct WorkerOut {
 /// The figures of a fanout run.
 #[derive(Debug, Serialize)]
 pub struct FanoutResults {
-    /// Resolved server address.
+    /// Resolved server addresses, in `--url` order.
     pub target: String,
+    /// Servers the sessions were dealt over.
+    pub servers: usize,
     /// "rate" or "window".
     pub mode: &'static str,
+    /// How the clients wrote and read.
+    pub client: ClientMode,
     /// Length of the measured window, seconds.
     pub window_s: f64,
     /// Subscribers joined / expected.
@@ -190,6 +209,25 @@ pub struct FanoutResults {
     pub foreign: u64,
     /// Frames that came back to their own publisher.
     pub echoed: u64,
+    /// Subscribers whose sequence (messages and publishers' headers, in
+    /// arrival order) differs from the one most of their channel saw.
+    pub order_divergent: u64,
+    /// Channels whose subscribers did not all see one sequence.
+    pub order_split_channels: u64,
+    /// Publishers that stopped short of `--messages`.
+    pub short_publishers: u64,
+    /// Write calls of all publishers (header and control frames included).
+    pub publisher_writes: u64,
+    /// Frames those calls wrote.
+    pub publisher_frames: u64,
+    /// Frames per publisher write call, on average.
+    pub frames_per_write: f64,
+    /// The most frames one publisher write call carried bytes of.
+    pub max_frames_per_write: u64,
+    /// Reads of all subscribers that returned data.
+    pub subscriber_reads: u64,
+    /// Deliveries per subscriber read, on average.
+    pub deliveries_per_read: f64,
     /// Sessions the server closed (or that failed) before the end.
     pub closed_early: u64,
     /// Tasks aborted at the deadline.
@@ -212,12 +250,13 @@ pub struct FanoutResults {
 
 /// Runs the scenario (blocking; starts its own runtimes and threads).
 pub fn run(args: &FanoutArgs) -> Result<Report> {
+    let args = &args.resolved().map_err(anyhow::Error::msg)?;
     if args.size < payload::STAMP_LEN {
         bail!("--size must be at least {} bytes", payload::STAMP_LEN);
     }
     let common = &args.common;
     let deadline = now_ns() + secs_to_ns(crate::cli::Command::Fanout(args.clone()).deadline_secs());
-    let target = Target::new(common)?;
+    let targets = Targets::new(common)?;
     let run_id = super::run_id(common);
     let (c, s, p) = (
         args.channels as usize,
@@ -230,7 +269,7 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
     let (phase, _) = watch::channel(Phase::Join);
     let sh = Arc::new(Shared {
         args: args.clone(),
-        target: target.clone(),
+        targets: targets.clone(),
         channels,
         phase,
         t0: AtomicU64::new(0),
@@ -251,7 +290,7 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
 
     let rt = workers::runtime()?;
     rt.block_on(super::seed_channels(
-        &target,
+        &targets,
         &sh.channels,
         common.connect_concurrency as usize,
         sh.connect_timeout(),
@@ -314,6 +353,15 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
         sum(|r| r.foreign),
     );
     let delivered = sum(|r| r.received);
+    let (mut pub_io, mut sub_io) = (IoStats::default(), IoStats::default());
+    pubs.iter().for_each(|r| pub_io.add(&r.io));
+    subs.iter().for_each(|r| sub_io.add(&r.io));
+    let split = order_check(&sh.channels, &subs);
+    let order_divergent: u64 = split.iter().map(|s| s.divergent).sum();
+    let short_publishers = match args.messages {
+        Some(n) => pubs.iter().filter(|r| r.sent < n).count() as u64,
+        None => 0,
+    };
     let delivered_in_window = sum(|r| r.in_window);
     let window_s = args.duration.max(1e-9);
     let (server, harness) = figures(common, &a, &b);
@@ -342,9 +390,33 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
     );
     check(
         &mut failures,
+        order_divergent,
+        "subscribers saw another sequence than the rest of their channel",
+    );
+    failures.extend(
+        split
+            .iter()
+            .take(MAX_SPLIT_REPORTS)
+            .map(|s| s.detail.clone()),
+    );
+    if split.len() > MAX_SPLIT_REPORTS {
+        failures.push(format!(
+            "... and {} more channels whose subscribers disagree",
+            split.len() - MAX_SPLIT_REPORTS
+        ));
+    }
+    check(
+        &mut failures,
         closed_early,
         "sessions closed before the end",
     );
+    if let Some(n) = args.messages {
+        check(
+            &mut failures,
+            short_publishers,
+            &format!("publishers sent fewer than --messages {n} before the end"),
+        );
+    }
     check(
         &mut failures,
         aborted as u64,
@@ -366,12 +438,14 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
         .filter(|_| delivered_in_window > 0)
         .map(|s| s.cpu_s * 1e9 / delivered_in_window as f64);
     let results = FanoutResults {
-        target: target.addr.to_string(),
+        target: targets.describe(),
+        servers: targets.all().len(),
         mode: if args.rate.is_some() {
             "rate"
         } else {
             "window"
         },
+        client: args.client,
         window_s,
         subscribers: format!("{subs_joined}/{}", c * s),
         publishers: format!("{pubs_joined}/{}", c * p),
@@ -387,6 +461,15 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
         duplicates: dups,
         foreign,
         echoed,
+        order_divergent,
+        order_split_channels: split.len() as u64,
+        short_publishers,
+        publisher_writes: pub_io.writes,
+        publisher_frames: pub_io.frames_written,
+        frames_per_write: pub_io.frames_written as f64 / pub_io.writes.max(1) as f64,
+        max_frames_per_write: pub_io.max_frames_per_write,
+        subscriber_reads: sub_io.reads,
+        deliveries_per_read: delivered as f64 / sub_io.reads.max(1) as f64,
         closed_early,
         aborted_tasks: aborted,
         latency: metrics::summarize(&hists.latency),
@@ -400,6 +483,47 @@ pub fn run(args: &FanoutArgs) -> Result<Report> {
     Ok(Report::new(
         "fanout", run_id, args, &results, failures, warnings,
     ))
+}
+
+/// Channels whose disagreement is spelled out in the failures.
+const MAX_SPLIT_REPORTS: usize = 5;
+
+/// One channel whose subscribers did not all see one sequence.
+struct Split {
+    divergent: u64,
+    detail: String,
+}
+
+/// Compares the sequences of every channel's joined subscribers.
+fn order_check(channels: &[String], subs: &[SubResult]) -> Vec<Split> {
+    let mut by_chan: Vec<Vec<&SubResult>> = vec![Vec::new(); channels.len()];
+    for r in subs.iter().filter(|r| r.order.is_some()) {
+        by_chan[r.chan].push(r);
+    }
+    let mut out = Vec::new();
+    for (chan, members) in by_chan.iter().enumerate() {
+        let logs: Vec<&OrderLog> = members.iter().filter_map(|r| r.order.as_ref()).collect();
+        let d = order::compare(&logs);
+        let Some(first) = d.first() else {
+            continue;
+        };
+        let who = members[first.subscriber].idx;
+        out.push(Split {
+            divergent: d.len() as u64,
+            detail: format!(
+                "channel {}: {} of {} subscribers saw another sequence; sub-{who} first differs \
+                 within entries {}..{} (it saw {} entries, the channel's sequence has {})",
+                channels[chan],
+                d.len(),
+                logs.len(),
+                first.from,
+                first.to,
+                first.len,
+                first.reference_len
+            ),
+        });
+    }
+    out
 }
 
 /// Drives the phases; returns the samples at the start and end of the
@@ -537,7 +661,11 @@ async fn sub_task(
     let base = chan * pubs;
     let mut st = ChannelView::new(base as u32, pubs);
     let mut in_window = 0u64;
-    let mut res = SubResult::default();
+    let mut res = SubResult {
+        chan,
+        idx,
+        ..SubResult::default()
+    };
     let mut phase = sh.phase.subscribe();
     let uid = format!("sub-{idx}");
     let global = chan * sh.args.subs as usize + idx;
@@ -655,6 +783,7 @@ async fn sub_task(
         sh.subs_done.fetch_add(1, Ordering::Release);
     }
     release_window(&sh, base, idx);
+    res.io = conn.io_stats();
     if stopped {
         let _ = conn.close(Duration::from_millis(500)).await;
     } else {
@@ -671,6 +800,7 @@ async fn sub_task(
     res.received = st.received;
     res.in_window = in_window;
     res.foreign = st.foreign;
+    res.order = Some(st.order);
     res
 }
 
@@ -707,7 +837,7 @@ async fn pub_task(
     }
     let id = chan * sh.args.pubs as usize + idx;
     let id32 = id as u32;
-    let uid = format!("pub-{idx}");
+    let uid = format!("{PUBLISHER_UID_PREFIX}{idx}");
     let global = sh.channels.len() * sh.args.subs as usize + id;
     let mut echoed = 0u64;
     let Some(mut conn) = sh
@@ -748,6 +878,7 @@ async fn pub_task(
             }
         }
     }
+    res.io = conn.io_stats();
     if ok {
         let _ = conn.close(Duration::from_millis(500)).await;
     }
@@ -797,7 +928,9 @@ async fn publish(
     // Spread publishers over one period so they do not send in lockstep.
     let start = t0 + rng.below((period as u64).max(1));
     let window = sh.args.window;
-    let batch = u64::from(sh.args.batch);
+    // One frame per write call for an ordinary client.
+    let batch = u64::from(sh.args.frames_per_write());
+    let limit = sh.args.messages.unwrap_or(u64::MAX);
     let prog = &sh.progress[id];
     let mut buf = payload::new_buffer(sh.args.size);
     let mut seq = 0u64;
@@ -806,7 +939,7 @@ async fn publish(
     let mut min_seen = 0u64;
     loop {
         let now = now_ns();
-        if now >= end {
+        if now >= end || seq >= limit {
             return (seq, in_window, true);
         }
         let allowed = match rate {
@@ -819,7 +952,7 @@ async fn publish(
                 min_seen.saturating_add(window).saturating_sub(seq)
             }
         };
-        let n = allowed.min(batch);
+        let n = allowed.min(batch).min(limit - seq);
         let wake = match rate {
             Some(_) => (start + (seq as f64 * period) as u64).min(end),
             None => end,

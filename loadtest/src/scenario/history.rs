@@ -11,6 +11,10 @@
 //!    `l1` and `w` must see K..K+M-1 exactly (headers of later joiners
 //!    allowed in between); `l2`'s messages, history and live together, must
 //!    run without gap or duplicate up to the last one.
+//!
+//! With several `--url`s, `w`, `p`, `l1` and `l2` connect to servers 0, 1,
+//! 2 and 3 (mod n): with two servers or more, the first late joiner reads
+//! history from another server than the one the publisher wrote to.
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,7 +31,7 @@ use crate::conn::{Conn, OwnedMsg};
 use crate::frame::{OP_BINARY, OP_TEXT};
 use crate::payload::{self, Stamp};
 use crate::report::Report;
-use crate::target::Target;
+use crate::target::Targets;
 use crate::workers;
 
 /// Read buffer per connection.
@@ -100,11 +104,11 @@ pub fn run(args: &HistoryArgs) -> Result<Report> {
     }
     let common = &args.common;
     let deadline = crate::cli::Command::History(args.clone()).deadline_secs();
-    let target = Target::new(common)?;
+    let targets = Targets::new(common)?;
     let run_id = super::run_id(common);
     let channel = super::channel_name(common, &run_id, "h", 0);
     let mut res = HistoryResults {
-        target: target.addr.to_string(),
+        target: targets.describe(),
         ..HistoryResults::default()
     };
     let mut failures = Vec::new();
@@ -112,7 +116,7 @@ pub fn run(args: &HistoryArgs) -> Result<Report> {
     // Not reaching the server at all is an error, not a failed check.
     let step_limit = Duration::from_secs_f64(args.timeout);
     let w = rt.block_on(async {
-        match tokio::time::timeout(step_limit, target.connect(0, READ_BUF)).await {
+        match tokio::time::timeout(step_limit, targets.pick(0).connect(0, READ_BUF)).await {
             Ok(r) => r,
             Err(_) => Err(anyhow::anyhow!("connect timed out")),
         }
@@ -120,7 +124,7 @@ pub fn run(args: &HistoryArgs) -> Result<Report> {
     let outcome = rt.block_on(async {
         tokio::time::timeout(
             Duration::from_secs_f64(deadline),
-            check(args, &target, &channel, w, &mut res, &mut failures),
+            check(args, &targets, &channel, w, &mut res, &mut failures),
         )
         .await
     });
@@ -217,7 +221,7 @@ async fn publish(conn: &mut Conn, buf: &mut [u8], seqs: std::ops::Range<u64>) ->
 
 async fn check(
     args: &HistoryArgs,
-    target: &Arc<Target>,
+    targets: &Targets,
     channel: &str,
     mut w: Conn,
     res: &mut HistoryResults,
@@ -227,7 +231,7 @@ async fn check(
     let (k, m, limit) = (args.messages, args.live, args.limit);
     let rb = READ_BUF;
     w.join("w", channel).await?;
-    let mut p = target.connect(1, rb).await?;
+    let mut p = targets.pick(1).connect(1, rb).await?;
     p.join("p", channel).await?;
 
     // 1. The witness sees the publisher's header: the log starts [w, p].
@@ -268,7 +272,7 @@ async fn check(
     log.extend((0..k).map(Entry::Msg));
     let expected = &log[log.len().saturating_sub(limit as usize)..];
     res.history_expected = expected.len();
-    let mut l1 = target.connect(2, rb).await?;
+    let mut l1 = targets.pick(2).connect(2, rb).await?;
     let t_join = now_ns();
     l1.join("l1", channel).await?;
     let mut hist = Vec::new();
@@ -319,7 +323,7 @@ async fn check(
     let last = k + m;
     let l2_side = async {
         half.notified().await;
-        let mut l2 = target.connect(3, rb).await?;
+        let mut l2 = targets.pick(3).connect(3, rb).await?;
         l2.join("l2", channel).await?;
         let mut seen = Vec::new();
         let r = step(t, "mid-stream joiner", &mut l2, &mut seen, |e| {

@@ -24,7 +24,7 @@ use crate::clock::now_ns;
 use crate::conn::{Conn, Msg, Status};
 use crate::frame::OP_TEXT;
 use crate::procstat::{self, ProcSample};
-use crate::target::Target;
+use crate::target::{Target, Targets};
 
 /// The run id: `--run-id`, or unix milliseconds and pid, so channels of
 /// earlier runs (and their history) cannot interfere.
@@ -103,25 +103,31 @@ pub fn header_uid(payload: &[u8]) -> Option<String> {
     v.get("uid")?.as_str().map(str::to_string)
 }
 
-/// Seeds every channel (see the module comment), `concurrency` at a time.
+/// Seeds every channel on every server (see the module comment),
+/// `concurrency` at a time. Each server gets its own seed sessions: servers
+/// that do not share history (or share it late) still give every joiner a
+/// first frame, and the seeds' uids differ per server so that servers
+/// sharing one membership do not refuse them as duplicates.
 pub async fn seed_channels(
-    target: &Arc<Target>,
+    targets: &Targets,
     channels: &[String],
     concurrency: usize,
     timeout: Duration,
 ) -> Result<()> {
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut set = JoinSet::new();
-    for (i, ch) in channels.iter().enumerate() {
-        let (target, ch, sem) = (target.clone(), ch.clone(), sem.clone());
-        set.spawn(async move {
-            let _permit = sem.acquire_owned().await.expect("never closed");
-            tokio::time::timeout(timeout, seed_channel(&target, &ch, 2 * i))
-                .await
-                .map_err(|_| anyhow!("timed out"))
-                .and_then(|r| r)
-                .with_context(|| format!("seeding channel {ch}"))
-        });
+    for (t, target) in targets.all().iter().enumerate() {
+        for (i, ch) in channels.iter().enumerate() {
+            let (target, ch, sem) = (target.clone(), ch.clone(), sem.clone());
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("never closed");
+                tokio::time::timeout(timeout, seed_channel(&target, &ch, t, 2 * i))
+                    .await
+                    .map_err(|_| anyhow!("timed out"))
+                    .and_then(|r| r)
+                    .with_context(|| format!("seeding channel {ch} on {}", target.addr))
+            });
+        }
     }
     while let Some(r) = set.join_next().await {
         r.context("seed task")??;
@@ -129,16 +135,17 @@ pub async fn seed_channels(
     Ok(())
 }
 
-async fn seed_channel(target: &Target, channel: &str, idx: usize) -> Result<()> {
+async fn seed_channel(target: &Target, channel: &str, server: usize, idx: usize) -> Result<()> {
+    let (uid_a, uid_b) = (format!("seed-a{server}"), format!("seed-b{server}"));
     let mut a = target.connect(idx, 4096).await?;
-    a.join("seed-a", channel).await?;
+    a.join(&uid_a, channel).await?;
     let mut b = target.connect(idx + 1, 4096).await?;
-    b.join("seed-b", channel).await?;
+    b.join(&uid_b, channel).await?;
     loop {
         let Some(m) = b.recv().await? else {
             bail!("second seed session {}", closed_reason(&b));
         };
-        if m.opcode == OP_TEXT && header_uid(&m.payload).as_deref() == Some("seed-a") {
+        if m.opcode == OP_TEXT && header_uid(&m.payload).as_deref() == Some(uid_a.as_str()) {
             break;
         }
     }
@@ -319,8 +326,8 @@ impl Hists {
 /// What a session needs to join, shared by a scenario's tasks.
 #[derive(Debug, Clone, Copy)]
 pub struct JoinCtx<'a> {
-    /// The server.
-    pub target: &'a Target,
+    /// The servers; session `idx` goes to `targets.pick(idx)`.
+    pub targets: &'a Targets,
     /// Bound on connect + join.
     pub timeout: Duration,
     /// Where failures go.
@@ -347,7 +354,14 @@ impl JoinCtx<'_> {
             let _permit = self.sem.acquire().await.expect("never closed");
             tokio::time::timeout(
                 self.timeout,
-                connect_join(self.target, idx, self.read_buf, uid, channel, on_msg),
+                connect_join(
+                    self.targets.pick(idx),
+                    idx,
+                    self.read_buf,
+                    uid,
+                    channel,
+                    on_msg,
+                ),
             )
             .await
         };

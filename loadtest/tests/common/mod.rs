@@ -1,8 +1,10 @@
-//! A small fake Mles server for the harness's tests (the real server is not
-//! used here): relays to every other member with a history of the last 200
-//! frames, or injects one fault.
+//! A small fake Mles server for the harness's tests: relays to every other
+//! member with a history of the last 200 frames, or injects one fault.
+//! [`mles`] starts the real server for the tests that need it.
 
 #![allow(dead_code)]
+
+pub mod mles;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -30,6 +32,11 @@ pub enum Fault {
     Reorder(u64),
     /// The n-th binary frame of each channel is delivered twice.
     Duplicate(u64),
+    /// From the n-th binary frame of each channel on, the first two
+    /// consecutive frames from different senders reach half of the members
+    /// (every second one in join order) the other way round: each sender's
+    /// own order stays intact, but the members no longer share one order.
+    SplitOrder(u64),
     /// History replay leaves out its oldest entry.
     HistoryShort,
     /// Refuses every upgrade with 400, as for a missing subprotocol.
@@ -47,6 +54,9 @@ struct Channel {
     history: VecDeque<Message>,
     binaries: u64,
     held: Option<Message>,
+    /// `SplitOrder`: the frame held back for half of the members, its sender.
+    split_held: Option<(u64, Message)>,
+    split_done: bool,
 }
 
 impl Channel {
@@ -64,6 +74,8 @@ type State = Arc<Mutex<HashMap<String, Channel>>>;
 pub struct FakeServer {
     pub addr: SocketAddr,
     pub url: String,
+    /// Connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicU64>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -110,9 +122,12 @@ impl FakeServer {
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = State::default();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
         rt.spawn(async move {
             let mut next_id = 0;
             while let Ok((s, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 next_id += 1;
                 let state = state.clone();
                 match tls.clone() {
@@ -132,6 +147,7 @@ impl FakeServer {
         FakeServer {
             addr,
             url: format!("ws://{addr}/"),
+            accepted,
             rt: Some(rt),
         }
     }
@@ -238,9 +254,58 @@ fn relay(state: &State, channel: &str, from: u64, msg: Message, fault: Fault) {
             _ => {}
         }
     }
+    if let Fault::SplitOrder(k) = fault
+        && out.len() == 1
+        && out[0].is_binary()
+        && ch.binaries >= k
+        && !ch.split_done
+    {
+        split_order(ch, from, out.pop().expect("one frame"));
+        return;
+    }
     for m in ch.members.iter().filter(|m| m.id != from) {
         for f in &out {
             let _ = m.tx.send(f.clone());
+        }
+    }
+}
+
+/// `SplitOrder`: the members at odd positions (in join order) get every
+/// frame at once; the ones at even positions get the held frame after the
+/// next frame of another sender. When the same sender comes first there is
+/// nothing to swap yet: both go out in their order and the next frame is
+/// held instead.
+fn split_order(ch: &mut Channel, from: u64, msg: Message) {
+    let odd = |i: &usize| i % 2 == 1;
+    match ch.split_held.take() {
+        None => {
+            for (_, m) in ch.members.iter().enumerate().filter(|(i, _)| odd(i)) {
+                if m.id != from {
+                    let _ = m.tx.send(msg.clone());
+                }
+            }
+            ch.split_held = Some((from, msg));
+        }
+        Some((held_from, held)) => {
+            // Same sender: deliver in order; the next frame is held instead.
+            let swap = held_from != from;
+            ch.split_done = swap;
+            for (i, m) in ch.members.iter().enumerate() {
+                let send = |f: &Message, sender: u64| {
+                    if m.id != sender {
+                        let _ = m.tx.send(f.clone());
+                    }
+                };
+                if odd(&i) {
+                    send(&msg, from);
+                } else if swap {
+                    send(&msg, from);
+                    send(&held, held_from);
+                } else {
+                    send(&held, held_from);
+                    send(&msg, from);
+                }
+            }
         }
     }
 }

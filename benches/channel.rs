@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use mles::channel::History;
 use mles::protocol::frame::{self, OP_BINARY};
-use mles::shard::channel::History;
 
 /// The default limits (`--limit 200`, `--history-bytes 16MiB`).
 const MAX_FRAMES: usize = 200;

@@ -19,7 +19,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use mles::config::Config;
 use mles::protocol::frame::{self, OP_BINARY};
 use mles::protocol::header;
-use mles::session::{Phase, Session};
+use mles::session::{Host, Phase, Session};
 use mles::shard::Shard;
 use mles::shard::mesh::Mesh;
 use mles::shard::router;
@@ -115,7 +115,7 @@ impl ShardSide {
                 let from = members.first().expect("the publisher's shard has members");
                 let key = from.key().expect("a member has a channel key");
                 for _ in 0..frames {
-                    self.shard.publish(key, from.id, frame.clone());
+                    self.shard.publish(key, from.id, frame.clone(), false);
                 }
             }
         }
@@ -152,7 +152,7 @@ impl Cluster {
                         .build()
                         .expect("a current-thread runtime builds");
                     LocalSet::new().block_on(&rt, async move {
-                        let shard = Rc::new(Shard::new(id as u16, mesh, limits));
+                        let shard = Shard::new(id as u16, mesh, limits);
                         let s = shard.clone();
                         tokio::task::spawn_local(async move { s.run_inbox(inbox).await });
                         let side = Rc::new(ShardSide {

@@ -49,9 +49,13 @@ pub struct Cli {
     /// Port of the redirect listener.
     #[arg(long = "redirect-port", default_value_t = 80)]
     pub redirect_port: u16,
-    /// Number of shards (threads) [default: CPUs in this process's affinity mask].
+    /// Number of shards (threads), 1 to 1024 [default: CPUs in this process's affinity mask].
     #[arg(long = "shards")]
     pub shards: Option<usize>,
+    /// For tests only: on this channel, uid `panic-session` panics in its
+    /// session and uid `panic-shard` in the owner shard (supervision tests).
+    #[arg(long = "test-panic-channel", hide = true)]
+    pub test_panic_channel: Option<String>,
     /// Full listen address, e.g. 0.0.0.0:9000 or [::]:443 (repeatable; wins over --port).
     #[arg(long = "listen")]
     pub listen: Vec<SocketAddr>,
@@ -159,6 +163,10 @@ pub struct Limits {
     pub dedup: bool,
     /// `MLES_KEY`, when set: auth becomes mandatory.
     pub key: Option<Vec<u8>>,
+    /// Tests only (`--test-panic-channel`): on this channel, uid
+    /// `panic-session` panics in its session and uid `panic-shard` in the
+    /// owner shard's handler, to prove supervision.
+    pub panic_channel: Option<std::sync::Arc<str>>,
 }
 
 /// Static web serving settings.
@@ -197,12 +205,18 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
 }
 
+/// Most shards a server runs. Shard ids are 16 bits inside session and
+/// channel ids, and every channel's owner keeps a member count per shard
+/// (4 bytes each); 1024 is far beyond the cores of any machine this runs on
+/// while it keeps that per-channel table under 4 KiB.
+pub const MAX_SHARDS: usize = 1024;
+
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// `--shards 0` or similar.
-    #[error("--shards must be at least 1")]
-    NoShards,
+    /// `--shards 0`, or more than [`MAX_SHARDS`].
+    #[error("--shards must be between 1 and {MAX_SHARDS}")]
+    BadShards,
     /// `--limit 0`.
     #[error("--limit must be at least 1")]
     ZeroLimit,
@@ -230,9 +244,9 @@ impl Config {
     /// Validates the parsed command line; `mles_key` is the `MLES_KEY` environment variable.
     pub fn from_cli(cli: Cli, mles_key: Option<String>) -> Result<Config, ConfigError> {
         let cpus = affinity_cpus();
-        let shards = cli.shards.unwrap_or(cpus.len().max(1));
-        if shards == 0 {
-            return Err(ConfigError::NoShards);
+        let shards = cli.shards.unwrap_or(cpus.len().clamp(1, MAX_SHARDS));
+        if shards == 0 || shards > MAX_SHARDS {
+            return Err(ConfigError::BadShards);
         }
         if cli.limit == 0 {
             return Err(ConfigError::ZeroLimit);
@@ -332,6 +346,7 @@ impl Config {
                 header_timeout: cli.header_timeout,
                 dedup: cli.dedup,
                 key: mles_key.map(String::into_bytes),
+                panic_channel: cli.test_panic_channel.as_deref().map(Into::into),
             },
             statics: StaticSettings {
                 wwwroot: cli.wwwroot.clone(),
@@ -493,8 +508,13 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(matches!(
             cfg(&["--shards", "0"]),
-            Err(ConfigError::NoShards)
+            Err(ConfigError::BadShards)
         ));
+        assert!(matches!(
+            cfg(&["--shards", "1025"]),
+            Err(ConfigError::BadShards)
+        ));
+        assert_eq!(cfg(&["--shards", "1024"]).unwrap().shards, MAX_SHARDS);
         assert!(matches!(
             cfg(&["--limit", "0"]),
             Err(ConfigError::ZeroLimit)

@@ -3,8 +3,15 @@
 //! - [`config`]: the command line and environment, validated into a `Config`.
 //! - [`server`]: start the shards, wait for signals, shut down.
 //! - [`shard`]: one thread per core: runtime, listeners, the cross-shard mesh,
-//!   channel ownership (history, members) and local fan-out.
-//! - [`session`]: one WebSocket session: framing, header, relay, close.
+//!   supervision, dispatch to the channel owner, and local fan-out.
+//! - [`channel`]: sans-IO channel ownership: members (with their kind),
+//!   history, the half-open probe, and the `Sequencer` seam for the order.
+//! - [`session`]: one WebSocket session: framing, header, relay, close;
+//!   it reaches its shard only through the narrow `session::Host` handle.
+//!
+//! Dependencies run one way: `server` → `shard` → `session` → `protocol`,
+//! with `channel` (sans-IO) used by `shard`; `peer` and `http` sit beside
+//! `shard` and use it.
 //! - [`http`]: TLS + HTTP/1.1 via hyper: the upgrade and ordinary responses.
 //! - [`metrics`], [`admin`]: per-shard counters, served for Prometheus.
 //! - [`peer`]: links to peer servers (PROTOCOL.md §7).
@@ -15,6 +22,7 @@
 //! - [`redirect`]: the plain-HTTP listener that redirects to https.
 
 pub mod admin;
+pub mod channel;
 pub mod clock;
 pub mod cluster;
 pub mod config;

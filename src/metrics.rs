@@ -28,6 +28,8 @@ pub struct Counters {
     pub dedup_dropped: AtomicU64,
     /// Half-open incumbents replaced after an unanswered probe.
     pub probe_replaced: AtomicU64,
+    /// Sessions closed (1013) because their outbound queue went over `--max-queue`.
+    pub slow_consumers: AtomicU64,
     /// Sessions ended, by the close code they ended with (`CODES` order, then other).
     closed: [AtomicU64; CODES.len() + 1],
 }
@@ -71,7 +73,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of all counters.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let series: [Series; 7] = [
+        let series: [Series; 8] = [
             (
                 "mles_connections_accepted_total",
                 "counter",
@@ -110,6 +112,12 @@ impl Metrics {
                 "counter",
                 "Half-open sessions replaced by a rejoin.",
                 |c| c.probe_replaced.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "mles_slow_consumers_total",
+                "counter",
+                "Sessions closed (1013) for an outbound queue over --max-queue.",
+                |c| c.slow_consumers.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, get) in series {

@@ -27,8 +27,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::protocol::SUBPROTOCOL;
 use crate::protocol::frame::{self, OP_BINARY, OP_CLOSE, OP_TEXT};
-use crate::session::Session;
-use crate::shard::Shard;
+use crate::session::{Host, Session};
+use crate::shard::{LinkStarter, Shard};
 
 /// First pause after a failed or lost link; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -78,6 +78,17 @@ impl PeerConfig {
             tls: Arc::new(tls),
         })
     }
+}
+
+/// What the shards call when a channel they own gets its first client: one
+/// link task per peer, on that shard.
+pub fn link_starter(cfg: Arc<PeerConfig>) -> LinkStarter {
+    Arc::new(move |shard: &Rc<Shard>, channel: Arc<str>| {
+        for url in &cfg.urls {
+            let task = run_link(shard.clone(), cfg.clone(), channel.clone(), url.clone());
+            tokio::task::spawn_local(task);
+        }
+    })
 }
 
 /// Keeps `channel` linked to the peer at `url` until shutdown, or until the
@@ -177,7 +188,7 @@ struct Membership<'a> {
 
 impl Drop for Membership<'_> {
     fn drop(&mut self) {
-        self.shard.session_ended(&self.session);
+        self.shard.ended(&self.session);
     }
 }
 
@@ -223,7 +234,7 @@ where
                 };
                 m.session.touch_rx();
                 if let Some(key) = m.session.key() {
-                    shard.publish_with(key, m.session.id, f, true);
+                    shard.publish(key, m.session.id, f, true);
                 }
             }
             frames = queued(&m.session) => {

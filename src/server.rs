@@ -1,5 +1,6 @@
 //! Starting and stopping the whole server: listeners, shard threads, the
-//! shutdown signal, and joining with a deadline.
+//! shutdown signal, and joining with a deadline. A shard failure (see
+//! `shard::mesh::Failure`) stops the server and makes [`run`] fail.
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::http::Frontend;
 use crate::redirect;
+use crate::shard::LinkStarter;
 use crate::shard::listener::{self, ListenError};
 use crate::shard::mesh::Mesh;
 use crate::shard::runtime::{self, SHUTDOWN_GRACE, ShardStart};
@@ -22,9 +24,12 @@ pub enum StartError {
     /// A listen address is unusable (in use, not local, no permission).
     #[error(transparent)]
     Listen(#[from] ListenError),
-    /// A shard thread could not be created.
+    /// A shard thread or its runtime could not be created.
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
+    /// A bound listener could not be registered with its shard's runtime.
+    #[error("cannot register a listener: {0}")]
+    Register(std::io::Error),
     /// The static-file root is unusable (missing, not a directory).
     #[error("cannot serve static files: {0}")]
     Statics(std::io::Error),
@@ -45,8 +50,22 @@ pub enum StartError {
     Redirect { port: u16, source: std::io::Error },
 }
 
+/// Why [`run`] ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The runtime or the signal handlers of the main thread could not be set up.
+    #[error("cannot set up signal handling: {0}")]
+    Signals(std::io::Error),
+    /// A shard failed (a shard-level panic); the server was stopped.
+    #[error("stopped after a shard failure: {0}")]
+    ShardFailed(String),
+}
+
 /// A running server.
 pub struct ServerHandle {
+    mesh: Arc<Mesh>,
     addrs: Vec<SocketAddr>,
     redirect_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
@@ -75,6 +94,11 @@ impl ServerHandle {
     /// TLS state (certificate reload, ACME status), when configured.
     pub fn tls(&self) -> Option<&Arc<Tls>> {
         self.tls.as_ref()
+    }
+
+    /// The first shard failure, once one happened (the server is then stopping).
+    pub fn failure(&self) -> Option<String> {
+        self.mesh.failure.reason()
     }
 
     /// Starts graceful shutdown: stop accepting, Close 1001 to every session.
@@ -132,7 +156,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         statics,
         tls: tls.clone(),
     });
-    let peers = if config.peers.is_empty() {
+    let links: Option<LinkStarter> = if config.peers.is_empty() {
         None
     } else {
         let cfg = crate::peer::PeerConfig::new(
@@ -141,7 +165,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             config.peer_ca.as_deref(),
         )
         .map_err(StartError::Peer)?;
-        Some(Arc::new(cfg))
+        Some(crate::peer::link_starter(Arc::new(cfg)))
     };
     let (mesh, inboxes) = Mesh::new(config.shards);
     let mut metrics_addr = None;
@@ -155,16 +179,27 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         .map(|_| runtime::build())
         .collect::<Result<Vec<_>, _>>()
         .map_err(StartError::Thread)?;
-    for ((id, inbox), rt) in inboxes.into_iter().enumerate().zip(runtimes) {
+    let registered = runtimes
+        .iter()
+        .zip(by_shard.iter_mut())
+        .map(|(rt, l)| runtime::register(rt, std::mem::take(l)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StartError::Register)?;
+    for (((id, inbox), rt), listeners) in inboxes
+        .into_iter()
+        .enumerate()
+        .zip(runtimes)
+        .zip(registered)
+    {
         let start = ShardStart {
             id: id as u16,
             cpu: (!config.cpus.is_empty()).then(|| config.cpus[id % config.cpus.len()]),
-            listeners: std::mem::take(&mut by_shard[id]),
+            listeners,
             inbox,
             mesh: mesh.clone(),
             limits: config.limits.clone(),
             frontend: frontend.clone(),
-            peers: peers.clone(),
+            links: links.clone(),
             shutdown: shutdown_rx.clone(),
         };
         match runtime::spawn(start, rt) {
@@ -177,6 +212,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     }
     tracing::info!(shards = config.shards, addrs = ?addrs, "listening");
     Ok(ServerHandle {
+        mesh,
         addrs,
         redirect_addr,
         metrics_addr,
@@ -186,35 +222,45 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     })
 }
 
-/// Runs until SIGINT or SIGTERM, then shuts down gracefully.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Runs until SIGINT or SIGTERM, then shuts down gracefully; a shard
+/// failure stops it too, with an error.
+pub fn run(config: Config) -> Result<(), RunError> {
     // Everything this thread needs (its runtime, the signal handlers) is set
     // up before the listeners open: once they accept, a flood of connections
     // may take every free file descriptor.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    let (mut term, mut int, mut hup) = rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        anyhow::Ok((
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::interrupt())?,
-            // SIGHUP reloads certificate files (the tls module listens too); it never terminates.
-            signal(SignalKind::hangup())?,
-        ))
-    })?;
+        .build()
+        .map_err(RunError::Signals)?;
+    let (mut term, mut int, mut hup) = rt
+        .block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                // SIGHUP reloads certificate files (the tls module listens too); it never terminates.
+                signal(SignalKind::hangup())?,
+            ))
+        })
+        .map_err(RunError::Signals)?;
     let handle = start(config)?;
-    rt.block_on(async {
+    let mesh = handle.mesh.clone();
+    let failed = rt.block_on(async {
         loop {
             tokio::select! {
                 _ = term.recv() => break tracing::info!("SIGTERM: shutting down"),
                 _ = int.recv() => break tracing::info!("SIGINT: shutting down"),
                 _ = hup.recv() => tracing::info!("SIGHUP received"),
+                _ = mesh.failure.wait() => break,
             }
         }
+        mesh.failure.reason()
     });
     if !handle.stop() {
         tracing::warn!("some shards did not stop in time");
     }
-    Ok(())
+    match failed {
+        Some(why) => Err(RunError::ShardFailed(why)),
+        None => Ok(()),
+    }
 }

@@ -23,7 +23,7 @@ fn bad_flags_are_refused_clearly() {
     assert!(err.contains("unknown unit"), "{err}");
     let (code, err) = mles(&["--shards", "0"]);
     assert_eq!(code, 2);
-    assert!(err.contains("--shards must be at least 1"), "{err}");
+    assert!(err.contains("--shards must be between 1 and 1024"), "{err}");
     let (code, err) = mles(&["--peer", "http://elsewhere/"]);
     assert_eq!(code, 2);
     assert!(err.contains("expected a ws:// or wss:// URL"), "{err}");

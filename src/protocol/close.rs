@@ -39,6 +39,8 @@ pub const HEADER_TIMEOUT: Close = Close::new(1008, "no header frame in time");
 pub const KEEPALIVE_TIMEOUT: Close = Close::new(1008, "keepalive timeout");
 pub const TOO_BIG: Close = Close::new(1009, "message too big");
 pub const INTERNAL: Close = Close::new(1011, "internal error");
+/// The owner shard's channel table is full (over 4 billion channels).
+pub const TOO_MANY_CHANNELS: Close = Close::new(1013, "too many channels on this server");
 pub const SLOW_CONSUMER: Close = Close::new(1013, "slow consumer: outbound queue full");
 
 /// Whether a close code received from a client is one RFC 6455 allows on the wire.

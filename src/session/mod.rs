@@ -7,7 +7,10 @@
 //! everything queued in one vectored write per turn. An idle session holds no
 //! read buffer: reads go into the shard's scratch buffer and only an
 //! incomplete frame is copied out. This module must not touch other sessions
-//! or channel state directly: it goes through [`crate::shard::Shard`].
+//! or channel state directly: everything it asks of its shard goes through
+//! the narrow [`Host`] handle, which the shard implements (the session
+//! module does not know the shard). A panic in a session's code ends that
+//! session only: its task ends and the host forgets it (`Host::ended`).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -17,10 +20,32 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::channel::{ChannelKey, SessionId};
 use crate::clock::{self, Millis};
+use crate::config::Limits;
 use crate::protocol::close::{self, Close};
 use crate::protocol::frame::{self, OP_CLOSE, OP_PING};
-use crate::shard::mesh::{ChannelKey, SessionId};
+use crate::protocol::header::Header;
+
+/// What a session asks of the shard it lives on.
+pub trait Host {
+    /// The limits sessions enforce (`--max-message`, `--max-queue`, ...).
+    fn limits(&self) -> &Limits;
+    /// The read buffer every session of this shard reads into.
+    fn scratch(&self) -> &RefCell<Box<[u8]>>;
+    /// `session` sent a valid header: join its channel (answered by
+    /// [`Session::joined`] or a close).
+    fn join(&self, session: SessionId, header: Header);
+    /// A member published `frame` (encoded for receivers) into `key`.
+    fn publish(&self, key: ChannelKey, origin: SessionId, frame: Bytes, dedup: bool);
+    /// A probed session answered (or failed to).
+    fn probe_answered(&self, key: ChannelKey, uid: Arc<str>, session: SessionId, alive: bool);
+    /// Whether the session must stop reading for now (the process is
+    /// congested); if so `waker` is woken when it may go on.
+    fn must_pause(&self, waker: &Waker) -> bool;
+    /// The session's task ended, however it ended (a panic included).
+    fn ended(&self, session: &Session);
+}
 
 /// How long a closing session may take to flush its Close and see the peer's EOF.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -28,9 +53,13 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 pub const PROBE_QUIET: Duration = Duration::from_secs(2);
 const PROBE_ANSWER: Duration = Duration::from_secs(2);
 /// Frames gathered into one vectored write (Linux takes up to 1024): enough
-/// for a whole default history replay (200 frames) in one syscall.
+/// for a whole default history replay (200 frames) in one syscall, while
+/// the iovec array (4 KiB) stays on the stack.
 const MAX_IOV: usize = 256;
-/// Reads a session may do in one turn before it yields to its neighbours.
+/// Reads a session may do in one turn before it yields to its neighbours:
+/// 16 × the 64 KiB scratch buffer is 1 MiB per turn, enough to keep one busy
+/// publisher fast while it cannot delay the other sessions of its shard by
+/// more than about a millisecond.
 const READ_BUDGET: u32 = 16;
 /// An empty server Ping.
 static PING: &[u8] = &[0x80 | OP_PING, 0];
@@ -112,10 +141,8 @@ struct Inner {
     kill: bool,
     /// The close code sent, 1005 while none was.
     close_code: u16,
-    /// Channel and uid once joined, for leaving.
-    joined: Option<(ChannelKey, Arc<str>)>,
-    /// Index in the shard's local member list of `joined`'s channel.
-    member_pos: u32,
+    /// The channel once joined: where published frames go.
+    key: Option<ChannelKey>,
     probe: Option<Box<Probe>>,
     /// When the phase last changed (header timeout, close linger).
     since: Millis,
@@ -152,8 +179,7 @@ impl Session {
                 waker: None,
                 kill: false,
                 close_code: 1005,
-                joined: None,
-                member_pos: 0,
+                key: None,
                 probe: None,
                 since: now,
                 last_rx: now,
@@ -211,22 +237,24 @@ impl Session {
         v
     }
 
-    /// Queues a live frame; over `max_queue` bytes the session is closed with 1013.
-    pub fn push(&self, frame: Bytes, max_queue: usize) {
+    /// Queues a live frame; over `max_queue` bytes the session is closed
+    /// with 1013, and this returns true.
+    pub fn push(&self, frame: Bytes, max_queue: usize) -> bool {
         let mut i = self.inner.borrow_mut();
         if i.phase == Phase::Closing {
-            return;
+            return false;
         }
         i.out_bytes += frame.len();
         i.out.push_back(frame);
         if i.out_bytes > max_queue {
             drop(i);
             self.close(close::SLOW_CONSUMER);
-            return;
+            return true;
         }
         if let Some(w) = i.waker.take() {
             w.wake();
         }
+        false
     }
 
     /// Queues a control frame (not counted against the queue bound).
@@ -289,20 +317,13 @@ impl Session {
 
     /// The owner accepted the join: replay `history`, then live frames.
     /// Returns false when the session is no longer waiting for it.
-    pub fn joined(
-        &self,
-        key: ChannelKey,
-        uid: Arc<str>,
-        history: Vec<Bytes>,
-        member_pos: usize,
-    ) -> bool {
+    pub fn joined(&self, key: ChannelKey, history: Vec<Bytes>) -> bool {
         let mut i = self.inner.borrow_mut();
         if i.phase != Phase::Joining {
             return false;
         }
         i.phase = Phase::Member;
-        i.joined = Some((key, uid));
-        i.member_pos = member_pos as u32;
+        i.key = Some(key);
         i.replay.set(history);
         if let Some(w) = i.waker.take() {
             w.wake();
@@ -310,20 +331,9 @@ impl Session {
         true
     }
 
-    /// The channel and uid this session joined, taken when it ends.
-    pub fn take_joined(&self) -> Option<(ChannelKey, Arc<str>, usize)> {
-        let mut i = self.inner.borrow_mut();
-        let pos = i.member_pos as usize;
-        i.joined.take().map(|(k, u)| (k, u, pos))
-    }
-
     /// The channel this session is a member of.
     pub fn key(&self) -> Option<ChannelKey> {
-        self.inner.borrow().joined.as_ref().map(|(k, _)| *k)
-    }
-
-    pub fn set_member_pos(&self, pos: usize) {
-        self.inner.borrow_mut().member_pos = pos as u32;
+        self.inner.borrow().key
     }
 
     /// Starts a half-open probe; `Some(alive)` when it can be answered at once.

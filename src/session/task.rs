@@ -12,14 +12,13 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{EMPTY_CLOSE, Inner, MAX_IOV, Phase, READ_BUDGET, Session};
+use super::{EMPTY_CLOSE, Host, Inner, MAX_IOV, Phase, READ_BUDGET, Session};
 use crate::clock;
 use crate::protocol::close::{self, Close};
 use crate::protocol::frame::{
     self, Head, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
 use crate::protocol::{auth, header};
-use crate::shard::Shard;
 
 /// A message being reassembled from fragments.
 struct Fragments {
@@ -28,10 +27,10 @@ struct Fragments {
 }
 
 /// The task that drives one session's socket. Dropping it leaves the channel.
-pub struct SessionTask<S> {
+pub struct SessionTask<S, H: Host> {
     io: S,
     session: Rc<Session>,
-    shard: Rc<Shard>,
+    shard: Rc<H>,
     /// Bytes of an incomplete frame (or of frames read ahead while joining).
     partial: Vec<u8>,
     /// `partial` holds only an incomplete frame: read more before parsing again.
@@ -45,10 +44,10 @@ pub struct SessionTask<S> {
     dedup: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
     /// `read_ahead` is what the HTTP layer had already read past the upgrade request.
-    pub fn new(io: S, session: Rc<Session>, shard: Rc<Shard>, read_ahead: &[u8]) -> Self {
-        let dedup = shard.limits.dedup;
+    pub fn new(io: S, session: Rc<Session>, shard: Rc<H>, read_ahead: &[u8]) -> Self {
+        let dedup = shard.limits().dedup;
         SessionTask {
             io,
             session,
@@ -100,7 +99,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
     /// `Ready(false)` means the connection is finished (EOF or error).
     fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         let shard = self.shard.clone();
-        let mut scratch = shard.scratch.borrow_mut();
+        let mut scratch = shard.scratch().borrow_mut();
         let mut rb = ReadBuf::new(&mut scratch[..]);
         match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(false),
@@ -163,7 +162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
 
     /// Handles the complete frames at the start of `buf`; returns the bytes used.
     fn process(&mut self, buf: &[u8]) -> usize {
-        let max = self.shard.limits.max_message as u64;
+        let max = self.shard.limits().max_message as u64;
         let mut pos = 0;
         while self.can_parse() {
             let head = match frame::parse_head(&buf[pos..]) {
@@ -267,7 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
             Phase::Header => self.on_header(opcode, payload),
             Phase::Member => {
                 if let Some(key) = self.session.key() {
-                    self.shard.publish_with(key, self.session.id, f, self.dedup);
+                    self.shard.publish(key, self.session.id, f, self.dedup);
                 }
             }
             Phase::Joining | Phase::Closing => {}
@@ -287,7 +286,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
             &h.uid,
             &h.channel,
             h.auth.as_deref(),
-            self.shard.limits.key.as_deref(),
+            self.shard.limits().key.as_deref(),
         ) {
             let c = if e == auth::AuthError::Missing {
                 close::AUTH_REQUIRED
@@ -295,6 +294,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SessionTask<S> {
                 close::AUTH_FAILED
             };
             return self.session.close(c);
+        }
+        if let Some(hook) = &self.shard.limits().panic_channel
+            && *h.channel == **hook
+            && h.uid == "panic-session"
+        {
+            panic!("test hook: a session panics (--test-panic-channel)");
         }
         self.dedup |= h.peer;
         self.session.begin_join();
@@ -332,7 +337,7 @@ fn advance(i: &mut Inner, n: usize) {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Future for SessionTask<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> Future for SessionTask<S, H> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -392,7 +397,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for SessionTask<S> {
                 this.process_partial();
                 continue;
             }
-            if this.shard.owner_backlogged(&this.session, cx.waker()) {
+            if this.session.phase() == Phase::Member && this.shard.must_pause(cx.waker()) {
                 return Poll::Pending;
             }
             if budget == 0 {
@@ -409,8 +414,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for SessionTask<S> {
     }
 }
 
-impl<S> Drop for SessionTask<S> {
+impl<S, H: Host> Drop for SessionTask<S, H> {
     fn drop(&mut self) {
-        self.shard.session_ended(&self.session);
+        self.shard.ended(&self.session);
     }
 }

@@ -2,79 +2,102 @@
 //! channels it owns, and its local members of every channel.
 //!
 //! All state here is `Rc`/`RefCell` and never leaves the thread; other shards
-//! are reached only through [`mesh::Mesh`]. A channel's owner
-//! (`router::owner`) orders its frames: that order is the channel's total order.
+//! are reached only through [`mesh::Mesh`]. Each concern has its own type:
+//! [`registry::Registry`] (sessions, local members), [`Owner`] (the channels
+//! this shard owns, a sans-IO state machine from [`crate::channel`]), the
+//! paused publishers, and the link starter. [`Shard`] dispatches messages to
+//! them and carries out what the owner decides; sessions see it only through
+//! [`crate::session::Host`].
+//!
+//! Supervision: a shard-level handler that panics trips the process-wide
+//! [`mesh::Failure`] (the server stops, loudly) and this shard handles
+//! nothing more; a session's own panic ends only that session's task.
 //! Handlers never hold a `RefCell` borrow across an await, and messages a
 //! shard posts to itself go through a local queue so no handler re-enters another.
 
-pub mod channel;
 pub mod listener;
 pub mod mesh;
-mod owner;
+mod registry;
 pub mod router;
 pub mod runtime;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::panic::AssertUnwindSafe;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use ahash::AHashMap;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::channel::{
+    Action, ChannelKey, Join, LocalSequencer, MemberKind, Owner, SessionId, owner_of, shard_of,
+};
 use crate::config::Limits;
 use crate::metrics::Counters;
 use crate::protocol::close::{self, Close};
 use crate::protocol::frame::{self, OP_TEXT};
 use crate::protocol::header::Header;
-use crate::session::{Session, TickOutcome};
-use channel::OwnedChannel;
-use mesh::{ChannelKey, InboxRx, Mesh, SessionId, ShardMsg, owner_of};
+use crate::session::{Host, Session, TickOutcome};
+use mesh::{InboxRx, Mesh, ShardMsg};
+use registry::Registry;
 
-/// Size of the per-shard read buffer every session reads into. Large enough
-/// for many small frames per syscall; it is allocated once per shard.
+/// Size of the per-shard read buffer every session reads into: 64 KiB takes
+/// many small frames, or a large frame in few reads, per syscall; it is
+/// allocated once per shard, not per session.
 const SCRATCH: usize = 64 * 1024;
-/// Messages handled per inbox wake-up before yielding to sessions.
+/// Messages handled per inbox wake-up before yielding to sessions: at the
+/// measured ~0.4 µs per delivery, 512 messages are a few hundred µs, short
+/// enough that sessions on a busy shard are not starved, long enough that the
+/// yield costs little (quinn's `IO_LOOP_BOUND` reasoning).
 const INBOX_BATCH: usize = 512;
-/// Bytes waiting in an owner's inbox above which publishers pause reading.
-const BACKLOG_LIMIT: usize = 64 << 20;
-/// Channels with no members and no activity for this long may be dropped.
+/// Channels with no members and no activity for this long may be dropped
+/// (PROTOCOL.md §6).
 const CHANNEL_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
 
-#[derive(Default)]
-struct State {
-    sessions: AHashMap<SessionId, Rc<Session>>,
-    /// Local members of each channel, by the owner's key.
-    members: AHashMap<ChannelKey, Vec<Rc<Session>>>,
-    /// Channels this shard owns.
-    by_name: AHashMap<Arc<str>, u32>,
-    owned: AHashMap<u32, OwnedChannel>,
-    next_slot: u32,
-}
+/// Starts this server's peer links for a channel the shard owns; installed
+/// by the server when `--peer` is given.
+pub type LinkStarter = Arc<dyn Fn(&Rc<Shard>, Arc<str>) + Send + Sync>;
 
 /// One shard's state and its view of the mesh.
 pub struct Shard {
-    pub id: u16,
-    pub mesh: Arc<Mesh>,
-    pub limits: Limits,
-    /// The read buffer all of this shard's sessions share.
-    pub scratch: RefCell<Box<[u8]>>,
-    state: RefCell<State>,
+    id: u16,
+    mesh: Arc<Mesh>,
+    limits: Limits,
+    scratch: RefCell<Box<[u8]>>,
+    registry: RefCell<Registry>,
+    owner: RefCell<Owner<LocalSequencer>>,
     local: RefCell<VecDeque<ShardMsg>>,
     pumping: Cell<bool>,
+    /// Set once a shard-level handler panicked: nothing more is handled.
+    failed: Cell<bool>,
     next_session: Cell<u64>,
-    paused: RefCell<Vec<Waker>>,
-    paused_wake: Notify,
-    shutting_down: Cell<bool>,
+    paused: Paused,
+    shutdown: Shutdown,
+    links: Links,
+}
+
+/// Sessions paused because the process is congested, woken when it clears.
+#[derive(Default)]
+struct Paused {
+    wakers: RefCell<Vec<Waker>>,
+}
+
+#[derive(Default)]
+struct Shutdown {
+    started: Cell<bool>,
     /// Signalled when the last session ends during shutdown.
-    pub drained: Notify,
-    /// This shard itself, for starting peer-link tasks from a handler.
-    me: RefCell<std::rc::Weak<Shard>>,
-    /// Peer servers every owned channel is linked to (PROTOCOL.md §7).
-    peers: RefCell<Option<Arc<crate::peer::PeerConfig>>>,
+    drained: Notify,
+}
+
+#[derive(Default)]
+struct Links {
+    /// This shard itself, for starting link tasks from a handler.
+    me: RefCell<Weak<Shard>>,
+    start: RefCell<Option<LinkStarter>>,
 }
 
 /// Resets `pumping` even if a handler panics.
@@ -87,63 +110,45 @@ impl Drop for PumpGuard<'_> {
 }
 
 impl Shard {
-    pub fn new(id: u16, mesh: Arc<Mesh>, limits: Limits) -> Shard {
-        Shard {
+    pub fn new(id: u16, mesh: Arc<Mesh>, limits: Limits) -> Rc<Shard> {
+        let owner = Owner::new(
+            id,
+            mesh.shards(),
+            limits.history_frames,
+            limits.history_bytes,
+            LocalSequencer,
+        );
+        let shard = Rc::new(Shard {
             id,
             mesh,
             limits,
             scratch: RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
-            state: RefCell::default(),
+            registry: RefCell::default(),
+            owner: RefCell::new(owner),
             local: RefCell::default(),
             pumping: Cell::new(false),
+            failed: Cell::new(false),
             next_session: Cell::new(0),
-            paused: RefCell::default(),
-            paused_wake: Notify::new(),
-            shutting_down: Cell::new(false),
-            drained: Notify::new(),
-            me: RefCell::default(),
-            peers: RefCell::default(),
-        }
+            paused: Paused::default(),
+            shutdown: Shutdown::default(),
+            links: Links::default(),
+        });
+        *shard.links.me.borrow_mut() = Rc::downgrade(&shard);
+        shard
     }
 
-    /// Enables peer links: channels this shard owns get one link per peer
-    /// once their first client joins. `me` is this shard's own `Rc`.
-    pub fn set_peers(me: &Rc<Shard>, peers: Option<Arc<crate::peer::PeerConfig>>) {
-        *me.me.borrow_mut() = Rc::downgrade(me);
-        *me.peers.borrow_mut() = peers;
+    pub fn id(&self) -> u16 {
+        self.id
     }
 
-    /// Starts the peer links of a channel this shard owns.
-    fn start_links(&self, channel: &Arc<str>) {
-        let (Some(me), Some(peers)) = (self.me.borrow().upgrade(), self.peers.borrow().clone())
-        else {
-            return;
-        };
-        for url in &peers.urls {
-            let task =
-                crate::peer::run_link(me.clone(), peers.clone(), channel.clone(), url.clone());
-            tokio::task::spawn_local(task);
-        }
+    /// Enables peer links: channels this shard owns get them once their first client joins.
+    pub fn set_link_starter(&self, start: Option<LinkStarter>) {
+        *self.links.start.borrow_mut() = start;
     }
 
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.get()
-    }
-
-    /// Asks the channel's owner to join `session` as a peer link: it gets the
-    /// history (to resync the peer) and live frames, and no header is relayed.
-    pub fn join_link(&self, session: SessionId, channel: Arc<str>, uid: Arc<str>) {
-        let owner = router::owner(&channel, self.mesh.shards());
-        self.submit(
-            owner,
-            ShardMsg::Join {
-                channel,
-                uid,
-                session,
-                header: Bytes::new(),
-            },
-        );
+        self.shutdown.started.get()
     }
 
     /// This shard's counters.
@@ -154,21 +159,44 @@ impl Shard {
     /// Registers a new session on this shard.
     pub fn new_session(&self) -> Rc<Session> {
         let n = self.next_session.get();
-        self.next_session.set(n + 1);
-        let id = ((self.id as u64) << 48) | (n & ((1 << 48) - 1));
+        self.next_session.set(n.wrapping_add(1));
+        let id = (u64::from(self.id) << 48) | (n & ((1 << 48) - 1));
         let s = Rc::new(Session::new(id, crate::clock::now()));
-        if self.shutting_down.get() {
+        if self.is_shutting_down() {
             s.close(close::SHUTDOWN);
         }
-        self.state.borrow_mut().sessions.insert(id, s.clone());
-        self.counters()
-            .sessions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.registry.borrow_mut().insert(s.clone());
+        self.counters().sessions.fetch_add(1, Ordering::Relaxed);
         s
     }
 
     pub fn session_count(&self) -> usize {
-        self.state.borrow().sessions.len()
+        self.registry.borrow().len()
+    }
+
+    /// Asks the channel's owner to join `session` as a peer link: it gets the
+    /// history (to resync the peer) and live frames; no header is relayed.
+    pub fn join_link(&self, session: SessionId, channel: Arc<str>, uid: Arc<str>) {
+        self.join_as(session, channel, uid, MemberKind::Link, Bytes::new());
+    }
+
+    fn join_as(
+        &self,
+        session: SessionId,
+        channel: Arc<str>,
+        uid: Arc<str>,
+        kind: MemberKind,
+        header: Bytes,
+    ) {
+        let owner = router::owner(&channel, self.mesh.shards());
+        let msg = ShardMsg::Join {
+            channel,
+            uid,
+            session,
+            kind,
+            header,
+        };
+        self.submit(owner, msg);
     }
 
     /// Posts `msg` to shard `to`; to itself through the local queue.
@@ -182,6 +210,7 @@ impl Shard {
     }
 
     /// Handles queued local messages unless a handler is already running.
+    /// A panicking handler stops the process (see the module docs).
     fn pump(&self) {
         if self.pumping.replace(true) {
             return;
@@ -189,187 +218,199 @@ impl Shard {
         let _guard = PumpGuard(&self.pumping);
         loop {
             let msg = self.local.borrow_mut().pop_front();
-            match msg {
-                Some(m) => self.handle(m),
-                None => break,
+            let Some(m) = msg else { break };
+            if self.failed.get() {
+                continue;
+            }
+            let run = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(m)));
+            if let Err(panic) = run {
+                self.failed.set(true);
+                self.mesh.failure.trip(format!(
+                    "shard {}: a handler panicked: {}",
+                    self.id,
+                    panic_message(&*panic)
+                ));
             }
         }
     }
 
     fn handle(&self, msg: ShardMsg) {
-        match msg {
-            ShardMsg::Join {
-                channel,
-                uid,
-                session,
-                header,
-            } => self.on_join(channel, uid, session, header),
-            ShardMsg::Joined {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        {
+            let mut owner = self.owner.borrow_mut();
+            match msg {
+                ShardMsg::Join {
+                    channel,
+                    uid,
+                    session,
+                    kind,
+                    header,
+                } => {
+                    if let Some(hook) = &self.limits.panic_channel
+                        && channel == *hook
+                        && &*uid == "panic-shard"
+                    {
+                        panic!("test hook: a shard-level handler panics (--test-panic-channel)");
+                    }
+                    let j = Join {
+                        channel,
+                        uid,
+                        session,
+                        kind,
+                        header,
+                    };
+                    owner.join(j, now, &mut out);
+                }
+                ShardMsg::Publish {
+                    key,
+                    origin,
+                    frame,
+                    dedup,
+                } => owner.publish(key, origin, frame, dedup, now, &mut out),
+                ShardMsg::Leave { key, uid, session } => {
+                    owner.leave(key, &uid, session, now, &mut out)
+                }
+                ShardMsg::ProbeResult {
+                    key,
+                    uid,
+                    session,
+                    alive,
+                } => owner.probe_result(key, &uid, session, alive, now, &mut out),
+                ShardMsg::Deliver { key, skip, frame } => {
+                    drop(owner);
+                    return self.deliver_local(key, skip, &frame);
+                }
+                ShardMsg::Joined {
+                    session,
+                    key,
+                    uid,
+                    history,
+                } => {
+                    drop(owner);
+                    return self.on_joined(session, key, uid, history);
+                }
+                ShardMsg::Refused { session, close } => {
+                    drop(owner);
+                    return self.on_refused(session, close);
+                }
+                ShardMsg::Probe { session, key, uid } => {
+                    drop(owner);
+                    return self.on_probe(session, key, uid);
+                }
+            }
+            let t = owner.take_tally();
+            let c = self.counters();
+            Counters::add(&c.joins, t.joins);
+            Counters::add(&c.published, t.published);
+            Counters::add(&c.dedup_dropped, t.dedup_dropped);
+            Counters::add(&c.probe_replaced, t.probe_replaced);
+        }
+        for a in out {
+            self.apply(a);
+        }
+    }
+
+    /// Carries out one of the owner's decisions; what concerns this shard's
+    /// own sessions is done at once, so a joiner is a member before any
+    /// later frame is delivered here.
+    fn apply(&self, a: Action) {
+        match a {
+            Action::Deliver {
+                shard,
+                key,
+                skip,
+                frame,
+            } => {
+                if shard == self.id {
+                    self.deliver_local(key, skip, &frame);
+                } else {
+                    self.send(shard, ShardMsg::Deliver { key, skip, frame });
+                }
+            }
+            Action::Joined {
                 session,
                 key,
                 uid,
                 history,
-            } => self.on_joined(session, key, uid, history),
-            ShardMsg::Refused { session, close } => self.on_refused(session, close),
-            ShardMsg::Publish {
-                key,
-                origin,
-                frame,
-                dedup,
-            } => self.on_publish(key, origin, frame, dedup),
-            ShardMsg::Deliver { key, origin, frame } => self.deliver_local(key, origin, &frame),
-            ShardMsg::Leave { key, uid, session } => self.on_leave(key, &uid, session),
-            ShardMsg::Probe { session, key, uid } => self.on_probe(session, key, uid),
-            ShardMsg::ProbeResult {
-                key,
-                uid,
-                session,
-                alive,
-            } => self.on_probe_result(key, uid, session, alive),
-        }
-    }
-
-    // ---- called by sessions ----
-
-    /// A session sent a valid header: ask the channel's owner to join it.
-    pub fn join(&self, session: SessionId, h: Header) {
-        let owner = router::owner(&h.channel, self.mesh.shards());
-        let header = frame::encode(OP_TEXT, &h.relay);
-        let msg = ShardMsg::Join {
-            channel: h.channel.into(),
-            uid: h.uid.into(),
-            session,
-            header,
-        };
-        self.submit(owner, msg);
-    }
-
-    /// A member sent a frame.
-    pub fn publish(&self, key: ChannelKey, origin: SessionId, frame: Bytes) {
-        self.publish_with(key, origin, frame, self.limits.dedup)
-    }
-
-    /// Publishes, dropping `frame` if `dedup` and it is byte-identical to one in history.
-    pub fn publish_with(&self, key: ChannelKey, origin: SessionId, frame: Bytes, dedup: bool) {
-        self.submit(
-            owner_of(key),
-            ShardMsg::Publish {
-                key,
-                origin,
-                frame,
-                dedup,
-            },
-        );
-    }
-
-    /// A probed session answered (or failed to).
-    pub fn probe_answered(&self, key: ChannelKey, uid: Arc<str>, session: SessionId, alive: bool) {
-        self.submit(
-            owner_of(key),
-            ShardMsg::ProbeResult {
-                key,
-                uid,
-                session,
-                alive,
-            },
-        );
-    }
-
-    /// Whether `session` must pause reading because its channel's owner is
-    /// behind; if so its waker is kept and woken when the backlog clears.
-    pub fn owner_backlogged(&self, session: &Session, waker: &Waker) -> bool {
-        let Some(key) = session.key() else {
-            return false;
-        };
-        let owner = owner_of(key);
-        if owner == self.id || self.mesh.backlog(owner) < BACKLOG_LIMIT {
-            return false;
-        }
-        // Only while an owner is behind (rare), so a linear check is fine; it
-        // keeps a session polled again and again from piling up copies.
-        let mut paused = self.paused.borrow_mut();
-        if !paused.iter().any(|w| w.will_wake(waker)) {
-            paused.push(waker.clone());
-        }
-        drop(paused);
-        self.paused_wake.notify_one();
-        true
-    }
-
-    /// A session's task ended: forget it and leave its channel.
-    pub fn session_ended(&self, s: &Session) {
-        let left = s.take_joined();
-        let c = self.counters();
-        c.sessions
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        c.closed(s.close_code());
-        let mut st = self.state.borrow_mut();
-        st.sessions.remove(&s.id);
-        let empty = st.sessions.is_empty();
-        if let Some((key, _, pos)) = &left {
-            if let Some(list) = st.members.get_mut(key) {
-                if list.get(*pos).is_some_and(|m| m.id == s.id) {
-                    list.swap_remove(*pos);
-                    if let Some(moved) = list.get(*pos) {
-                        moved.set_member_pos(*pos);
-                    }
+            } => {
+                if shard_of(session) == self.id {
+                    self.on_joined(session, key, uid, history);
+                } else {
+                    let msg = ShardMsg::Joined {
+                        session,
+                        key,
+                        uid,
+                        history,
+                    };
+                    self.send(shard_of(session), msg);
                 }
-                if list.is_empty() {
-                    st.members.remove(key);
+            }
+            Action::Refused { session, close } => {
+                if shard_of(session) == self.id {
+                    self.on_refused(session, close);
+                } else {
+                    self.send(shard_of(session), ShardMsg::Refused { session, close });
+                }
+            }
+            Action::Probe { session, key, uid } => {
+                if shard_of(session) == self.id {
+                    self.on_probe(session, key, uid);
+                } else {
+                    self.send(shard_of(session), ShardMsg::Probe { session, key, uid });
+                }
+            }
+            Action::StartLinks { channel, .. } => {
+                let start = self.links.start.borrow().clone();
+                let me = self.links.me.borrow().upgrade();
+                if let (Some(start), Some(me)) = (start, me) {
+                    start(&me, channel);
                 }
             }
         }
-        drop(st);
-        if let Some((key, uid, _)) = left {
-            self.submit(
-                owner_of(key),
-                ShardMsg::Leave {
-                    key,
-                    uid,
-                    session: s.id,
-                },
-            );
-        }
-        if empty && self.shutting_down.get() {
-            self.drained.notify_one();
+    }
+
+    /// Posts to another shard; a stopped shard (shutdown) drops it.
+    fn send(&self, to: u16, msg: ShardMsg) {
+        if self.mesh.send(to, msg).is_err() {
+            tracing::debug!(shard = self.id, to, "message to a stopped shard dropped");
         }
     }
 
     // ---- member side ----
 
-    fn deliver_local(&self, key: ChannelKey, origin: SessionId, frame: &Bytes) {
-        let st = self.state.borrow();
-        let n = write_members(st.members.get(&key), origin, frame, self.limits.max_queue);
-        Counters::add(&self.counters().delivered, n);
+    fn deliver_local(&self, key: ChannelKey, skip: Option<SessionId>, frame: &Bytes) {
+        let (n, slow) = self
+            .registry
+            .borrow()
+            .deliver(key, skip, frame, self.limits.max_queue);
+        let c = self.counters();
+        Counters::add(&c.delivered, n);
+        Counters::add(&c.slow_consumers, slow);
     }
 
     fn on_joined(&self, session: SessionId, key: ChannelKey, uid: Arc<str>, history: Vec<Bytes>) {
-        let mut st = self.state.borrow_mut();
-        let st = &mut *st;
-        let Some(s) = st.sessions.get(&session) else {
-            self.submit(owner_of(key), ShardMsg::Leave { key, uid, session });
-            return;
-        };
-        let list = st.members.entry(key).or_default();
-        if s.joined(key, uid.clone(), history, list.len()) {
-            list.push(s.clone());
-        } else {
-            if list.is_empty() {
-                st.members.remove(&key);
-            }
+        let s = self.registry.borrow().get(session).cloned();
+        let member = s.is_some_and(|s| s.joined(key, history))
+            && self
+                .registry
+                .borrow_mut()
+                .add_member(session, key, uid.clone());
+        if !member {
+            // Gone or closing meanwhile: the owner must forget it again.
             self.submit(owner_of(key), ShardMsg::Leave { key, uid, session });
         }
     }
 
     fn on_refused(&self, session: SessionId, c: Close) {
-        let s = self.state.borrow().sessions.get(&session).cloned();
+        let s = self.registry.borrow().get(session).cloned();
         if let Some(s) = s {
             s.close(c);
         }
     }
 
     fn on_probe(&self, session: SessionId, key: ChannelKey, uid: Arc<str>) {
-        let s = self.state.borrow().sessions.get(&session).cloned();
+        let s = self.registry.borrow().get(session).cloned();
         let answer = match s {
             Some(s) => s.probe(key, uid.clone(), crate::clock::now()),
             None => Some(false),
@@ -385,48 +426,36 @@ impl Shard {
     pub fn tick(&self, now: Instant, expire_channels: bool) {
         let now_ms = crate::clock::now();
         let mut failed = Vec::new();
-        {
-            let st = self.state.borrow();
-            for s in st.sessions.values() {
-                if let TickOutcome::ProbeFailed { key, uid } = s.tick(
-                    now_ms,
-                    self.limits.ping_interval,
-                    self.limits.header_timeout,
-                ) {
-                    failed.push((key, uid, s.id));
-                }
+        for s in self.registry.borrow().sessions() {
+            let outcome = s.tick(
+                now_ms,
+                self.limits.ping_interval,
+                self.limits.header_timeout,
+            );
+            if let TickOutcome::ProbeFailed { key, uid } = outcome {
+                failed.push((key, uid, s.id));
             }
         }
         for (key, uid, id) in failed {
             self.probe_answered(key, uid, id, false);
         }
         if expire_channels {
-            let mut st = self.state.borrow_mut();
-            let st = &mut *st;
-            st.owned.retain(|_, ch| {
-                let keep = !ch.expired(now, CHANNEL_IDLE);
-                if !keep {
-                    st.by_name.remove(&ch.name);
-                }
-                keep
-            });
+            let n = self.owner.borrow_mut().expire(now, CHANNEL_IDLE);
+            if n > 0 {
+                tracing::debug!(shard = self.id, channels = n, "idle channels dropped");
+            }
         }
     }
 
-    /// Wakes publishers paused on an owner's backlog once it has cleared.
+    /// Wakes the sessions paused on congestion whenever a congested inbox
+    /// has drained and none is left. Signalled by the mesh: no polling.
     pub async fn resume_paused(&self) {
         loop {
-            self.paused_wake.notified().await;
-            loop {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                let clear = (0..self.mesh.shards() as u16)
-                    .all(|s| self.mesh.backlog(s) < BACKLOG_LIMIT / 2);
-                if clear {
-                    break;
+            self.mesh.resumed(self.id).await;
+            if !self.mesh.congested() {
+                for w in self.paused.wakers.borrow_mut().drain(..) {
+                    w.wake();
                 }
-            }
-            for w in self.paused.borrow_mut().drain(..) {
-                w.wake();
             }
         }
     }
@@ -454,38 +483,107 @@ impl Shard {
 
     /// Starts shutdown: every session gets Close 1001.
     pub fn begin_shutdown(&self) {
-        self.shutting_down.set(true);
-        let sessions: Vec<Rc<Session>> = self.state.borrow().sessions.values().cloned().collect();
+        self.shutdown.started.set(true);
+        let sessions: Vec<Rc<Session>> = self.registry.borrow().sessions().cloned().collect();
         for s in &sessions {
             s.close(close::SHUTDOWN);
         }
         if sessions.is_empty() {
-            self.drained.notify_one();
+            self.shutdown.drained.notify_one();
+        }
+    }
+
+    /// Waits until every session has ended.
+    pub async fn drained(&self) {
+        while self.session_count() > 0 {
+            self.shutdown.drained.notified().await;
         }
     }
 
     /// Ends every remaining session now (shutdown deadline passed).
     pub fn kill_all(&self) {
-        let sessions: Vec<Rc<Session>> = self.state.borrow().sessions.values().cloned().collect();
+        let sessions: Vec<Rc<Session>> = self.registry.borrow().sessions().cloned().collect();
         for s in sessions {
             s.kill();
         }
     }
 }
 
-/// Queues `frame` on every member in `list` except `origin`; returns how many.
-fn write_members(
-    list: Option<&Vec<Rc<Session>>>,
-    origin: SessionId,
-    frame: &Bytes,
-    max_queue: usize,
-) -> u64 {
-    let mut n = 0;
-    for m in list.into_iter().flatten() {
-        if m.id != origin {
-            m.push(frame.clone(), max_queue);
-            n += 1;
+impl Host for Shard {
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn scratch(&self) -> &RefCell<Box<[u8]>> {
+        &self.scratch
+    }
+
+    fn join(&self, session: SessionId, h: Header) {
+        let header = frame::encode(OP_TEXT, &h.relay);
+        let kind = MemberKind::Client;
+        self.join_as(session, h.channel.into(), h.uid.into(), kind, header);
+    }
+
+    fn publish(&self, key: ChannelKey, origin: SessionId, frame: Bytes, dedup: bool) {
+        let msg = ShardMsg::Publish {
+            key,
+            origin,
+            frame,
+            dedup,
+        };
+        self.submit(owner_of(key), msg);
+    }
+
+    fn probe_answered(&self, key: ChannelKey, uid: Arc<str>, session: SessionId, alive: bool) {
+        let msg = ShardMsg::ProbeResult {
+            key,
+            uid,
+            session,
+            alive,
+        };
+        self.submit(owner_of(key), msg);
+    }
+
+    fn must_pause(&self, waker: &Waker) -> bool {
+        if !self.mesh.congested() {
+            return false;
+        }
+        // Only while congested (rare), so a linear check is fine; it keeps a
+        // session polled again and again from piling up copies.
+        let mut paused = self.paused.wakers.borrow_mut();
+        if !paused.iter().any(|w| w.will_wake(waker)) {
+            paused.push(waker.clone());
+        }
+        true
+    }
+
+    fn ended(&self, s: &Session) {
+        let c = self.counters();
+        c.sessions.fetch_sub(1, Ordering::Relaxed);
+        c.closed(s.close_code());
+        let left = self.registry.borrow_mut().remove(s.id);
+        if let Some(m) = left {
+            let msg = ShardMsg::Leave {
+                key: m.key,
+                uid: m.uid,
+                session: s.id,
+            };
+            self.submit(owner_of(m.key), msg);
+        }
+        if self.is_shutting_down() && self.registry.borrow().is_empty() {
+            self.shutdown.drained.notify_one();
         }
     }
-    n
 }
+
+/// The text of a panic payload, for the log line.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,14 @@
 //! The shard thread: pinned to a CPU, a current-thread tokio runtime with a
 //! `LocalSet`, the accept loops, the inbox drain, the timer, and shutdown.
+//!
+//! Supervision: the shard's own tasks (inbox drain, resume, timer, accept
+//! loops) run for the life of the shard. If one of them ends early (a panic
+//! inside it) or the thread itself panics, the process-wide failure is
+//! tripped and the server stops, rather than leave a shard that accepts
+//! connections but no longer relays.
 
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,9 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::LocalSet;
 
-use super::Shard;
 use super::listener::is_fd_exhaustion;
 use super::mesh::{InboxRx, Mesh};
+use super::{LinkStarter, Shard, panic_message};
 use crate::config::Limits;
 use crate::http::Frontend;
 
@@ -28,24 +35,45 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 pub struct ShardStart {
     pub id: u16,
     pub cpu: Option<usize>,
-    pub listeners: Vec<std::net::TcpListener>,
+    /// Already registered with the shard's runtime (see [`register`]).
+    pub listeners: Vec<TcpListener>,
     pub inbox: InboxRx,
     pub mesh: Arc<Mesh>,
     pub limits: Limits,
     pub frontend: Arc<Frontend>,
-    pub peers: Option<Arc<crate::peer::PeerConfig>>,
+    pub links: Option<LinkStarter>,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// Registers bound listeners with the runtime `rt` of the shard that will
+/// accept on them. Done before start-up returns, so a failure is a start-up
+/// error rather than a shard thread dying later.
+pub fn register(
+    rt: &tokio::runtime::Runtime,
+    listeners: Vec<std::net::TcpListener>,
+) -> io::Result<Vec<TcpListener>> {
+    let _in_rt = rt.enter();
+    listeners.into_iter().map(TcpListener::from_std).collect()
 }
 
 /// Starts a shard on its own named thread.
 pub fn spawn(start: ShardStart, rt: tokio::runtime::Runtime) -> io::Result<JoinHandle<()>> {
+    let id = start.id;
+    let mesh = start.mesh.clone();
     std::thread::Builder::new()
-        .name(format!("mles-shard-{}", start.id))
+        .name(format!("mles-shard-{id}"))
         .spawn(move || {
             if let Some(cpu) = start.cpu {
                 pin_to_cpu(cpu);
             }
-            LocalSet::new().block_on(&rt, run(start));
+            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                LocalSet::new().block_on(&rt, run(start))
+            }));
+            if let Err(panic) = ran {
+                let why = panic_message(&*panic);
+                mesh.failure
+                    .trip(format!("shard {id}: thread panicked: {why}"));
+            }
         })
 }
 
@@ -71,12 +99,13 @@ async fn run(start: ShardStart) {
         mesh,
         limits,
         frontend,
-        peers,
+        links,
         mut shutdown,
         ..
     } = start;
-    let shard = Rc::new(Shard::new(id, mesh, limits));
-    Shard::set_peers(&shard, peers);
+    let period = tick_period(&limits);
+    let shard = Shard::new(id, mesh.clone(), limits);
+    shard.set_link_starter(links);
     let mut tasks = Vec::new();
     let s = shard.clone();
     tasks.push(tokio::task::spawn_local(
@@ -88,7 +117,7 @@ async fn run(start: ShardStart) {
     ));
     let s = shard.clone();
     tasks.push(tokio::task::spawn_local(async move {
-        let mut every = tokio::time::interval(tick_period(&s.limits));
+        let mut every = tokio::time::interval(period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_expire = Instant::now();
         loop {
@@ -102,16 +131,29 @@ async fn run(start: ShardStart) {
         }
     }));
     let mut accepting = Vec::new();
-    for l in listeners {
-        let listener =
-            TcpListener::from_std(l).expect("a non-blocking std listener registers with tokio");
+    for listener in listeners {
         let (s, f) = (shard.clone(), frontend.clone());
-        accepting.push(tokio::task::spawn_local(accept_loop(s, f, listener)));
+        let t = tokio::task::spawn_local(accept_loop(s, f, listener));
+        accepting.push(t.abort_handle());
+        tasks.push(t);
     }
+    let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+    let mut supervised = futures_util::future::select_all(tasks);
     tracing::debug!(shard = id, "started");
     while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
-            break;
+        tokio::select! {
+            changed = shutdown.changed() => if changed.is_err() { break },
+            // Another shard failed: stop with the others rather than run on alone.
+            _ = mesh.failure.wait() => break,
+            (ended, _, _) = &mut supervised => {
+                let why = match ended {
+                    Err(e) if e.is_panic() => panic_message(&*e.into_panic()).to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(()) => "ended".to_string(),
+                };
+                mesh.failure.trip(format!("shard {id}: a shard task stopped: {why}"));
+                break;
+            }
         }
     }
     // Stop accepting first, then close every session with 1001.
@@ -119,12 +161,7 @@ async fn run(start: ShardStart) {
         t.abort();
     }
     shard.begin_shutdown();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while shard.session_count() > 0 {
-            shard.drained.notified().await;
-        }
-    })
-    .await;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, shard.drained()).await;
     if drained.is_err() {
         tracing::warn!(
             shard = id,
@@ -134,7 +171,7 @@ async fn run(start: ShardStart) {
         shard.kill_all();
         tokio::task::yield_now().await;
     }
-    for t in &tasks {
+    for t in &aborts {
         t.abort();
     }
     tracing::debug!(shard = id, "stopped");
@@ -155,13 +192,13 @@ async fn accept_loop(shard: Rc<Shard>, frontend: Arc<Frontend>, listener: TcpLis
             }
             Err(e) if is_fd_exhaustion(&e) => {
                 if !warned {
-                    tracing::warn!(shard = shard.id, error = %e, "accept: out of file descriptors; backing off");
+                    tracing::warn!(shard = shard.id(), error = %e, "accept: out of file descriptors; backing off");
                     warned = true;
                 }
                 tokio::time::sleep(EMFILE_BACKOFF).await;
             }
             Err(e) => {
-                tracing::debug!(shard = shard.id, error = %e, "accept failed");
+                tracing::debug!(shard = shard.id(), error = %e, "accept failed");
                 tokio::task::yield_now().await;
             }
         }

@@ -95,6 +95,26 @@ impl TestServer {
         c
     }
 
+    /// The server's first shard failure, if one happened.
+    pub fn failure(&self) -> Option<String> {
+        self.handle.as_ref().unwrap().failure()
+    }
+
+    /// The value of metric `name` summed over its series (0 if absent);
+    /// needs `--metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let addr = self.metrics_addr().expect("started with --metrics");
+        let body = http_raw(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Starts graceful shutdown without waiting.
     pub fn begin_shutdown(&self) {
         self.handle.as_ref().unwrap().shutdown();

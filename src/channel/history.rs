@@ -1,0 +1,94 @@
+//! A channel's history: its most recent frames, bounded in frames and in
+//! bytes, oldest evicted first (PROTOCOL.md §5–6).
+//!
+//! Frames carry consecutive sequence numbers from the channel's sequencer;
+//! the ring keeps the number of its newest frame, so the oldest one's is
+//! known too (peer resync aligns histories by these numbers). Pure data.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+/// The most recent frames of a channel, bounded in frames and in bytes.
+#[derive(Debug, Default)]
+pub struct History {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    /// Sequence number of the newest frame ever pushed (0: none yet).
+    last_seq: u64,
+}
+
+impl History {
+    /// Appends `frame`, evicting the oldest frames beyond either bound.
+    pub fn push(&mut self, frame: Bytes, max_frames: usize, max_bytes: usize) {
+        self.last_seq += 1;
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        while self.frames.len() > max_frames || self.bytes > max_bytes {
+            match self.frames.pop_front() {
+                Some(old) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Whether a byte-identical frame is already stored (`--dedup`).
+    pub fn contains(&self, frame: &[u8]) -> bool {
+        self.frames.iter().any(|f| f[..] == *frame)
+    }
+
+    /// The frames, oldest first, as cheap clones.
+    pub fn snapshot(&self) -> Vec<Bytes> {
+        self.frames.iter().cloned().collect()
+    }
+
+    /// Sequence number of the newest frame pushed, 0 before the first.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_by_frames_and_bytes() {
+        let mut h = History::default();
+        for i in 0..10u8 {
+            h.push(Bytes::from(vec![i; 10]), 4, 1000);
+        }
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.snapshot()[0][0], 6);
+        assert_eq!(h.last_seq(), 10);
+        for _ in 0..3 {
+            h.push(Bytes::from(vec![9; 400]), 100, 1000);
+        }
+        assert!(h.bytes() <= 1000);
+        assert_eq!(h.snapshot().last().unwrap().len(), 400);
+        h.push(Bytes::from(vec![1; 2000]), 100, 1000);
+        assert!(h.is_empty(), "a frame over the byte bound is not kept");
+        assert_eq!(h.bytes(), 0);
+        assert_eq!(h.last_seq(), 14, "evicted frames still took a number");
+    }
+
+    #[test]
+    fn dedup_lookup() {
+        let mut h = History::default();
+        h.push(Bytes::from_static(b"abc"), 10, 100);
+        assert!(h.contains(b"abc"));
+        assert!(!h.contains(b"abd"));
+    }
+}

@@ -1,0 +1,111 @@
+//! A shard driven without sockets: backpressure and supervision.
+
+use std::sync::atomic::AtomicBool;
+use std::task::Wake;
+
+use super::*;
+use crate::config::Config;
+use crate::protocol::header;
+use crate::session::Phase;
+
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A channel name that shard `owner` of 2 owns.
+fn owned_by(owner: u16) -> String {
+    (0..)
+        .map(|i| format!("ch{i}"))
+        .find(|c| router::owner(c, 2) == owner)
+        .expect("some name hashes to each shard")
+}
+
+fn local<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+#[test]
+fn deliveries_to_a_slow_member_shard_pause_publishers_until_it_drains() {
+    local(async {
+        let (mesh, rxs) = Mesh::with_limit(2, 64 * 1024);
+        let shard = Shard::new(0, mesh.clone(), Config::local(2).limits);
+        let s = shard.clone();
+        tokio::task::spawn_local(async move { s.resume_paused().await });
+        let channel = owned_by(0);
+        // A publisher on shard 0 (the owner), and a member on shard 1, whose
+        // inbox nobody drains: a shard that has fallen behind.
+        let publisher = shard.new_session();
+        publisher.begin_join();
+        let raw = format!(r#"{{"uid":"p","channel":"{channel}"}}"#);
+        shard.join(publisher.id, header::parse(raw.as_bytes()).unwrap());
+        assert_eq!(publisher.phase(), Phase::Member);
+        let key = publisher.key().unwrap();
+        let remote: SessionId = (1 << 48) | 1;
+        shard.submit(
+            0,
+            ShardMsg::Join {
+                channel: channel.as_str().into(),
+                uid: "r".into(),
+                session: remote,
+                kind: MemberKind::Client,
+                header: Bytes::from_static(b"hdr"),
+            },
+        );
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        assert!(!shard.must_pause(&waker));
+        let mut sent = 0;
+        while !shard.must_pause(&waker) {
+            shard.publish(key, publisher.id, Bytes::from(vec![7u8; 1024]), false);
+            sent += 1;
+            assert!(sent < 1000, "never paused");
+        }
+        assert!(mesh.backlog(1) >= 64 * 1024);
+        assert!(sent >= 60, "paused only once the inbox was over its limit");
+        // Still congested: nothing wakes the publisher.
+        tokio::task::yield_now().await;
+        assert!(!flag.0.load(Ordering::SeqCst));
+        // The slow shard catches up: the publisher is woken, without polling.
+        while let Ok(m) = rxs[1].rx.try_recv() {
+            mesh.taken(1, &m);
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(flag.0.load(Ordering::SeqCst), "resumed");
+        assert!(!shard.must_pause(&waker));
+    });
+}
+
+#[test]
+fn a_panicking_shard_handler_trips_the_failure_and_handles_nothing_more() {
+    local(async {
+        let (mesh, _rxs) = Mesh::new(1);
+        let mut limits = Config::local(1).limits;
+        limits.panic_channel = Some("boom".into());
+        let shard = Shard::new(0, mesh.clone(), limits);
+        let s = shard.new_session();
+        s.begin_join();
+        let h = header::parse(br#"{"uid":"panic-shard","channel":"boom"}"#).unwrap();
+        shard.join(s.id, h);
+        let why = mesh.failure.reason().expect("tripped");
+        assert!(why.contains("handler panicked"), "{why}");
+        assert!(!shard.pumping.get(), "the pump guard was released");
+        // Later messages are not handled by a shard in an unknown state.
+        let other = shard.new_session();
+        other.begin_join();
+        shard.join(
+            other.id,
+            header::parse(br#"{"uid":"a","channel":"x"}"#).unwrap(),
+        );
+        assert_eq!(other.phase(), Phase::Joining);
+    });
+}

@@ -26,7 +26,6 @@ use async_nats::jetstream::{self, stream::StorageType};
 use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 
 use super::envelope::NodeId;
 use super::link::BoxFuture;
@@ -68,11 +67,28 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(6);
 /// changed the entry in between, so this only bounds a pathological storm).
 const CLAIM_ROUNDS: usize = 5;
 
-#[derive(Serialize, Deserialize)]
+/// A probe request: which session of the holder node, for which pair.
 struct ProbeQuery {
     channel: String,
     uid: String,
     session: u64,
+}
+
+impl ProbeQuery {
+    fn encode(&self) -> Bytes {
+        let v =
+            serde_json::json!({"channel": self.channel, "uid": self.uid, "session": self.session});
+        Bytes::from(v.to_string())
+    }
+
+    fn decode(b: &[u8]) -> Option<ProbeQuery> {
+        let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+        Some(ProbeQuery {
+            channel: v.get("channel")?.as_str()?.to_string(),
+            uid: v.get("uid")?.as_str()?.to_string(),
+            session: v.get("session")?.as_u64()?,
+        })
+    }
 }
 
 const ALIVE: &[u8] = b"alive";
@@ -208,14 +224,14 @@ impl Registry {
         uid: &str,
         session: u64,
     ) -> Result<bool, RegistryError> {
-        let query = serde_json::to_vec(&ProbeQuery {
+        let query = ProbeQuery {
             channel: channel.to_string(),
             uid: uid.to_string(),
             session,
-        })
-        .expect("a probe query always serializes");
+        }
+        .encode();
         let subject = format!("{}.node.{node}.probe", self.inner.prefix);
-        let request = self.inner.client.request(subject, Bytes::from(query));
+        let request = self.inner.client.request(subject, query);
         match tokio::time::timeout(PROBE_TIMEOUT, request).await {
             Ok(Ok(reply)) => Ok(&reply.payload[..] != GONE),
             // Nobody listens for that node any more: it is dead.
@@ -267,7 +283,7 @@ pub(super) async fn serve_probes(registry: Registry, prober: Arc<dyn Prober>) {
     };
     while let Some(msg) = subscription.next().await {
         let Some(reply) = msg.reply else { continue };
-        let Ok(query) = serde_json::from_slice::<ProbeQuery>(&msg.payload) else {
+        let Some(query) = ProbeQuery::decode(&msg.payload) else {
             continue;
         };
         let prober = prober.clone();

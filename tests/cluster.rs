@@ -419,3 +419,72 @@ fn assert_once_in_order_one_order(
         }
     }
 }
+
+/// The half-open rule across nodes: an incumbent on another node that has
+/// been silent for 2 s is pinged there; no answer, and the newcomer takes
+/// the uid over (PROTOCOL.md §4). The 2 s + 2 s are the protocol itself, so
+/// this test waits for them on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_incumbent_on_another_node_is_replaced() {
+    let nats = NatsServer::start();
+    let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
+    let mut dead = RawClient::connect(nodes[0].addr).await;
+    dead.join("bob", "probe").await;
+    let (mut watcher, history) = join_with_history(&nodes[0], "watcher", "probe", 1).await;
+    assert_eq!(header_uid(&history[0]).as_deref(), Some("bob"));
+    tokio::time::sleep(Duration::from_millis(2100)).await; // incumbent silent > 2 s
+    let (mut newcomer, history) = join_with_history(&nodes[1], "bob", "probe", 2).await;
+    let uids: Vec<_> = history.iter().filter_map(|h| header_uid(h)).collect();
+    assert_eq!(uids, ["bob", "watcher"]);
+    assert_eq!(
+        header_uid(&watcher.recv_text().await).as_deref(),
+        Some("bob")
+    );
+    watcher.send_text("welcome back").await;
+    assert_eq!(newcomer.recv_text().await, "welcome back");
+    let code = loop {
+        let (b0, p) = dead.frame().await.expect("ping then close");
+        if b0 == 0x88 {
+            break u16::from_be_bytes([p[0], p[1]]);
+        }
+    };
+    assert_eq!(code, 1008);
+}
+
+/// ...and one that answers the ping keeps its uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_incumbent_on_another_node_keeps_its_uid() {
+    let nats = NatsServer::start();
+    let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
+    let mut alive = RawClient::connect(nodes[0].addr).await;
+    alive.join("carl", "probe2").await;
+    let (_watcher, _) = join_with_history(&nodes[0], "watcher", "probe2", 1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // silent, but will answer
+    let mut newcomer = nodes[1].join("carl", "probe2").await;
+    // The watcher's join header came first.
+    let (b0, p) = loop {
+        let (b0, p) = alive.frame().await.expect("the probe ping");
+        if b0 != 0x81 {
+            break (b0, p);
+        }
+    };
+    assert_eq!(b0, 0x89);
+    alive.send(&masked(0x8A, &p)).await;
+    let (code, why) = newcomer.expect_close().await;
+    assert_eq!(code, 1008, "{why}");
+}
+
+/// A uid that left one node is free at once on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_is_free_on_another_node_after_leaving() {
+    let nats = NatsServer::start();
+    let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
+    let (mut w, _) = join_with_history(&nodes[1], "w", "again", 0).await;
+    let (mut a, _) = join_with_history(&nodes[0], "a", "again", 1).await;
+    assert_eq!(header_uid(&w.recv_text().await).as_deref(), Some("a"));
+    a.ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = tokio::time::timeout(WAIT, a.ws.next()).await.unwrap() {}
+    let (_again, history) = join_with_history(&nodes[1], "a", "again", 2).await;
+    let uids: Vec<_> = history.iter().filter_map(|h| header_uid(h)).collect();
+    assert_eq!(uids, ["w", "a"]);
+}

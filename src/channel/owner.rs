@@ -292,8 +292,9 @@ impl<Q: Sequencer> Owner<Q> {
 
     /// The sequencer could not carry out something for `session` (a claim
     /// it could not ask, a frame or join header it could not order): its
-    /// join, if still pending, is dropped, and the session is closed with
-    /// `close` (a member then leaves as usual).
+    /// join, if still pending, is dropped (a claim it already holds is
+    /// released), and the session is closed with `close` (a member then
+    /// leaves as usual).
     pub fn abandon(
         &mut self,
         key: ChannelKey,
@@ -311,8 +312,10 @@ impl<Q: Sequencer> Owner<Q> {
             .map(|(uid, _)| uid.clone());
         let member = ch.members.values().any(|m| m.session == session);
         let was_pending = pending.is_some();
-        if let Some(uid) = pending {
-            ch.pending.remove(&uid);
+        if let Some(p) = pending.and_then(|uid| ch.pending.remove(&uid))
+            && matches!(p.stage, Stage::Ordering)
+        {
+            self.sequencer.release(&ch.name, &p.join.uid);
         }
         if was_pending || member {
             out.push(Action::Refused { session, close });

@@ -24,11 +24,16 @@ use tokio::sync::mpsc;
 
 use super::channel_log::{ChannelLog, LogEvent, LogSink};
 use super::envelope::{Delivery, Kind};
-use super::link::{Cluster, LinkState};
+use super::link::{Cluster, LinkState, PublishError};
 use super::registry::Claim;
 use crate::channel::sequencer::LOCAL_NODE;
 use crate::channel::{ChannelKey, LocalSequencer, Ordered, Origin, Sequencer, SessionId};
 use crate::protocol::frame::{self, OP_BINARY, OP_TEXT};
+
+/// Payload bytes a channel may have queued for the stream and not yet
+/// acknowledged before its publishers are closed (1013) rather than buffered
+/// without bound; the same bound as a shard inbox's backlog.
+pub const MAX_UNACKED: usize = 64 << 20;
 
 /// `Origin::node` of frames from other nodes (the owner only tells local from not).
 pub const OTHER_NODE: u32 = LOCAL_NODE + 1;
@@ -204,8 +209,18 @@ impl Sequencer for ClusterSequencer {
             Kind::Text
         };
         let payload = frame.slice_ref(frame::payload_of(&frame));
-        self.log(key, channel)
-            .publish(origin.session, kind, payload);
+        let log = self.log(key, channel);
+        if log.queued_bytes() > MAX_UNACKED {
+            // NATS is slower than the publishers: tell this one (nothing is dropped silently).
+            let error = PublishError::Unavailable("cluster log backlogged".into());
+            let lost = LogEvent::Lost {
+                session: origin.session,
+                error,
+            };
+            let _ = self.logs.send((key, lost));
+            return None;
+        }
+        log.publish(origin.session, kind, payload);
         None
     }
 

@@ -152,6 +152,11 @@ impl ClusterSequencer {
         }
     }
 
+    /// How many channels this sequencer follows now (has a log open for).
+    pub fn following(&self) -> usize {
+        self.channels.values().filter(|c| c.log.is_some()).count()
+    }
+
     /// The name of the channel `key`, if known.
     pub fn name(&self, key: ChannelKey) -> Option<&Arc<str>> {
         self.channels.get(&key).map(|c| &c.name)

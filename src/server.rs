@@ -24,6 +24,9 @@ pub enum StartError {
     /// A listen address is unusable (in use, not local, no permission).
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// Cluster mode could not start (credentials, CA, thread).
+    #[error("cluster mode: {0}")]
+    Cluster(crate::cluster::StartError),
     /// A shard thread or its runtime could not be created.
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
@@ -65,6 +68,8 @@ pub enum RunError {
 
 /// A running server.
 pub struct ServerHandle {
+    /// Cluster mode: the link to the shared log.
+    cluster: Option<crate::cluster::Cluster>,
     mesh: Arc<Mesh>,
     addrs: Vec<SocketAddr>,
     redirect_addr: Option<SocketAddr>,
@@ -96,6 +101,11 @@ impl ServerHandle {
         self.tls.as_ref()
     }
 
+    /// Cluster mode: the link to the shared log (its state, for readiness checks).
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_ref()
+    }
+
     /// The first shard failure, once one happened (the server is then stopping).
     pub fn failure(&self) -> Option<String> {
         self.mesh.failure.reason()
@@ -118,6 +128,10 @@ impl ServerHandle {
         }
         if let Some(tls) = &self.tls {
             tls.join();
+        }
+        // Last: the shards no longer use it.
+        if let Some(c) = &self.cluster {
+            c.shutdown();
         }
         let all = self.threads.iter().all(|t| t.is_finished());
         for t in self.threads {
@@ -168,6 +182,16 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         Some(crate::peer::link_starter(Arc::new(cfg)))
     };
     let (mesh, inboxes) = Mesh::new(config.shards);
+    let cluster = match &config.cluster {
+        Some(settings) => {
+            let prober = Arc::new(crate::shard::ShardProber { mesh: mesh.clone() });
+            let c = crate::cluster::Cluster::start(settings.clone(), prober)
+                .map_err(StartError::Cluster)?;
+            tracing::info!(nats = ?settings.servers, node = %c.node(), "cluster mode: connecting to NATS");
+            Some(c)
+        }
+        None => None,
+    };
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics {
         let (bound, thread) = crate::admin::start(addr, mesh.clone(), shutdown_rx.clone())
@@ -200,6 +224,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             limits: config.limits.clone(),
             frontend: frontend.clone(),
             links: links.clone(),
+            cluster: cluster.clone(),
             shutdown: shutdown_rx.clone(),
         };
         match runtime::spawn(start, rt) {
@@ -212,6 +237,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     }
     tracing::info!(shards = config.shards, addrs = ?addrs, "listening");
     Ok(ServerHandle {
+        cluster,
         mesh,
         addrs,
         redirect_addr,

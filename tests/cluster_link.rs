@@ -485,3 +485,93 @@ async fn a_frame_that_cannot_be_stored_is_reported() {
         other => panic!("{other:?}"),
     }
 }
+
+async fn seq_event(
+    events: &mut mles::cluster::sequencer::SeqEvents,
+) -> mles::cluster::sequencer::SeqEvent {
+    tokio::time::timeout(LONG, events.next())
+        .await
+        .expect("an event in time")
+        .expect("open")
+}
+
+/// The owner's sequencer in cluster mode: it follows a channel only while
+/// someone holds a claim on it, maps origins (own sessions are local), and a
+/// log opened again resumes without handing over a frame twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequencer_follows_only_held_channels_and_resumes_exactly() {
+    use mles::channel::{Origin as OwnerOrigin, Sequencer};
+    use mles::cluster::sequencer::{ClaimOutcome, ClusterSequencer, SeqEvent};
+    use mles::protocol::frame::{self, OP_TEXT};
+
+    let nats = NatsServer::start();
+    let (c, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&c).await;
+    let (mut seq, mut events) = ClusterSequencer::new(c.clone());
+    let (key, ch, uid): (u64, Arc<str>, Arc<str>) = (1, "room".into(), "a".into());
+
+    assert_eq!(seq.following(), 0);
+    assert_eq!(seq.claim(key, &ch, &uid, 5), None, "answered later");
+    assert_eq!(seq.following(), 1, "the first claim opens the log");
+    let outcome = loop {
+        if let SeqEvent::Claimed {
+            outcome, session, ..
+        } = seq_event(&mut events).await
+        {
+            assert_eq!(session, 5);
+            break outcome;
+        }
+    };
+    assert_eq!(outcome, ClaimOutcome::Free);
+    seq.settled(key, &outcome);
+
+    let hi = frame::encode(OP_TEXT, b"hi");
+    assert!(
+        seq.order(key, &ch, 0, OwnerOrigin::local(5), hi.clone())
+            .is_none()
+    );
+    let d = loop {
+        if let SeqEvent::Log {
+            event: LogEvent::Frame(d),
+            ..
+        } = seq_event(&mut events).await
+        {
+            break d;
+        }
+    };
+    let o = seq.ordered(key, d.clone(), 1).expect("new frame");
+    assert_eq!((o.seq, o.origin, o.frame), (1, OwnerOrigin::local(5), hi));
+    assert!(seq.ordered(key, d, 2).is_none(), "never handed over twice");
+
+    seq.release(&ch, &uid);
+    assert_eq!(seq.following(), 0, "the last holder closes the log");
+
+    // Another node's frame while nobody here follows, then a new claim: the
+    // log resumes after "hi", with the other node's frame and nothing older.
+    let (other, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&other).await;
+    other
+        .publish(
+            &other.subject("room"),
+            &frame(&other, 9, 0, Kind::Text, "while away"),
+        )
+        .await
+        .unwrap();
+    seq.claim(key, &ch, &"b".into(), 6);
+    let d = loop {
+        if let SeqEvent::Log {
+            event: LogEvent::Frame(d),
+            ..
+        } = seq_event(&mut events).await
+        {
+            break d;
+        }
+    };
+    let o = seq.ordered(key, d, 2).expect("new frame");
+    assert_eq!(o.frame, frame::encode(OP_TEXT, b"while away"));
+    assert_ne!(
+        o.origin.local_session(),
+        Some(9),
+        "another node's session is not ours"
+    );
+}

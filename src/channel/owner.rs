@@ -139,6 +139,11 @@ impl OwnedChannel {
         &self.name
     }
 
+    /// The key the owner numbers this channel by.
+    pub fn key(&self) -> ChannelKey {
+        self.key
+    }
+
     pub fn history(&self) -> &History {
         &self.history
     }
@@ -278,6 +283,43 @@ impl<Q: Sequencer> Owner<Q> {
 
     pub fn is_empty(&self) -> bool {
         self.channels.is_empty()
+    }
+
+    /// The sequencer, for the caller that feeds back what it answered later.
+    pub fn sequencer_mut(&mut self) -> &mut Q {
+        &mut self.sequencer
+    }
+
+    /// The sequencer could not carry out something for `session` (a claim
+    /// it could not ask, a frame or join header it could not order): its
+    /// join, if still pending, is dropped (a claim it already holds is
+    /// released), and the session is closed with `close` (a member then
+    /// leaves as usual).
+    pub fn abandon(
+        &mut self,
+        key: ChannelKey,
+        session: SessionId,
+        close: Close,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(ch) = channel_mut(&mut self.channels, key) else {
+            return;
+        };
+        let pending = ch
+            .pending
+            .iter()
+            .find(|(_, p)| p.join.session == session)
+            .map(|(uid, _)| uid.clone());
+        let member = ch.members.values().any(|m| m.session == session);
+        let was_pending = pending.is_some();
+        if let Some(p) = pending.and_then(|uid| ch.pending.remove(&uid))
+            && matches!(p.stage, Stage::Ordering)
+        {
+            self.sequencer.release(&ch.name, &p.join.uid);
+        }
+        if was_pending || member {
+            out.push(Action::Refused { session, close });
+        }
     }
 
     /// What was counted since the last call.

@@ -7,6 +7,7 @@
 //! - [`link`]: the connection, its state, the stream, publishes and channel feeds.
 //! - [`channel_log`]: one channel's feed and publish pipeline, as events for its owner.
 //! - [`registry`]: the cluster-wide (channel, uid) registry with cross-node probes.
+//! - [`sequencer`]: the channel owner's [`Sequencer`](crate::channel::Sequencer) in cluster mode.
 //!
 //! This module knows NATS and nothing of shards or sessions: the channel
 //! owner drives it through [`Cluster`].
@@ -15,6 +16,7 @@ pub mod channel_log;
 pub mod envelope;
 pub mod link;
 pub mod registry;
+pub mod sequencer;
 pub mod settings;
 pub mod subject;
 

@@ -41,6 +41,8 @@ pub const TOO_BIG: Close = Close::new(1009, "message too big");
 pub const INTERNAL: Close = Close::new(1011, "internal error");
 /// The owner shard's channel table is full (over 4 billion channels).
 pub const TOO_MANY_CHANNELS: Close = Close::new(1013, "too many channels on this server");
+/// Cluster mode: NATS (the shared log) cannot be reached; try again later.
+pub const CLUSTER_UNAVAILABLE: Close = Close::new(1013, "cluster log unavailable; try again");
 pub const SLOW_CONSUMER: Close = Close::new(1013, "slow consumer: outbound queue full");
 
 /// Whether a close code received from a client is one RFC 6455 allows on the wire.

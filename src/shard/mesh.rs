@@ -74,6 +74,16 @@ pub enum ShardMsg {
         session: SessionId,
         alive: bool,
     },
+    /// To the owner, in cluster mode: what the shared log answered.
+    Cluster(crate::cluster::sequencer::SeqEvent),
+    /// To the owner, in cluster mode: another node asks whether `session`
+    /// still holds (channel, uid) here (PROTOCOL.md §4 across nodes).
+    RemoteProbe {
+        channel: Arc<str>,
+        uid: Arc<str>,
+        session: SessionId,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
 }
 
 impl ShardMsg {

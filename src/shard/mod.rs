@@ -15,6 +15,7 @@
 //! Handlers never hold a `RefCell` borrow across an await, and messages a
 //! shard posts to itself go through a local queue so no handler re-enters another.
 
+mod cluster;
 pub mod listener;
 pub mod mesh;
 mod registry;
@@ -36,12 +37,14 @@ use tokio::sync::Notify;
 use crate::channel::{
     Action, ChannelKey, Join, LocalSequencer, MemberKind, Owner, SessionId, owner_of, shard_of,
 };
+use crate::cluster::sequencer::NodeSequencer;
 use crate::config::Limits;
 use crate::metrics::Counters;
 use crate::protocol::close::{self, Close};
 use crate::protocol::frame::{self, OP_TEXT};
 use crate::protocol::header::Header;
 use crate::session::{Host, Session, TickOutcome};
+pub use cluster::ShardProber;
 use mesh::{InboxRx, Mesh, ShardMsg};
 use registry::Registry;
 
@@ -69,7 +72,9 @@ pub struct Shard {
     limits: Limits,
     scratch: RefCell<Box<[u8]>>,
     registry: RefCell<Registry>,
-    owner: RefCell<Owner<LocalSequencer>>,
+    owner: RefCell<Owner<NodeSequencer>>,
+    /// Cluster mode: other nodes' probes waiting for an answer.
+    remote_probes: RefCell<Vec<cluster::RemoteProbe>>,
     local: RefCell<VecDeque<ShardMsg>>,
     pumping: Cell<bool>,
     /// Set once a shard-level handler panicked: nothing more is handled.
@@ -116,7 +121,7 @@ impl Shard {
             mesh.shards(),
             limits.history_frames,
             limits.history_bytes,
-            LocalSequencer,
+            NodeSequencer::Local(LocalSequencer),
         );
         let shard = Rc::new(Shard {
             id,
@@ -125,6 +130,7 @@ impl Shard {
             scratch: RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
             registry: RefCell::default(),
             owner: RefCell::new(owner),
+            remote_probes: RefCell::default(),
             local: RefCell::default(),
             pumping: Cell::new(false),
             failed: Cell::new(false),
@@ -269,6 +275,7 @@ impl Shard {
                     dedup,
                 } => owner.publish(key, origin, frame, dedup, now, &mut out),
                 ShardMsg::Leave { key, uid, session } => {
+                    self.answer_remote_probes(key, session, false);
                     owner.leave(key, &uid, session, now, &mut out)
                 }
                 ShardMsg::ProbeResult {
@@ -276,7 +283,27 @@ impl Shard {
                     uid,
                     session,
                     alive,
-                } => owner.probe_result(key, &uid, session, alive, now, &mut out),
+                } => {
+                    self.answer_remote_probes(key, session, alive);
+                    owner.probe_result(key, &uid, session, alive, now, &mut out)
+                }
+                ShardMsg::Cluster(e) => {
+                    drop(owner);
+                    self.on_cluster(e, now, &mut out);
+                    owner = self.owner.borrow_mut();
+                }
+                ShardMsg::RemoteProbe {
+                    channel,
+                    uid,
+                    session,
+                    reply,
+                } => {
+                    drop(owner);
+                    if let Some(a) = self.on_remote_probe(channel, uid, session, reply) {
+                        self.apply(a);
+                    }
+                    return;
+                }
                 ShardMsg::Deliver { key, skip, frame } => {
                     drop(owner);
                     return self.deliver_local(key, skip, &frame);

@@ -42,6 +42,8 @@ pub struct ShardStart {
     pub limits: Limits,
     pub frontend: Arc<Frontend>,
     pub links: Option<LinkStarter>,
+    /// Cluster mode: the node's link to the shared log.
+    pub cluster: Option<crate::cluster::Cluster>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -100,6 +102,7 @@ async fn run(start: ShardStart) {
         limits,
         frontend,
         links,
+        cluster,
         mut shutdown,
         ..
     } = start;
@@ -107,6 +110,13 @@ async fn run(start: ShardStart) {
     let shard = Shard::new(id, mesh.clone(), limits);
     shard.set_link_starter(links);
     let mut tasks = Vec::new();
+    if let Some(cluster) = cluster {
+        let events = shard.enable_cluster(cluster);
+        let s = shard.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            s.run_cluster(events).await
+        }));
+    }
     let s = shard.clone();
     tasks.push(tokio::task::spawn_local(
         async move { s.run_inbox(inbox).await },

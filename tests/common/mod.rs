@@ -57,6 +57,19 @@ impl TestServer {
         }
     }
 
+    /// Waits until the node's cluster link is up (started with `--nats`).
+    pub async fn cluster_up(&self) {
+        let c = self
+            .handle
+            .as_ref()
+            .unwrap()
+            .cluster()
+            .expect("started with --nats");
+        tokio::time::timeout(nats::NATS_READY * 2, c.up())
+            .await
+            .expect("cluster link up in time");
+    }
+
     /// The metrics listener, when started with `--metrics`.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.handle.as_ref().unwrap().metrics_addr()

@@ -493,3 +493,55 @@ fn a_deferred_sequencer_admits_when_the_header_comes_back_ordered() {
         }]
     );
 }
+
+#[test]
+fn an_abandoned_join_is_closed_and_its_claim_released() {
+    let mut o = Owner::new(0, 4, FRAMES, BYTES, Deferred::default());
+    let t = Instant::now();
+    let mut out = Vec::new();
+    // Abandoned while claiming: closed, nothing to release, the uid is free again.
+    o.join(client("a", sid(1, 1)), t, &mut out);
+    let (key, _, _) = o.sequencer.claims[0].clone();
+    o.abandon(key, sid(1, 1), close::CLUSTER_UNAVAILABLE, &mut out);
+    assert_eq!(
+        out,
+        [Action::Refused {
+            session: sid(1, 1),
+            close: close::CLUSTER_UNAVAILABLE
+        }]
+    );
+    assert!(o.sequencer.released.is_empty());
+    out.clear();
+    // Abandoned once claimed, its header never ordered: the claim is released.
+    o.join(client("a", sid(1, 2)), t, &mut out);
+    o.claimed(key, "a", sid(1, 2), true, t, &mut out);
+    o.abandon(key, sid(1, 2), close::CLUSTER_UNAVAILABLE, &mut out);
+    assert_eq!(o.sequencer.released, [Arc::<str>::from("a")]);
+    out.clear();
+    // A member is closed and leaves as usual; a stranger changes nothing.
+    o.join(client("b", sid(1, 3)), t, &mut out);
+    o.claimed(key, "b", sid(1, 3), true, t, &mut out);
+    let (_, origin, frame) = o.sequencer.orders.pop().unwrap();
+    o.ordered(
+        key,
+        Ordered {
+            seq: 1,
+            origin,
+            frame,
+        },
+        t,
+        &mut out,
+    );
+    out.clear();
+    o.abandon(key, sid(1, 3), close::TOO_BIG, &mut out);
+    assert_eq!(
+        out,
+        [Action::Refused {
+            session: sid(1, 3),
+            close: close::TOO_BIG
+        }]
+    );
+    out.clear();
+    o.abandon(key, sid(3, 9), close::TOO_BIG, &mut out);
+    assert!(out.is_empty());
+}

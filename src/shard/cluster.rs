@@ -1,0 +1,172 @@
+//! Cluster mode on a shard: feeding what the shared log answers back to the
+//! owner, and answering other nodes' half-open probes.
+//!
+//! The owner's [`ClusterSequencer`] reports on a channel; a task drains it
+//! into the shard's own queue ([`ShardMsg::Cluster`]), so every event is
+//! handled like any other message (in order, supervised). A probe from
+//! another node goes to the channel's owner shard, which asks the session's
+//! shard exactly as for a local newcomer (PROTOCOL.md §4) and answers when
+//! the probe result comes back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::mesh::{Mesh, ShardMsg};
+use super::{Shard, router};
+use crate::channel::{Action, ChannelKey, SessionId};
+use crate::cluster::link::BoxFuture;
+use crate::cluster::sequencer::{
+    ClaimOutcome, ClusterSequencer, NodeSequencer, SeqEvent, SeqEvents,
+};
+use crate::cluster::{Cluster, LogEvent, Prober, PublishError};
+use crate::protocol::close;
+
+/// A probe from another node waiting for its session's answer.
+pub(super) struct RemoteProbe {
+    key: ChannelKey,
+    session: SessionId,
+    reply: oneshot::Sender<bool>,
+}
+
+impl Shard {
+    /// Puts this shard's channels on the shared log; returns the events to
+    /// drain with [`Shard::run_cluster`].
+    pub fn enable_cluster(&self, cluster: Cluster) -> SeqEvents {
+        let (sequencer, events) = ClusterSequencer::new(cluster);
+        *self.owner.borrow_mut().sequencer_mut() = NodeSequencer::Cluster(Box::new(sequencer));
+        events
+    }
+
+    /// Hands the shared log's events to this shard's queue, forever.
+    pub async fn run_cluster(&self, mut events: SeqEvents) {
+        while let Some(e) = events.next().await {
+            self.submit(self.id, ShardMsg::Cluster(e));
+        }
+        // The sequencer (which holds the senders) lives as long as the shard.
+        std::future::pending::<()>().await
+    }
+
+    /// One event of the shared log, on the owner shard.
+    pub(super) fn on_cluster(&self, e: SeqEvent, now: Instant, out: &mut Vec<Action>) {
+        let mut owner = self.owner.borrow_mut();
+        match e {
+            SeqEvent::Log {
+                key,
+                event: LogEvent::Frame(d),
+            } => {
+                let NodeSequencer::Cluster(seq) = owner.sequencer_mut() else {
+                    return;
+                };
+                let Some(name) = seq.name(key).cloned() else {
+                    return;
+                };
+                let next = owner
+                    .channel(&name)
+                    .filter(|c| c.key() == key)
+                    .map_or(1, |c| c.history().last_seq() + 1);
+                let NodeSequencer::Cluster(seq) = owner.sequencer_mut() else {
+                    return;
+                };
+                if let Some(o) = seq.ordered(key, d, next) {
+                    owner.ordered(key, o, now, out);
+                }
+            }
+            SeqEvent::Log {
+                event: LogEvent::CaughtUp,
+                ..
+            } => {}
+            SeqEvent::Log {
+                key,
+                event: LogEvent::Lost { session, error },
+            } => {
+                let c = match error {
+                    PublishError::TooLarge => close::TOO_BIG,
+                    PublishError::Unavailable(_) => close::CLUSTER_UNAVAILABLE,
+                };
+                owner.abandon(key, session, c, out);
+            }
+            SeqEvent::Claimed {
+                key,
+                uid,
+                session,
+                outcome,
+            } => {
+                if let NodeSequencer::Cluster(seq) = owner.sequencer_mut() {
+                    seq.settled(key, &outcome);
+                }
+                match outcome {
+                    ClaimOutcome::Free => owner.claimed(key, &uid, session, true, now, out),
+                    ClaimOutcome::Taken => owner.claimed(key, &uid, session, false, now, out),
+                    ClaimOutcome::Unavailable(reason) => {
+                        tracing::debug!(%reason, "cluster: join refused, registry unavailable");
+                        owner.abandon(key, session, close::CLUSTER_UNAVAILABLE, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Another node asks whether `session` still holds (channel, uid) here.
+    pub(super) fn on_remote_probe(
+        &self,
+        channel: Arc<str>,
+        uid: Arc<str>,
+        session: SessionId,
+        reply: oneshot::Sender<bool>,
+    ) -> Option<Action> {
+        let key = self
+            .owner
+            .borrow()
+            .channel(&channel)
+            .filter(|c| c.holder(&uid) == Some(session))
+            .map(|c| c.key());
+        let Some(key) = key else {
+            let _ = reply.send(false);
+            return None;
+        };
+        self.remote_probes.borrow_mut().push(RemoteProbe {
+            key,
+            session,
+            reply,
+        });
+        Some(Action::Probe { session, key, uid })
+    }
+
+    /// A probe of `session` was answered (or it left): tell the nodes that asked.
+    pub(super) fn answer_remote_probes(&self, key: ChannelKey, session: SessionId, alive: bool) {
+        let mut probes = self.remote_probes.borrow_mut();
+        if probes.is_empty() {
+            return;
+        }
+        let (done, rest): (Vec<_>, Vec<_>) = probes
+            .drain(..)
+            .partition(|p| p.key == key && p.session == session);
+        *probes = rest;
+        for p in done {
+            let _ = p.reply.send(alive);
+        }
+    }
+}
+
+/// Answers other nodes' probes by asking the channel's owner shard.
+pub struct ShardProber {
+    pub mesh: Arc<Mesh>,
+}
+
+impl Prober for ShardProber {
+    fn probe(&self, channel: String, uid: String, session: u64) -> BoxFuture<bool> {
+        let (reply, answer) = oneshot::channel();
+        let owner = router::owner(&channel, self.mesh.shards());
+        let msg = ShardMsg::RemoteProbe {
+            channel: Arc::from(channel),
+            uid: Arc::from(uid),
+            session,
+            reply,
+        };
+        let sent = self.mesh.send(owner, msg).is_ok();
+        // A dropped reply (the shard stopped) means the session is gone.
+        Box::pin(async move { sent && answer.await.unwrap_or(false) })
+    }
+}

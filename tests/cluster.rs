@@ -1,0 +1,490 @@
+//! Cluster mode end to end (issue 11): several mles nodes on one NATS
+//! JetStream behave as one server. Real nats-server processes
+//! (tests/common/nats.rs), real mles nodes (in-process, or the built binary
+//! where a node must die by SIGKILL), real WebSocket clients.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::nats::{NatsCluster, NatsServer, free_port};
+use common::*;
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A NATS failover (leader election, consumer re-creation) takes seconds.
+const FAILOVER: Duration = Duration::from_secs(60);
+
+/// An in-process mles node on `nats` (a seed list), ready to take joins.
+async fn node(nats: &[String]) -> TestServer {
+    let mut args = vec!["--shards", "2"];
+    for url in nats {
+        args.extend(["--nats", url.as_str()]);
+    }
+    let s = TestServer::start(&args);
+    s.cluster_up().await;
+    s
+}
+
+async fn nodes(nats: &[String], n: usize) -> Vec<TestServer> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(node(nats).await);
+    }
+    v
+}
+
+/// The next data frame as text, waiting up to `wait` (pings skipped).
+async fn recv_within(c: &mut Client, wait: Duration) -> String {
+    loop {
+        let m = tokio::time::timeout(wait, c.ws.next())
+            .await
+            .expect("a message in time")
+            .expect("stream not ended")
+            .expect("no protocol error");
+        match m {
+            Message::Text(t) => return t.to_string(),
+            Message::Binary(b) => return String::from_utf8(b.to_vec()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+}
+
+/// Joins `uid` and reads the `history` frames it must get first.
+async fn join_with_history(
+    s: &TestServer,
+    uid: &str,
+    channel: &str,
+    history: usize,
+) -> (Client, Vec<String>) {
+    let mut c = s.join(uid, channel).await;
+    let mut h = Vec::new();
+    for _ in 0..history {
+        h.push(c.recv_text().await);
+    }
+    (c, h)
+}
+
+/// Publishers and subscribers spread over three nodes: join headers reach
+/// everyone, every frame reaches every other member exactly once and never
+/// its sender, and all members see one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_members_see_everything_once_in_one_order() {
+    let nats = NatsServer::start();
+    let nodes = nodes(std::slice::from_ref(&nats.url), 3).await;
+    const MEMBERS: usize = 6;
+    const FRAMES: usize = 25;
+
+    let mut clients: Vec<Client> = Vec::new();
+    for i in 0..MEMBERS {
+        let uid = format!("u{i}");
+        // History: the earlier members' join headers, in join order.
+        let (c, history) = join_with_history(&nodes[i % 3], &uid, "spread", i).await;
+        let uids: Vec<String> = history.iter().filter_map(|h| header_uid(h)).collect();
+        assert_eq!(uids, (0..i).map(|j| format!("u{j}")).collect::<Vec<_>>());
+        for prev in clients.iter_mut() {
+            assert_eq!(
+                header_uid(&prev.recv_text().await),
+                Some(uid.clone()),
+                "live join header"
+            );
+        }
+        clients.push(c);
+    }
+
+    // Everyone publishes at once.
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for k in 0..FRAMES {
+                c.send_text(&format!("u{i}-{k}")).await;
+            }
+            let mut got = Vec::new();
+            for _ in 0..(MEMBERS - 1) * FRAMES {
+                got.push(recv_within(&mut c, FAILOVER).await);
+            }
+            (i, got)
+        }));
+    }
+    let mut seen: HashMap<usize, Vec<String>> = HashMap::new();
+    for t in tasks {
+        let (i, got) = t.await.unwrap();
+        seen.insert(i, got);
+    }
+    assert_once_in_order_one_order(&seen, MEMBERS, FRAMES);
+}
+
+/// Stop every mles node, start new ones: the history is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_survives_a_restart_of_every_node() {
+    let nats = NatsServer::start();
+    let urls = [nats.url.clone()];
+    let first = nodes(&urls, 3).await;
+    let (mut alice, _) = join_with_history(&first[0], "alice", "keep", 0).await;
+    let (mut bob, _) = join_with_history(&first[1], "bob", "keep", 1).await;
+    assert_eq!(header_uid(&alice.recv_text().await).as_deref(), Some("bob"));
+    alice.send_text("one").await;
+    alice.send_text("two").await;
+    assert_eq!(bob.recv_text().await, "one");
+    assert_eq!(bob.recv_text().await, "two");
+    for n in first {
+        assert!(n.stop(), "node stops cleanly");
+    }
+
+    let second = nodes(&urls, 3).await;
+    let (_carol, history) = join_with_history(&second[2], "carol", "keep", 4).await;
+    assert_eq!(header_uid(&history[0]).as_deref(), Some("alice"));
+    assert_eq!(header_uid(&history[1]).as_deref(), Some("bob"));
+    assert_eq!(&history[2..], ["one", "two"]);
+}
+
+/// NATS not there at start: the node starts, refuses joins with 1013 and a
+/// reason, and takes joins once NATS is up, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_wait_for_nats_then_work() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let s = TestServer::start(&["--shards", "2", "--nats", &url]);
+    let mut early = s.join("alice", "later").await;
+    let (code, reason) = early.expect_close().await;
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("cluster"), "the reason says why: {reason}");
+
+    let _nats = NatsServer::start_on(port);
+    s.cluster_up().await;
+    let (mut alice, _) = join_with_history(&s, "alice", "later", 0).await;
+    let (_bob, history) = join_with_history(&s, "bob", "later", 1).await;
+    assert_eq!(header_uid(&history[0]).as_deref(), Some("alice"));
+    assert_eq!(header_uid(&alice.recv_text().await).as_deref(), Some("bob"));
+}
+
+/// One uid per channel across the whole cluster; other channels and other
+/// uids are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_uid_on_another_node_is_refused() {
+    let nats = NatsServer::start();
+    let nodes = nodes(std::slice::from_ref(&nats.url), 3).await;
+    let (mut alice, _) = join_with_history(&nodes[0], "alice", "dup", 0).await;
+    let (mut bob, _) = join_with_history(&nodes[1], "bob", "dup", 1).await;
+    assert_eq!(header_uid(&alice.recv_text().await).as_deref(), Some("bob"));
+
+    let mut twin = nodes[2].join("alice", "dup").await;
+    let (code, reason) = twin.expect_close().await;
+    assert_eq!(code, 1008, "{reason}");
+    // The incumbent is unharmed; the same uid on another channel is fine.
+    alice.send_text("still here").await;
+    assert_eq!(bob.recv_text().await, "still here");
+    let (_elsewhere, _) = join_with_history(&nodes[2], "alice", "other", 0).await;
+}
+
+/// Nothing is de-duplicated by content: identical payloads from different
+/// users (and twice from one) are all delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_payloads_are_all_delivered() {
+    let nats = NatsServer::start();
+    let nodes = nodes(std::slice::from_ref(&nats.url), 3).await;
+    let (mut carol, _) = join_with_history(&nodes[2], "carol", "same", 0).await;
+    let (mut alice, _) = join_with_history(&nodes[0], "alice", "same", 1).await;
+    assert_eq!(
+        header_uid(&carol.recv_text().await).as_deref(),
+        Some("alice")
+    );
+    let (mut bob, _) = join_with_history(&nodes[1], "bob", "same", 2).await;
+    assert_eq!(header_uid(&carol.recv_text().await).as_deref(), Some("bob"));
+    assert_eq!(header_uid(&alice.recv_text().await).as_deref(), Some("bob"));
+    for _ in 0..2 {
+        alice.send_text("same bytes").await;
+        bob.send_text("same bytes").await;
+    }
+    for _ in 0..4 {
+        assert_eq!(carol.recv_text().await, "same bytes");
+    }
+}
+
+/// The built binary as a node, so it can be killed with SIGKILL.
+struct ProcessNode {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl ProcessNode {
+    fn start(nats: &[String]) -> ProcessNode {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mles"));
+        cmd.args(["--listen", "127.0.0.1:0", "--shards", "2"]);
+        for url in nats {
+            cmd.args(["--nats", url]);
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mles starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut addr = None;
+        // Logs the address, then (once NATS and the stream are there) "cluster link up".
+        let deadline = std::time::Instant::now() + FAILOVER;
+        loop {
+            assert!(std::time::Instant::now() < deadline, "node not up in time");
+            let line = lines.next().expect("node logs").unwrap();
+            if let Some(rest) = line.split("addrs=[").nth(1) {
+                addr = Some(rest.split(']').next().unwrap().parse().unwrap());
+            }
+            if line.contains("cluster link up") {
+                break;
+            }
+        }
+        // Keep draining stderr so the node never blocks on logging.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        ProcessNode {
+            child,
+            addr: addr.expect("address logged before the link came up"),
+        }
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A WebSocket with the mles subprotocol to any URL.
+async fn connect_url(url: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mles-websocket".parse().unwrap());
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect in time")
+        .expect("handshake");
+    Client { ws }
+}
+
+/// A node dies by SIGKILL: members elsewhere lose nothing, and its clients
+/// reconnect (same uids) to another node and get the full history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_costs_nothing_but_a_reconnect() {
+    let nats = NatsServer::start();
+    let urls = [nats.url.clone()];
+    let mut doomed = ProcessNode::start(&urls);
+    let survivors = nodes(&urls, 2).await;
+    let doomed_url = format!("ws://{}/", doomed.addr);
+
+    let (mut bob, _) = join_with_history(&survivors[0], "bob", "crash", 0).await;
+    let mut alice = connect_url(&doomed_url).await;
+    alice.send_text(&header("alice", "crash")).await;
+    assert_eq!(
+        header_uid(&alice.recv_text().await).as_deref(),
+        Some("bob"),
+        "history"
+    );
+    assert_eq!(header_uid(&bob.recv_text().await).as_deref(), Some("alice"));
+    for k in 0..10 {
+        alice.send_text(&format!("a{k}")).await;
+    }
+    for k in 0..10 {
+        assert_eq!(bob.recv_text().await, format!("a{k}"));
+    }
+
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    bob.send_text("after the crash").await;
+    // alice comes back on a survivor with the same uid: her old entry's node
+    // answers no probe, so she is let in, with everything in history.
+    let (mut alice, history) = join_with_history(&survivors[1], "alice", "crash", 13).await;
+    assert_eq!(header_uid(&history[0]).as_deref(), Some("bob"));
+    assert_eq!(header_uid(&history[1]).as_deref(), Some("alice"));
+    let frames: Vec<String> = (0..10).map(|k| format!("a{k}")).collect();
+    assert_eq!(&history[2..12], &frames[..]);
+    assert_eq!(history[12], "after the crash");
+    assert_eq!(header_uid(&bob.recv_text().await).as_deref(), Some("alice"));
+    alice.send_text("back").await;
+    assert_eq!(bob.recv_text().await, "back");
+}
+
+/// Kill one NATS server of three (R3 stream) while members on three nodes
+/// publish: no loss, no duplicate, no reorder, for every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nats_server_of_three_dies_under_load() {
+    let mut nats = NatsCluster::start(3);
+    let urls = nats.urls();
+    let mut mles = Vec::new();
+    for i in 0..3 {
+        // Each node starts on a different NATS server, with the others as seeds.
+        let mut seeds = urls.clone();
+        seeds.rotate_left(i);
+        let mut args = vec![
+            "--shards".to_string(),
+            "2".into(),
+            "--nats-replicas".into(),
+            "3".into(),
+        ];
+        for u in &seeds {
+            args.extend(["--nats".to_string(), u.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let s = TestServer::start(&args);
+        s.cluster_up().await;
+        mles.push(s);
+    }
+    const MEMBERS: usize = 4;
+    const FRAMES: usize = 40;
+    let mut clients = Vec::new();
+    for i in 0..MEMBERS {
+        let (c, _) = join_with_history(&mles[i % 3], &format!("u{i}"), "r3", i).await;
+        for prev in clients.iter_mut() {
+            assert_eq!(
+                header_uid(&recv_within(prev, FAILOVER).await),
+                Some(format!("u{i}"))
+            );
+        }
+        clients.push(c);
+    }
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut kill_tx = Some(kill_tx);
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let mut signal = if i == 0 { kill_tx.take() } else { None };
+        tasks.push(tokio::spawn(async move {
+            for k in 0..FRAMES {
+                if k == FRAMES / 3
+                    && let Some(s) = signal.take()
+                {
+                    let _ = s.send(());
+                }
+                c.send_text(&format!("u{i}-{k}")).await;
+            }
+            let mut got = Vec::new();
+            for _ in 0..(MEMBERS - 1) * FRAMES {
+                got.push(recv_within(&mut c, FAILOVER).await);
+            }
+            (i, got)
+        }));
+    }
+    kill_rx.await.unwrap();
+    nats.servers[0].kill();
+    let mut seen = HashMap::new();
+    for t in tasks {
+        let (i, got) = t.await.unwrap();
+        seen.insert(i, got);
+    }
+    assert_once_in_order_one_order(&seen, MEMBERS, FRAMES);
+}
+
+/// Every member got every other member's frames once each, in the sender's
+/// order, none of its own, and any two members agree on the order of the
+/// frames both received.
+fn assert_once_in_order_one_order(
+    seen: &HashMap<usize, Vec<String>>,
+    members: usize,
+    frames: usize,
+) {
+    let tag = |j: usize| format!("u{j}-");
+    for (i, got) in seen {
+        assert!(
+            !got.iter().any(|f| f.starts_with(&tag(*i))),
+            "u{i} got its own frame back"
+        );
+        for j in (0..members).filter(|j| j != i) {
+            let from_j: Vec<&str> = got
+                .iter()
+                .filter(|f| f.starts_with(&tag(j)))
+                .map(|s| s.as_str())
+                .collect();
+            let sent: Vec<String> = (0..frames).map(|k| format!("u{j}-{k}")).collect();
+            assert!(
+                from_j.iter().copied().eq(sent.iter().map(|s| s.as_str())),
+                "u{i}: u{j}'s frames once each, in order"
+            );
+        }
+    }
+    for a in 0..members {
+        for b in (a + 1)..members {
+            let shared = |x: &[String]| -> Vec<String> {
+                x.iter()
+                    .filter(|f| !f.starts_with(&tag(a)) && !f.starts_with(&tag(b)))
+                    .cloned()
+                    .collect()
+            };
+            assert!(
+                shared(&seen[&a]) == shared(&seen[&b]),
+                "u{a} and u{b} disagree on the order"
+            );
+        }
+    }
+}
+
+/// The half-open rule across nodes: an incumbent on another node that has
+/// been silent for 2 s is pinged there; no answer, and the newcomer takes
+/// the uid over (PROTOCOL.md §4). The 2 s + 2 s are the protocol itself, so
+/// this test waits for them on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_incumbent_on_another_node_is_replaced() {
+    let nats = NatsServer::start();
+    let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
+    let mut dead = RawClient::connect(nodes[0].addr).await;
+    dead.join("bob", "probe").await;
+    let (mut watcher, history) = join_with_history(&nodes[0], "watcher", "probe", 1).await;
+    assert_eq!(header_uid(&history[0]).as_deref(), Some("bob"));
+    tokio::time::sleep(Duration::from_millis(2100)).await; // incumbent silent > 2 s
+    let (mut newcomer, history) = join_with_history(&nodes[1], "bob", "probe", 2).await;
+    let uids: Vec<_> = history.iter().filter_map(|h| header_uid(h)).collect();
+    assert_eq!(uids, ["bob", "watcher"]);
+    assert_eq!(
+        header_uid(&watcher.recv_text().await).as_deref(),
+        Some("bob")
+    );
+    watcher.send_text("welcome back").await;
+    assert_eq!(newcomer.recv_text().await, "welcome back");
+    let code = loop {
+        let (b0, p) = dead.frame().await.expect("ping then close");
+        if b0 == 0x88 {
+            break u16::from_be_bytes([p[0], p[1]]);
+        }
+    };
+    assert_eq!(code, 1008);
+}
+
+/// ...and one that answers the ping keeps its uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_incumbent_on_another_node_keeps_its_uid() {
+    let nats = NatsServer::start();
+    let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
+    let mut alive = RawClient::connect(nodes[0].addr).await;
+    alive.join("carl", "probe2").await;
+    let (_watcher, _) = join_with_history(&nodes[0], "watcher", "probe2", 1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // silent, but will answer
+    let mut newcomer = nodes[1].join("carl", "probe2").await;
+    // The watcher's join header came first.
+    let (b0, p) = loop {
+        let (b0, p) = alive.frame().await.expect("the probe ping");
+        if b0 != 0x81 {
+            break (b0, p);
+        }
+    };
+    assert_eq!(b0, 0x89);
+    alive.send(&masked(0x8A, &p)).await;
+    let (code, why) = newcomer.expect_close().await;
+    assert_eq!(code, 1008, "{why}");
+}
+
+/// A uid that left one node is free at once on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_is_free_on_another_node_after_leaving() {
+    let nats = NatsServer::start();
+    let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
+    let (mut w, _) = join_with_history(&nodes[1], "w", "again", 0).await;
+    let (mut a, _) = join_with_history(&nodes[0], "a", "again", 1).await;
+    assert_eq!(header_uid(&w.recv_text().await).as_deref(), Some("a"));
+    a.ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = tokio::time::timeout(WAIT, a.ws.next()).await.unwrap() {}
+    let (_again, history) = join_with_history(&nodes[1], "a", "again", 2).await;
+    let uids: Vec<_> = history.iter().filter_map(|h| header_uid(h)).collect();
+    assert_eq!(uids, ["w", "a"]);
+}

@@ -54,8 +54,53 @@ async fn recv_within(c: &mut Client, wait: Duration) -> String {
     }
 }
 
-/// Joins `uid` and reads the `history` frames it must get first.
+/// Watches the stream from outside mles, to order a test's steps: a join is
+/// decided once its header is stored, before every node has seen it.
+struct Witness {
+    js: async_nats::jetstream::Context,
+}
+
+impl Witness {
+    async fn new(nats: &str) -> Witness {
+        let client = tokio::time::timeout(WAIT, async_nats::connect(nats))
+            .await
+            .expect("witness connects in time")
+            .expect("witness connects");
+        Witness {
+            js: async_nats::jetstream::new(client),
+        }
+    }
+
+    /// Waits until `channel` holds `n` frames in the stream.
+    async fn stored(&self, channel: &str, n: u64) {
+        use async_nats::jetstream::consumer::pull::OrderedConfig;
+        let subject = mles::cluster::subject::channel_subject("mles", channel);
+        let deadline = std::time::Instant::now() + FAILOVER;
+        let mut last = None;
+        while std::time::Instant::now() < deadline {
+            let config = OrderedConfig {
+                filter_subject: subject.clone(),
+                ..Default::default()
+            };
+            match self
+                .js
+                .create_consumer_on_stream(config, "mles-channels")
+                .await
+            {
+                Ok(c) if c.cached_info().num_pending >= n => return,
+                Ok(c) => last = Some(c.cached_info().num_pending),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{channel}: {n} frames not stored in time (last seen: {last:?})");
+    }
+}
+
+/// Joins `uid`, reads the `history` frames it must get first, and waits
+/// until its header is stored (so whoever joins next comes after it).
 async fn join_with_history(
+    w: &Witness,
     s: &TestServer,
     uid: &str,
     channel: &str,
@@ -64,8 +109,9 @@ async fn join_with_history(
     let mut c = s.join(uid, channel).await;
     let mut h = Vec::new();
     for _ in 0..history {
-        h.push(c.recv_text().await);
+        h.push(recv_within(&mut c, FAILOVER).await);
     }
+    w.stored(channel, history as u64 + 1).await;
     (c, h)
 }
 
@@ -75,6 +121,7 @@ async fn join_with_history(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spread_members_see_everything_once_in_one_order() {
     let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
     let nodes = nodes(std::slice::from_ref(&nats.url), 3).await;
     const MEMBERS: usize = 6;
     const FRAMES: usize = 25;
@@ -83,7 +130,7 @@ async fn spread_members_see_everything_once_in_one_order() {
     for i in 0..MEMBERS {
         let uid = format!("u{i}");
         // History: the earlier members' join headers, in join order.
-        let (c, history) = join_with_history(&nodes[i % 3], &uid, "spread", i).await;
+        let (c, history) = join_with_history(&w, &nodes[i % 3], &uid, "spread", i).await;
         let uids: Vec<String> = history.iter().filter_map(|h| header_uid(h)).collect();
         assert_eq!(uids, (0..i).map(|j| format!("u{j}")).collect::<Vec<_>>());
         for prev in clients.iter_mut() {
@@ -122,10 +169,11 @@ async fn spread_members_see_everything_once_in_one_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_survives_a_restart_of_every_node() {
     let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
     let urls = [nats.url.clone()];
     let first = nodes(&urls, 3).await;
-    let (mut alice, _) = join_with_history(&first[0], "alice", "keep", 0).await;
-    let (mut bob, _) = join_with_history(&first[1], "bob", "keep", 1).await;
+    let (mut alice, _) = join_with_history(&w, &first[0], "alice", "keep", 0).await;
+    let (mut bob, _) = join_with_history(&w, &first[1], "bob", "keep", 1).await;
     assert_eq!(header_uid(&alice.recv_text().await).as_deref(), Some("bob"));
     alice.send_text("one").await;
     alice.send_text("two").await;
@@ -136,7 +184,7 @@ async fn history_survives_a_restart_of_every_node() {
     }
 
     let second = nodes(&urls, 3).await;
-    let (_carol, history) = join_with_history(&second[2], "carol", "keep", 4).await;
+    let (_carol, history) = join_with_history(&w, &second[2], "carol", "keep", 4).await;
     assert_eq!(header_uid(&history[0]).as_deref(), Some("alice"));
     assert_eq!(header_uid(&history[1]).as_deref(), Some("bob"));
     assert_eq!(&history[2..], ["one", "two"]);
@@ -156,8 +204,9 @@ async fn joins_wait_for_nats_then_work() {
 
     let _nats = NatsServer::start_on(port);
     s.cluster_up().await;
-    let (mut alice, _) = join_with_history(&s, "alice", "later", 0).await;
-    let (_bob, history) = join_with_history(&s, "bob", "later", 1).await;
+    let w = Witness::new(&url).await;
+    let (mut alice, _) = join_with_history(&w, &s, "alice", "later", 0).await;
+    let (_bob, history) = join_with_history(&w, &s, "bob", "later", 1).await;
     assert_eq!(header_uid(&history[0]).as_deref(), Some("alice"));
     assert_eq!(header_uid(&alice.recv_text().await).as_deref(), Some("bob"));
 }
@@ -167,9 +216,10 @@ async fn joins_wait_for_nats_then_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_uid_on_another_node_is_refused() {
     let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
     let nodes = nodes(std::slice::from_ref(&nats.url), 3).await;
-    let (mut alice, _) = join_with_history(&nodes[0], "alice", "dup", 0).await;
-    let (mut bob, _) = join_with_history(&nodes[1], "bob", "dup", 1).await;
+    let (mut alice, _) = join_with_history(&w, &nodes[0], "alice", "dup", 0).await;
+    let (mut bob, _) = join_with_history(&w, &nodes[1], "bob", "dup", 1).await;
     assert_eq!(header_uid(&alice.recv_text().await).as_deref(), Some("bob"));
 
     let mut twin = nodes[2].join("alice", "dup").await;
@@ -178,7 +228,7 @@ async fn a_duplicate_uid_on_another_node_is_refused() {
     // The incumbent is unharmed; the same uid on another channel is fine.
     alice.send_text("still here").await;
     assert_eq!(bob.recv_text().await, "still here");
-    let (_elsewhere, _) = join_with_history(&nodes[2], "alice", "other", 0).await;
+    let (_elsewhere, _) = join_with_history(&w, &nodes[2], "alice", "other", 0).await;
 }
 
 /// Nothing is de-duplicated by content: identical payloads from different
@@ -186,14 +236,15 @@ async fn a_duplicate_uid_on_another_node_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_payloads_are_all_delivered() {
     let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
     let nodes = nodes(std::slice::from_ref(&nats.url), 3).await;
-    let (mut carol, _) = join_with_history(&nodes[2], "carol", "same", 0).await;
-    let (mut alice, _) = join_with_history(&nodes[0], "alice", "same", 1).await;
+    let (mut carol, _) = join_with_history(&w, &nodes[2], "carol", "same", 0).await;
+    let (mut alice, _) = join_with_history(&w, &nodes[0], "alice", "same", 1).await;
     assert_eq!(
         header_uid(&carol.recv_text().await).as_deref(),
         Some("alice")
     );
-    let (mut bob, _) = join_with_history(&nodes[1], "bob", "same", 2).await;
+    let (mut bob, _) = join_with_history(&w, &nodes[1], "bob", "same", 2).await;
     assert_eq!(header_uid(&carol.recv_text().await).as_deref(), Some("bob"));
     assert_eq!(header_uid(&alice.recv_text().await).as_deref(), Some("bob"));
     for _ in 0..2 {
@@ -271,14 +322,16 @@ async fn connect_url(url: &str) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_costs_nothing_but_a_reconnect() {
     let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
     let urls = [nats.url.clone()];
     let mut doomed = ProcessNode::start(&urls);
     let survivors = nodes(&urls, 2).await;
     let doomed_url = format!("ws://{}/", doomed.addr);
 
-    let (mut bob, _) = join_with_history(&survivors[0], "bob", "crash", 0).await;
+    let (mut bob, _) = join_with_history(&w, &survivors[0], "bob", "crash", 0).await;
     let mut alice = connect_url(&doomed_url).await;
     alice.send_text(&header("alice", "crash")).await;
+    w.stored("crash", 2).await;
     assert_eq!(
         header_uid(&alice.recv_text().await).as_deref(),
         Some("bob"),
@@ -297,7 +350,7 @@ async fn a_killed_node_costs_nothing_but_a_reconnect() {
     bob.send_text("after the crash").await;
     // alice comes back on a survivor with the same uid: her old entry's node
     // answers no probe, so she is let in, with everything in history.
-    let (mut alice, history) = join_with_history(&survivors[1], "alice", "crash", 13).await;
+    let (mut alice, history) = join_with_history(&w, &survivors[1], "alice", "crash", 13).await;
     assert_eq!(header_uid(&history[0]).as_deref(), Some("bob"));
     assert_eq!(header_uid(&history[1]).as_deref(), Some("alice"));
     let frames: Vec<String> = (0..10).map(|k| format!("a{k}")).collect();
@@ -314,6 +367,7 @@ async fn a_killed_node_costs_nothing_but_a_reconnect() {
 async fn one_nats_server_of_three_dies_under_load() {
     let mut nats = NatsCluster::start(3);
     let urls = nats.urls();
+    let w = Witness::new(&urls[1]).await;
     let mut mles = Vec::new();
     for i in 0..3 {
         // Each node starts on a different NATS server, with the others as seeds.
@@ -337,7 +391,7 @@ async fn one_nats_server_of_three_dies_under_load() {
     const FRAMES: usize = 40;
     let mut clients = Vec::new();
     for i in 0..MEMBERS {
-        let (c, _) = join_with_history(&mles[i % 3], &format!("u{i}"), "r3", i).await;
+        let (c, _) = join_with_history(&w, &mles[i % 3], &format!("u{i}"), "r3", i).await;
         for prev in clients.iter_mut() {
             assert_eq!(
                 header_uid(&recv_within(prev, FAILOVER).await),
@@ -427,13 +481,15 @@ fn assert_once_in_order_one_order(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_incumbent_on_another_node_is_replaced() {
     let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
     let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
     let mut dead = RawClient::connect(nodes[0].addr).await;
     dead.join("bob", "probe").await;
-    let (mut watcher, history) = join_with_history(&nodes[0], "watcher", "probe", 1).await;
+    w.stored("probe", 1).await;
+    let (mut watcher, history) = join_with_history(&w, &nodes[0], "watcher", "probe", 1).await;
     assert_eq!(header_uid(&history[0]).as_deref(), Some("bob"));
     tokio::time::sleep(Duration::from_millis(2100)).await; // incumbent silent > 2 s
-    let (mut newcomer, history) = join_with_history(&nodes[1], "bob", "probe", 2).await;
+    let (mut newcomer, history) = join_with_history(&w, &nodes[1], "bob", "probe", 2).await;
     let uids: Vec<_> = history.iter().filter_map(|h| header_uid(h)).collect();
     assert_eq!(uids, ["bob", "watcher"]);
     assert_eq!(
@@ -455,10 +511,12 @@ async fn a_half_open_incumbent_on_another_node_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_incumbent_on_another_node_keeps_its_uid() {
     let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
     let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
     let mut alive = RawClient::connect(nodes[0].addr).await;
     alive.join("carl", "probe2").await;
-    let (_watcher, _) = join_with_history(&nodes[0], "watcher", "probe2", 1).await;
+    w.stored("probe2", 1).await;
+    let (_watcher, _) = join_with_history(&w, &nodes[0], "watcher", "probe2", 1).await;
     tokio::time::sleep(Duration::from_millis(2100)).await; // silent, but will answer
     let mut newcomer = nodes[1].join("carl", "probe2").await;
     // The watcher's join header came first.
@@ -478,13 +536,14 @@ async fn a_live_incumbent_on_another_node_keeps_its_uid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_uid_is_free_on_another_node_after_leaving() {
     let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
     let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
-    let (mut w, _) = join_with_history(&nodes[1], "w", "again", 0).await;
-    let (mut a, _) = join_with_history(&nodes[0], "a", "again", 1).await;
-    assert_eq!(header_uid(&w.recv_text().await).as_deref(), Some("a"));
+    let (mut watcher, _) = join_with_history(&w, &nodes[1], "w", "again", 0).await;
+    let (mut a, _) = join_with_history(&w, &nodes[0], "a", "again", 1).await;
+    assert_eq!(header_uid(&watcher.recv_text().await).as_deref(), Some("a"));
     a.ws.close(None).await.unwrap();
     while let Some(Ok(_)) = tokio::time::timeout(WAIT, a.ws.next()).await.unwrap() {}
-    let (_again, history) = join_with_history(&nodes[1], "a", "again", 2).await;
+    let (_again, history) = join_with_history(&w, &nodes[1], "a", "again", 2).await;
     let uids: Vec<_> = history.iter().filter_map(|h| header_uid(h)).collect();
     assert_eq!(uids, ["w", "a"]);
 }

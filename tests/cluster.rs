@@ -37,10 +37,12 @@ async fn nodes(nats: &[String], n: usize) -> Vec<TestServer> {
     v
 }
 
-/// The next data frame as text, waiting up to `wait` (pings skipped).
+/// The next data frame as text, waiting up to `wait` (pings skipped, and
+/// they do not restart the wait).
 async fn recv_within(c: &mut Client, wait: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let m = tokio::time::timeout(wait, c.ws.next())
+        let m = tokio::time::timeout_at(deadline, c.ws.next())
             .await
             .expect("a message in time")
             .expect("stream not ended")
@@ -94,6 +96,35 @@ impl Witness {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("{channel}: {n} frames not stored in time (last seen: {last:?})");
+    }
+
+    /// Everything `channel` holds in the stream: (stream sequence, payload).
+    async fn contents(&self, channel: &str) -> Vec<(u64, String)> {
+        use async_nats::jetstream::consumer::pull::OrderedConfig;
+        let subject = mles::cluster::subject::channel_subject("mles", channel);
+        let config = OrderedConfig {
+            filter_subject: subject,
+            ..Default::default()
+        };
+        let consumer = self
+            .js
+            .create_consumer_on_stream(config, "mles-channels")
+            .await
+            .expect("witness consumer");
+        let mut left = consumer.cached_info().num_pending;
+        let mut msgs = consumer.messages().await.expect("witness messages");
+        let mut out = Vec::new();
+        while left > 0 {
+            let m = tokio::time::timeout(WAIT, msgs.next())
+                .await
+                .expect("stored frame in time")
+                .expect("stream goes on")
+                .expect("stored frame");
+            let seq = m.info().expect("jetstream message").stream_sequence;
+            out.push((seq, String::from_utf8_lossy(&m.payload).into_owned()));
+            left -= 1;
+        }
+        out
     }
 }
 
@@ -163,6 +194,27 @@ async fn spread_members_see_everything_once_in_one_order() {
         seen.insert(i, got);
     }
     assert_once_in_order_one_order(&seen, MEMBERS, FRAMES);
+}
+
+/// A member sends and closes its connection at once, as the last member
+/// of the channel on its node: closing the channel's log there must not
+/// throw away its frames still on their way to the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_sends_and_leaves_loses_nothing() {
+    let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
+    let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
+    const FRAMES: usize = 200;
+    let (mut bob, _) = join_with_history(&w, &nodes[0], "bob", "parting", 0).await;
+    let (mut alice, _) = join_with_history(&w, &nodes[1], "alice", "parting", 1).await;
+    assert_eq!(header_uid(&bob.recv_text().await).as_deref(), Some("alice"));
+    for k in 0..FRAMES {
+        alice.send_text(&format!("a{k}")).await;
+    }
+    drop(alice);
+    for k in 0..FRAMES {
+        assert_eq!(recv_within(&mut bob, WAIT).await, format!("a{k}"));
+    }
 }
 
 /// Stop every mles node, start new ones: the history is still there.
@@ -414,9 +466,18 @@ async fn one_nats_server_of_three_dies_under_load() {
                 }
                 c.send_text(&format!("u{i}-{k}")).await;
             }
+            // Collect what arrives in time, so a failure shows what is missing.
+            let deadline = tokio::time::Instant::now() + FAILOVER;
             let mut got = Vec::new();
-            for _ in 0..(MEMBERS - 1) * FRAMES {
-                got.push(recv_within(&mut c, FAILOVER).await);
+            while got.len() < (MEMBERS - 1) * FRAMES {
+                match tokio::time::timeout_at(deadline, c.ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => got.push(t.to_string()),
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                    other => {
+                        got.push(format!("END: {other:?}"));
+                        break;
+                    }
+                }
             }
             (i, got)
         }));
@@ -428,7 +489,24 @@ async fn one_nats_server_of_three_dies_under_load() {
         let (i, got) = t.await.unwrap();
         seen.insert(i, got);
     }
+    if !all_once_in_order_one_order(&seen, MEMBERS, FRAMES) {
+        let stored = w.contents("r3").await;
+        eprintln!("the stream holds {} frames: {stored:?}", stored.len());
+        for (i, got) in &seen {
+            eprintln!("u{i} got: {got:?}");
+        }
+    }
     assert_once_in_order_one_order(&seen, MEMBERS, FRAMES);
+}
+
+/// Whether [`assert_once_in_order_one_order`] would pass.
+fn all_once_in_order_one_order(
+    seen: &HashMap<usize, Vec<String>>,
+    members: usize,
+    frames: usize,
+) -> bool {
+    let seen = seen.clone();
+    std::panic::catch_unwind(move || assert_once_in_order_one_order(&seen, members, frames)).is_ok()
 }
 
 /// Every member got every other member's frames once each, in the sender's
@@ -439,6 +517,20 @@ fn assert_once_in_order_one_order(
     members: usize,
     frames: usize,
 ) {
+    let summary: Vec<String> = (0..members)
+        .map(|i| {
+            let per: Vec<usize> = (0..members)
+                .map(|j| {
+                    seen[&i]
+                        .iter()
+                        .filter(|f| f.starts_with(&format!("u{j}-")))
+                        .count()
+                })
+                .collect();
+            format!("u{i} got {per:?}, last {:?}", seen[&i].last())
+        })
+        .collect();
+    eprintln!("received per sender: {summary:#?}");
     let tag = |j: usize| format!("u{j}-");
     for (i, got) in seen {
         assert!(

@@ -51,6 +51,11 @@ fn settings(urls: Vec<String>, replicas: usize, limit: usize) -> ClusterSettings
 }
 
 fn link(urls: Vec<String>, replicas: usize, limit: usize) -> (Cluster, Arc<TableProber>) {
+    // RUST_LOG=mles=debug,async_nats=debug cargo test ... shows what the link did.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let prober = Arc::new(TableProber::default());
     let c = Cluster::start(settings(urls, replicas, limit), prober.clone()).expect("link starts");
     (c, prober)
@@ -574,4 +579,66 @@ async fn the_sequencer_follows_only_held_channels_and_resumes_exactly() {
         Some(9),
         "another node's session is not ours"
     );
+}
+
+/// The NATS server a follower is connected to dies: its feed moves to
+/// another server and goes on where it stopped, nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_survives_the_death_of_its_own_nats_server() {
+    let mut nats = NatsCluster::start(3);
+    let urls = nats.urls();
+    let (publisher, _) = link(vec![urls[1].clone()], 3, 1000);
+    let (follower, _) = link(vec![urls[0].clone(), urls[2].clone()], 3, 1000);
+    up(&publisher).await;
+    up(&follower).await;
+    let subject = publisher.subject("moving");
+    let mut feed = follower
+        .follow(&follower.subject("moving"), 0)
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for i in 0..10u64 {
+        let f = frame(&publisher, 1, i, Kind::Text, &format!("m{i}"));
+        acked.push(publisher.publish(&subject, &f).await.unwrap());
+    }
+    for s in &acked {
+        assert_eq!(next(&mut feed).await.seq, *s);
+    }
+    let connected = follower.client().server_info().port;
+    nats.by_addr(&connected.to_string())
+        .expect("one of ours")
+        .kill();
+    for i in 10..20u64 {
+        let f = frame(&publisher, 1, i, Kind::Text, &format!("m{i}"));
+        acked.push(publisher.publish(&subject, &f).await.unwrap());
+    }
+    for s in &acked[10..] {
+        assert_eq!(next(&mut feed).await.seq, *s);
+    }
+}
+
+/// A channel's last local member sends and leaves at once: closing the log
+/// must not throw away its frames still queued or in flight; they are
+/// stored, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_log_still_stores_what_was_queued() {
+    let nats = NatsServer::start();
+    let (a, _) = link(vec![nats.url.clone()], 1, 1000);
+    let (b, _) = link(vec![nats.url.clone()], 1, 1000);
+    up(&a).await;
+    up(&b).await;
+    const N: usize = 300;
+    let (log, _rx) = open_log(&a, "parting words", 0);
+    for i in 0..N {
+        log.publish(1, Kind::Text, Bytes::from(format!("p{i}")));
+    }
+    drop(log);
+    let mut feed = b.follow(&b.subject("parting words"), 0).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..N {
+        let d = next(&mut feed).await;
+        got.push(String::from_utf8(d.payload.to_vec()).unwrap());
+    }
+    let sent: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
+    assert_eq!(got, sent);
 }

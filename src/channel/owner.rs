@@ -617,11 +617,13 @@ impl<Q: Sequencer> Owner<Q> {
     pub fn expire(&mut self, now: Instant, idle: Duration) -> usize {
         let before = self.channels.len();
         let (by_name, generations) = (&mut self.by_name, &mut self.generations);
+        let sequencer = &mut self.sequencer;
         self.channels.retain(|slot, ch| {
             let keep = !ch.expired(now, idle);
             if !keep {
                 by_name.remove(&ch.name);
                 generations[slot] = generations[slot].wrapping_add(1);
+                sequencer.expired(ch.key);
             }
             keep
         });

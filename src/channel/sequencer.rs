@@ -93,6 +93,9 @@ pub trait Sequencer {
 
     /// A member holding (channel, uid) left.
     fn release(&mut self, channel: &Arc<str>, uid: &Arc<str>);
+
+    /// The owner dropped the idle channel `key`: forget anything kept for it.
+    fn expired(&mut self, _key: ChannelKey) {}
 }
 
 /// One node: the owner shard's handling order is the channel's order.

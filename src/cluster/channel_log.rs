@@ -12,7 +12,8 @@
 //! in order. When an ack fails (a NATS failover), the frames still in flight
 //! are retried one by one with their message ids, so none is stored twice and
 //! none is lost silently: a frame that still fails by the deadline is
-//! reported as [`LogEvent::Lost`] for its sender to be closed.
+//! reported as [`LogEvent::Lost`] for its sender to be closed. Closing the
+//! log does not cut the pipeline short: what it was given is still stored.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -47,20 +48,21 @@ pub enum LogEvent {
 /// Where a log reports: its tag (the owner's name for the channel) and an event.
 pub type LogSink = mpsc::UnboundedSender<(u64, LogEvent)>;
 
-/// A channel's feed and publish pipeline; dropping it stops both (events
-/// already sent stay in the sink).
+/// A channel's feed and publish pipeline. Dropping it stops the feed at
+/// once (events already sent stay in the sink); the pipeline first stores
+/// what it was given, then ends: a member that sends and leaves (the last
+/// one closing the log) still has its frames stored.
 pub struct ChannelLog {
     cluster: Cluster,
     tx: mpsc::UnboundedSender<Outgoing>,
     queued: Arc<AtomicUsize>,
     feed: JoinHandle<()>,
-    publisher: JoinHandle<()>,
 }
 
 impl Drop for ChannelLog {
     fn drop(&mut self) {
         self.feed.abort();
-        self.publisher.abort();
+        // The pipeline ends by itself once `tx` is gone and its queue is settled.
     }
 }
 
@@ -85,7 +87,7 @@ impl ChannelLog {
             after,
             events.clone(),
         ));
-        let publisher = tokio::spawn(pipeline(
+        tokio::spawn(pipeline(
             cluster.clone(),
             subject,
             frames,
@@ -97,7 +99,6 @@ impl ChannelLog {
             tx,
             queued,
             feed,
-            publisher,
         }
     }
 
@@ -113,7 +114,7 @@ impl ChannelLog {
             serial: self.cluster.next_serial(),
             payload,
         };
-        // The receiver lives as long as `self` (the task is aborted only on drop).
+        // The receiver lives until `self` is dropped and the queue drained.
         let _ = self.tx.send(frame);
     }
 
@@ -195,14 +196,15 @@ async fn pipeline(
         let Some((frame, ack)) = in_flight.pop_front() else {
             continue;
         };
-        let ok = match ack {
-            Some(ack) => ack.await.is_ok(),
-            None => false,
+        let failed = match ack {
+            Some(ack) => ack.await.err().map(|e| e.to_string()),
+            None => Some(String::from("not sent")),
         };
-        if ok {
+        let Some(failed) = failed else {
             queued.fetch_sub(frame.payload.len(), Ordering::Relaxed);
             continue;
-        }
+        };
+        tracing::debug!(%subject, error = %failed, in_flight = in_flight.len() + 1, "cluster: publish failed; retrying what is in flight");
         // A failover (or NATS down): retry this and every frame in flight, in
         // order, each until the deadline. Message ids keep them stored once.
         in_flight.push_front((frame, None));

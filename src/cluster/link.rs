@@ -150,8 +150,13 @@ impl Cluster {
                         let (client, js, registry) = match made {
                             Ok(client) => {
                                 let js = jetstream::new(client.clone());
-                                let registry =
-                                    Registry::new(&settings, node, js.clone(), client.clone());
+                                let registry = Registry::new(
+                                    &settings,
+                                    node,
+                                    js.clone(),
+                                    client.clone(),
+                                    recheck.clone(),
+                                );
                                 (client, js, registry)
                             }
                             Err(e) => {
@@ -308,12 +313,15 @@ impl Cluster {
     /// the feed survives NATS failovers by itself, resuming where it was.
     pub async fn follow(&self, subject: &Subject, after: u64) -> Result<Feed, FollowError> {
         let ordered = self.open_feed(subject, after).await?;
+        let mut state = self.inner.state.clone();
+        state.borrow_and_update();
         Ok(Feed {
             cluster: self.clone(),
             subject: subject.clone(),
             last: after,
             ordered: Some(ordered.0),
             initial_pending: ordered.1,
+            state,
         })
     }
 
@@ -376,6 +384,8 @@ pub struct Feed {
     last: u64,
     ordered: Option<Ordered>,
     initial_pending: u64,
+    /// The link's state: any change (a disconnect) re-opens the consumer.
+    state: watch::Receiver<LinkState>,
 }
 
 impl Feed {
@@ -388,8 +398,25 @@ impl Feed {
     pub async fn next(&mut self) -> Delivery {
         let mut pause = RETRY_FIRST;
         loop {
-            if let Some(ordered) = self.ordered.as_mut() {
-                match ordered.next().await {
+            let Feed { ordered, state, .. } = self;
+            if let Some(o) = ordered.as_mut() {
+                // After a disconnect the consumer may have lived on a server
+                // that is gone, and the client would take a minute to find
+                // out: open a new one (from the last frame) as soon as the
+                // link is back.
+                let item = tokio::select! {
+                    item = o.next() => item,
+                    changed = state.changed() => {
+                        if changed.is_err() {
+                            // The link is shut down: nothing will come.
+                            std::future::pending::<()>().await;
+                        }
+                        tracing::debug!(subject = %self.subject, "cluster link changed; re-opening the feed");
+                        self.ordered = None;
+                        continue;
+                    }
+                };
+                match item {
                     Some(Ok(msg)) => match msg.info() {
                         Ok(info) => {
                             let (seq, pending) = (info.stream_sequence, info.pending);
@@ -412,6 +439,7 @@ impl Feed {
                 }
             } else {
                 self.cluster.up().await;
+                self.state.borrow_and_update();
                 match self.cluster.open_feed(&self.subject, self.last).await {
                     Ok((ordered, _)) => {
                         self.ordered = Some(ordered);
@@ -548,8 +576,12 @@ impl Supervisor {
     async fn supervise(&mut self) {
         let mut pause = RETRY_FIRST;
         let mut logged_down = false;
+        // The stream and bucket outlive our connection: after a reconnect
+        // they are still there (a NATS failover), so the link is up again at
+        // once. Only the first connection, or a publish or claim that finds
+        // them gone (a NATS that lost its data), sets them up again.
+        let mut needs_setup = true;
         loop {
-            // Wait for a connection.
             let connected = self
                 .conn
                 .wait_for(|c| *c == ConnEvent::Connected)
@@ -558,15 +590,8 @@ impl Supervisor {
             if !connected {
                 return;
             }
-            match self.setup().await {
-                Ok(()) => {
-                    pause = RETRY_FIRST;
-                    logged_down = false;
-                    self.warn_if_payload_too_small();
-                    tracing::info!(stream = %self.settings.stream_name(), "cluster link up");
-                    self.state.send_replace(LinkState::Up);
-                }
-                Err(reason) => {
+            if needs_setup {
+                if let Err(reason) = self.setup().await {
                     if !logged_down {
                         tracing::warn!(%reason, "cluster link not ready; retrying");
                         logged_down = true;
@@ -577,8 +602,16 @@ impl Supervisor {
                     pause = (pause * 2).min(RETRY_MAX * 2);
                     continue;
                 }
+                needs_setup = false;
+                pause = RETRY_FIRST;
+                self.warn_if_payload_too_small();
             }
-            // Up until the connection drops or a publish finds the stream gone.
+            logged_down = false;
+            if *self.state.borrow() != LinkState::Up {
+                tracing::info!(stream = %self.settings.stream_name(), "cluster link up");
+                self.state.send_replace(LinkState::Up);
+            }
+            // Up until the connection drops or the stream or bucket is found gone.
             tokio::select! {
                 event = self.conn.wait_for(|c| *c != ConnEvent::Connected) => {
                     let reason = match event.as_deref() {
@@ -589,7 +622,8 @@ impl Supervisor {
                     self.state.send_replace(LinkState::Down(Arc::from(reason.as_str())));
                 }
                 _ = self.recheck.notified() => {
-                    tracing::warn!("cluster stream missing; setting it up again");
+                    tracing::info!("cluster: checking the stream and bucket again");
+                    needs_setup = true;
                 }
             }
         }

@@ -109,6 +109,8 @@ struct RegistryInner {
     js: jetstream::Context,
     client: Client,
     store: tokio::sync::OnceCell<kv::Store>,
+    /// Tells the link to check the bucket exists (a claim failed).
+    recheck: Arc<tokio::sync::Notify>,
     /// Entries this node wrote and still holds: key -> (revision, value).
     held: Mutex<HashMap<String, (u64, Bytes)>>,
 }
@@ -119,6 +121,7 @@ impl Registry {
         node: NodeId,
         js: jetstream::Context,
         client: Client,
+        recheck: Arc<tokio::sync::Notify>,
     ) -> Registry {
         Registry {
             inner: Arc::new(RegistryInner {
@@ -130,6 +133,7 @@ impl Registry {
                 js,
                 client,
                 store: tokio::sync::OnceCell::new(),
+                recheck,
                 held: Mutex::new(HashMap::new()),
             }),
         }
@@ -164,6 +168,20 @@ impl Registry {
 
     /// Claims (channel, uid) for `session` of this node.
     pub async fn claim(
+        &self,
+        channel: &str,
+        uid: &str,
+        session: u64,
+    ) -> Result<Claim, RegistryError> {
+        let claimed = self.try_claim(channel, uid, session).await;
+        if claimed.is_err() {
+            // Perhaps the bucket is gone (a NATS that lost its data): have the link look.
+            self.inner.recheck.notify_one();
+        }
+        claimed
+    }
+
+    async fn try_claim(
         &self,
         channel: &str,
         uid: &str,

@@ -14,7 +14,8 @@
 //! remembers the last stream sequence it delivered, so a log opened again
 //! resumes there and the owner's history stays exact; frames already
 //! delivered are never delivered twice (an old log's events may still be
-//! queued when a new one starts).
+//! queued when a new one starts). What it keeps of a channel goes when the
+//! owner expires the channel.
 
 use std::sync::Arc;
 
@@ -125,12 +126,15 @@ impl ClusterSequencer {
     }
 
     fn channel(&mut self, key: ChannelKey, name: &Arc<str>) -> &mut Channel {
-        self.by_name.entry(name.clone()).or_insert(key);
-        self.channels.entry(key).or_insert_with(|| Channel {
-            name: name.clone(),
-            log: None,
-            holders: 0,
-            last: 0,
+        let by_name = &mut self.by_name;
+        self.channels.entry(key).or_insert_with(|| {
+            by_name.insert(name.clone(), key);
+            Channel {
+                name: name.clone(),
+                log: None,
+                holders: 0,
+                last: 0,
+            }
         })
     }
 
@@ -138,16 +142,18 @@ impl ClusterSequencer {
     fn log(&mut self, key: ChannelKey, name: &Arc<str>) -> &ChannelLog {
         let (cluster, sink) = (self.cluster.clone(), self.logs.clone());
         let ch = self.channel(key, name);
-        ch.log
-            .get_or_insert_with(|| ChannelLog::open(&cluster, &ch.name, ch.last, key, sink))
+        ch.log.get_or_insert_with(|| {
+            tracing::debug!(node = %cluster.node(), channel = %ch.name, after = ch.last, "cluster: channel log opened");
+            ChannelLog::open(&cluster, &ch.name, ch.last, key, sink)
+        })
     }
 
     /// One holder of `key` is gone; the last one closes the log.
     fn drop_holder(&mut self, key: ChannelKey) {
         if let Some(ch) = self.channels.get_mut(&key) {
             ch.holders = ch.holders.saturating_sub(1);
-            if ch.holders == 0 {
-                ch.log = None;
+            if ch.holders == 0 && ch.log.take().is_some() {
+                tracing::debug!(node = %self.cluster.node(), channel = %ch.name, "cluster: channel log closed");
             }
         }
     }
@@ -261,7 +267,14 @@ impl Sequencer for ClusterSequencer {
         None
     }
 
+    fn expired(&mut self, key: ChannelKey) {
+        if let Some(ch) = self.channels.remove(&key) {
+            self.by_name.remove(&ch.name);
+        }
+    }
+
     fn release(&mut self, channel: &Arc<str>, uid: &Arc<str>) {
+        tracing::debug!(node = %self.cluster.node(), %channel, %uid, "cluster: member released");
         let (cluster, channel_name, uid_name) =
             (self.cluster.clone(), channel.clone(), uid.clone());
         tokio::spawn(async move { cluster.registry().release(&channel_name, &uid_name).await });
@@ -309,6 +322,13 @@ impl Sequencer for NodeSequencer {
         match self {
             NodeSequencer::Local(s) => s.release(channel, uid),
             NodeSequencer::Cluster(s) => s.release(channel, uid),
+        }
+    }
+
+    fn expired(&mut self, key: ChannelKey) {
+        match self {
+            NodeSequencer::Local(s) => s.expired(key),
+            NodeSequencer::Cluster(s) => s.expired(key),
         }
     }
 }

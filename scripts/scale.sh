@@ -1,5 +1,5 @@
 #!/bin/bash
-# Multi-core scaling of scenario A on the 16-core device machine:
+# Multi-core scaling of scenario A; needs a machine with at least 16 CPUs:
 # server on CPUs 0..shards-1, load generator (8 threads) on CPUs 8-15.
 set -u
 M=${MLES_BIN:-target/release/mles}; L=${LOADTEST_BIN:-target/release/mles-loadtest}

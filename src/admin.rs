@@ -1,101 +1,101 @@
-//! The admin listener (`--metrics ADDR`): `GET /metrics` answers the
-//! per-shard counters in Prometheus text format; everything else is 404.
+//! The admin listener (`--metrics ADDR`), for monitoring and orchestration:
 //!
-//! It runs on its own thread with its own current-thread runtime, apart from
-//! the shards, and reads their counters without stopping them.
+//! - `GET /metrics`: every counter in the Prometheus text format: the
+//!   shards' counters and gauges, TLS (certificate expiry per domain, failed
+//!   handshakes, ACME failures) and static files (503s).
+//! - `GET /healthz`: 200 while the process serves (liveness).
+//! - `GET /readyz`: 200 when every readiness condition holds, else 503; the
+//!   body lists each condition (`ok listeners`, `waiting certificate`).
+//! - Other methods on these paths: 405; other paths: 404.
+//!
+//! It runs on its own thread (see [`crate::background`]), apart from the
+//! shards, and reads their counters without stopping them.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::background::{self, HttpSide};
+use crate::health::Readiness;
+use crate::http::response::{method_not_allowed, plain, text_response};
+use crate::http::{Body, Frontend};
 use crate::shard::mesh::Mesh;
 
 /// A scrape must send its request head within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds `addr` and serves metrics on a thread of its own until `shutdown` is true.
+const PROMETHEUS_TEXT: header::HeaderValue =
+    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+
+/// What the admin listener reports on.
+pub struct Admin {
+    pub mesh: Arc<Mesh>,
+    /// TLS and static files, for their metrics.
+    pub frontend: Arc<Frontend>,
+    pub readiness: Arc<Readiness>,
+}
+
+/// Binds `addr` and serves on a thread of its own until `shutdown` is true.
 pub fn start(
     addr: SocketAddr,
-    mesh: Arc<Mesh>,
-    mut shutdown: watch::Receiver<bool>,
+    admin: Admin,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let std_listener = std::net::TcpListener::bind(addr)?;
-    std_listener.set_nonblocking(true)?;
-    let local = std_listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let listener = {
-        let _entered = runtime.enter();
-        TcpListener::from_std(std_listener)?
+    let listener = std::net::TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    let side = HttpSide {
+        handler: Arc::new(move |req: &Request<_>| admin.answer(req)),
+        header_timeout: HEADER_TIMEOUT,
+        keep_alive: true,
     };
-    let handle = std::thread::Builder::new()
-        .name("mles-admin".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.wait_for(|stop| *stop) => break,
-                        accepted = listener.accept() => match accepted {
-                            Ok((tcp, _)) => {
-                                tokio::spawn(serve(tcp, mesh.clone()));
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "admin accept failed");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        },
-                    }
-                }
-            })
-        })?;
-    tracing::info!(addr = %local, "metrics at /metrics");
+    let handle = background::spawn(
+        "mles-admin",
+        || background::register(vec![listener]),
+        move |listeners| background::serve_http(listeners, side, shutdown),
+    )?;
+    tracing::info!(addr = %local, "metrics at /metrics, health at /healthz and /readyz");
     Ok((local, handle))
 }
 
-async fn serve(tcp: tokio::net::TcpStream, mesh: Arc<Mesh>) {
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let mesh = mesh.clone();
-        async move { Ok::<_, Infallible>(answer(&req, &mesh)) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(tcp), svc);
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "admin connection failed");
+impl Admin {
+    fn answer<B>(&self, req: &Request<B>) -> Response<Body> {
+        let path = req.uri().path();
+        if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+            return plain(StatusCode::NOT_FOUND, "not found\n");
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return method_not_allowed("GET, HEAD");
+        }
+        match path {
+            "/metrics" => {
+                let mut res = text_response(StatusCode::OK, self.render());
+                res.headers_mut()
+                    .insert(header::CONTENT_TYPE, PROMETHEUS_TEXT);
+                res
+            }
+            "/healthz" => plain(StatusCode::OK, "ok\n"),
+            _ => {
+                let (ready, text) = self.readiness.report();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                text_response(status, text)
+            }
+        }
     }
-}
 
-fn answer<B>(req: &Request<B>, mesh: &Mesh) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            Bytes::from(mesh.metrics.render()),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(b"not found\n"),
-        ),
-    };
-    let mut r = Response::new(Full::new(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(ctype),
-    );
-    r
+    fn render(&self) -> String {
+        let mut out = self.mesh.metrics.render();
+        if let Some(tls) = &self.frontend.tls {
+            tls.render_metrics(&mut out);
+        }
+        self.frontend.statics.render_metrics(&mut out);
+        out
+    }
 }

@@ -53,9 +53,18 @@ pub struct Cli {
     #[arg(long = "shards")]
     pub shards: Option<usize>,
     /// For tests only: on this channel, uid `panic-session` panics in its
-    /// session and uid `panic-shard` in the owner shard (supervision tests).
-    #[arg(long = "test-panic-channel", hide = true)]
-    pub test_panic_channel: Option<String>,
+    /// session, uid `panic-shard` in the owner shard, and uid `stall-shard`
+    /// blocks the owner shard's thread for 3 s (supervision, backpressure).
+    #[arg(long = "test-hook-channel", hide = true)]
+    pub test_hook_channel: Option<String>,
+    /// For tests only: bytes in one shard's inbox above which publishers
+    /// pause [default: 64MiB].
+    #[arg(long = "test-inbox-limit", hide = true, value_parser = parse_size)]
+    pub test_inbox_limit: Option<usize>,
+    /// For conformance tests only (Autobahn|Testsuite): no header frame, and
+    /// every message is echoed to its sender instead of relayed.
+    #[arg(long = "conformance-echo", hide = true)]
+    pub conformance_echo: bool,
     /// Full listen address, e.g. 0.0.0.0:9000 or [::]:443 (repeatable; wins over --port).
     #[arg(long = "listen")]
     pub listen: Vec<SocketAddr>,
@@ -95,9 +104,12 @@ pub struct Cli {
     /// Peer server to link every channel to, ws:// or wss:// (repeatable).
     #[arg(long = "peer")]
     pub peer: Vec<String>,
-    /// The uid this server's peer links use [default: mles-<hostname>].
+    /// The uid this server's peer links use; unique per server [default: mles-peer-HOSTNAME-PORT].
     #[arg(long = "peer-uid")]
     pub peer_uid: Option<String>,
+    /// Key the links' `auth` is computed with, for peers that set MLES_KEY [default: MLES_KEY].
+    #[arg(long = "peer-key")]
+    pub peer_key: Option<String>,
     /// PEM root certificate(s) to trust for wss:// peers [default: public roots].
     #[arg(long = "peer-ca")]
     pub peer_ca: Option<PathBuf>,
@@ -122,6 +134,43 @@ pub struct Cli {
     /// Prefix of the cluster's stream, bucket and subjects (several deployments can share a NATS).
     #[arg(long = "nats-prefix", default_value = "mles")]
     pub nats_prefix: String,
+    /// Server-wide bound on incomplete frames and messages being reassembled;
+    /// past it the session that asks for more is closed with 1013 [default: half the RAM].
+    #[arg(long = "max-memory", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
+    /// Most messages (pings included) one session may send per second,
+    /// bursts of one second's worth allowed; over it: close 1008 [default: no limit].
+    #[arg(long = "rate-limit")]
+    pub rate_limit: Option<std::num::NonZeroU32>,
+    /// Most payload bytes one session may send per second (bursts may add one
+    /// --max-message message); over it: close 1008 [default: no limit].
+    #[arg(long = "rate-limit-bytes", value_parser = parse_size)]
+    pub rate_limit_bytes: Option<usize>,
+    /// Channels with no members are forgotten, history and all, after this long idle.
+    #[arg(long = "channel-ttl", default_value = "10m", value_parser = parse_duration)]
+    pub channel_ttl: Duration,
+    /// History of all channels together; past it the least recently active
+    /// idle channels are forgotten, then live ones lose their oldest frames
+    /// [default: half of --max-memory].
+    #[arg(long = "history-total", value_parser = parse_size)]
+    pub history_total: Option<usize>,
+    /// Most open connections in total; more are closed (plain HTTP: 503) before
+    /// their request is read. Keep it below the open-files limit (`ulimit -n`).
+    #[arg(long = "max-connections", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// Most open connections from one client address (IPv6: one /64), refused like --max-connections.
+    #[arg(long = "max-connections-per-ip", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+    /// Time a new connection has to send its request head (and its PROXY header).
+    #[arg(long = "request-timeout", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, from a
+    /// TCP load balancer); its client address is used for limits and logs.
+    #[arg(long = "proxy-protocol")]
+    pub proxy_protocol: bool,
+    /// An HTTP response (static file, web client) whose writes make no progress this long is dropped.
+    #[arg(long = "write-timeout", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
 }
 
 /// How connections are secured.
@@ -163,10 +212,29 @@ pub struct Limits {
     pub dedup: bool,
     /// `MLES_KEY`, when set: auth becomes mandatory.
     pub key: Option<Vec<u8>>,
-    /// Tests only (`--test-panic-channel`): on this channel, uid
-    /// `panic-session` panics in its session and uid `panic-shard` in the
-    /// owner shard's handler, to prove supervision.
-    pub panic_channel: Option<std::sync::Arc<str>>,
+    /// This server's identity among peer servers: a hash of its `--peer-uid`
+    /// (PROTOCOL.md §7, cycle detection).
+    pub node: u64,
+    /// Tests only (`--test-hook-channel`): on this channel, uid
+    /// `panic-session` panics in its session, `panic-shard` in the owner
+    /// shard's handler, and `stall-shard` blocks the owner shard for 3 s.
+    pub hook_channel: Option<std::sync::Arc<str>>,
+    /// Bytes in one shard's inbox above which publishers pause; `None`:
+    /// `shard::mesh::BACKLOG_LIMIT` (set only by tests).
+    pub inbox_limit: Option<usize>,
+    /// `SO_SNDBUF` of every accepted socket (see [`send_buffer_for`]).
+    pub send_buffer: usize,
+    /// Server-wide bound on partial frames and reassembly (`--max-memory`).
+    pub max_memory: usize,
+    /// Channels with no members forget their history after this (`--channel-ttl`).
+    pub channel_ttl: Duration,
+    /// History bytes of all channels together (`--history-total`).
+    pub history_total: usize,
+    /// Per-session rate limits (`--rate-limit`, `--rate-limit-bytes`).
+    pub rate: crate::session::rate::RateSettings,
+    /// Conformance testing only (`--conformance-echo`): every session is
+    /// answered by echo instead of joining a channel (`session::echo`).
+    pub conformance_echo: bool,
 }
 
 /// Static web serving settings.
@@ -199,10 +267,27 @@ pub struct Config {
     pub peers: Vec<String>,
     /// The uid of this server's peer links.
     pub peer_uid: String,
+    /// The key the links' `auth` is computed with (`--peer-key`, else `MLES_KEY`).
+    pub peer_key: Option<Vec<u8>>,
     /// Roots to trust for `wss://` peers instead of the public ones.
     pub peer_ca: Option<PathBuf>,
     /// Cluster mode (`--nats`): where the shared log is.
     pub cluster: Option<ClusterSettings>,
+    /// Flags given but without effect in this mode, for the log at start.
+    pub warnings: Vec<String>,
+    /// How long an HTTP response write may make no progress.
+    pub write_timeout: Duration,
+    /// Connection admission and the request timeout (issue 9).
+    pub connections: ConnectionSettings,
+}
+
+/// How connections are admitted, from `--max-connections*`,
+/// `--request-timeout` and `--proxy-protocol`.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    pub limits: crate::http::limits::ConnLimitSettings,
+    pub request_timeout: Duration,
+    pub proxy_protocol: bool,
 }
 
 /// Most shards a server runs. Shard ids are 16 bits inside session and
@@ -223,6 +308,9 @@ pub enum ConfigError {
     /// A size flag too small to be useful.
     #[error("{0} must be at least 1 byte")]
     ZeroSize(&'static str),
+    /// A connection limit of zero, which would refuse everyone.
+    #[error("{0} must be at least 1")]
+    ZeroCount(&'static str),
     /// A zero duration where time must pass.
     #[error("{0} must be longer than zero")]
     ZeroDuration(&'static str),
@@ -232,6 +320,9 @@ pub enum ConfigError {
     /// An empty domain name.
     #[error("--domains must not be empty")]
     EmptyDomain,
+    /// An empty `--peer-uid`, or one with control characters.
+    #[error("--peer-uid must be non-empty, without control characters")]
+    BadPeerUid,
     /// A `--peer` that is not a ws:// or wss:// URL.
     #[error("--peer {0}: expected a ws:// or wss:// URL")]
     BadPeer(String),
@@ -255,6 +346,9 @@ impl Config {
             ("--history-bytes", cli.history_bytes),
             ("--max-message", cli.max_message),
             ("--max-queue", cli.max_queue),
+            ("--max-memory", cli.max_memory.unwrap_or(1)),
+            ("--history-total", cli.history_total.unwrap_or(1)),
+            ("--rate-limit-bytes", cli.rate_limit_bytes.unwrap_or(1)),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroSize(name));
@@ -263,11 +357,23 @@ impl Config {
         for (name, v) in [
             ("--ping-interval", cli.ping_interval),
             ("--header-timeout", cli.header_timeout),
+            ("--request-timeout", cli.request_timeout),
+            ("--channel-ttl", cli.channel_ttl),
+            ("--write-timeout", cli.write_timeout),
         ] {
             if v.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
             }
         }
+        for (name, v) in [
+            ("--max-connections", cli.max_connections),
+            ("--max-connections-per-ip", cli.max_connections_per_ip),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroCount(name));
+            }
+        }
+        let max_memory = cli.max_memory.unwrap_or_else(crate::memory::default_limit);
         let domains: Vec<String> = cli
             .domains
             .iter()
@@ -332,7 +438,31 @@ impl Config {
             )?)
         };
         let tls_port = listen.first().map(|a| a.port()).unwrap_or(port);
+        let mut warnings = Vec::new();
+        if matches!(tls, TlsChoice::Files { .. }) {
+            for (given, flag) in [
+                (cli.cache.is_some(), "--cache"),
+                (!cli.email.is_empty(), "--email"),
+                (cli.staging, "--staging"),
+                (cli.acme_directory.is_some(), "--acme-directory"),
+            ] {
+                if given {
+                    warnings.push(format!(
+                        "{flag} is ignored: certificates come from --tls-cert/--tls-key, not ACME"
+                    ));
+                }
+            }
+        }
+        let peer_uid = match &cli.peer_uid {
+            Some(u) if u.is_empty() || u.chars().any(char::is_control) => {
+                return Err(ConfigError::BadPeerUid);
+            }
+            Some(u) => u.clone(),
+            None => default_peer_uid(listen.first().map_or(0, |a| a.port())),
+        };
         Ok(Config {
+            warnings,
+            write_timeout: cli.write_timeout,
             listen,
             shards,
             cpus,
@@ -342,11 +472,26 @@ impl Config {
                 history_bytes: cli.history_bytes,
                 max_message: cli.max_message,
                 max_queue: cli.max_queue,
+                send_buffer: send_buffer_for(cli.max_queue),
                 ping_interval: cli.ping_interval,
                 header_timeout: cli.header_timeout,
                 dedup: cli.dedup,
-                key: mles_key.map(String::into_bytes),
-                panic_channel: cli.test_panic_channel.as_deref().map(Into::into),
+                key: mles_key.clone().map(String::into_bytes),
+                node: crate::protocol::auth::hash_parts(&[peer_uid.as_bytes()]),
+                hook_channel: cli.test_hook_channel.as_deref().map(Into::into),
+                inbox_limit: cli.test_inbox_limit,
+                conformance_echo: cli.conformance_echo,
+                max_memory,
+                channel_ttl: cli.channel_ttl,
+                history_total: cli.history_total.unwrap_or(max_memory / 2),
+                rate: crate::session::rate::RateSettings {
+                    messages_per_sec: cli.rate_limit,
+                    // governor's replenish interval is whole nanoseconds: 1 GB/s at most.
+                    bytes_per_sec: cli.rate_limit_bytes.map(|b| {
+                        std::num::NonZeroU32::new(b.min(1_000_000_000) as u32)
+                            .unwrap_or(std::num::NonZeroU32::MIN)
+                    }),
+                },
             },
             statics: StaticSettings {
                 wwwroot: cli.wwwroot.clone(),
@@ -357,10 +502,19 @@ impl Config {
             redirect_port: cli.redirect.then_some(cli.redirect_port),
             metrics: cli.metrics,
             peers: cli.peer.clone(),
-            peer_uid: cli.peer_uid.clone().unwrap_or_else(default_peer_uid),
+            peer_uid,
+            peer_key: cli.peer_key.clone().or(mles_key).map(String::into_bytes),
             peer_ca: cli.peer_ca.clone(),
             cluster,
             tls_port,
+            connections: ConnectionSettings {
+                limits: crate::http::limits::ConnLimitSettings {
+                    max_total: cli.max_connections,
+                    max_per_ip: cli.max_connections_per_ip,
+                },
+                request_timeout: cli.request_timeout,
+                proxy_protocol: cli.proxy_protocol,
+            },
         })
     }
 
@@ -377,8 +531,22 @@ impl Config {
     }
 }
 
-/// `mles-<hostname>`, the default uid of peer links.
-fn default_peer_uid() -> String {
+/// `SO_SNDBUF` for every accepted socket, from `--max-queue`: without a set
+/// value Linux grows each send buffer up to `tcp_wmem` (4 MiB) for every
+/// subscriber that stops reading, beyond any bound of ours. Fixed at a
+/// quarter of `--max-queue`, so a session holds at most 1.5 × `--max-queue`
+/// (Linux allocates twice what is asked), within 256 KiB and 1 MiB asked:
+/// 1 MiB (2 MiB of buffer) still carries 20 MB/s at 100 ms round trips,
+/// and below 256 KiB a fast reader stalled on loopback (32 MB took 20 s
+/// instead of 0.4 s in tests/backpressure.rs with 64 KiB).
+pub fn send_buffer_for(max_queue: usize) -> usize {
+    (max_queue / 4).clamp(256 << 10, 1 << 20)
+}
+
+/// The default uid of peer links: `mles-peer-<hostname>-<port>`, unique per
+/// server on a host (two servers cannot share a port); with port 0 (chosen by
+/// the kernel, not yet known) the process id and a counter stand in for it.
+fn default_peer_uid(port: u16) -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
@@ -387,7 +555,14 @@ fn default_peer_uid() -> String {
     } else {
         String::from("local")
     };
-    format!("mles-{host}")
+    if port == 0 {
+        // Several servers in one process (tests, embedding) still differ.
+        static NTH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NTH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("mles-peer-{host}-pid{}-{n}", std::process::id())
+    } else {
+        format!("mles-peer-{host}-{port}")
+    }
 }
 
 /// The CPUs in this process's affinity mask (so `taskset` is honoured).
@@ -505,6 +680,14 @@ mod tests {
     }
 
     #[test]
+    fn send_buffer_is_a_bounded_quarter_of_the_queue() {
+        assert_eq!(send_buffer_for(8 << 20), 1 << 20);
+        assert_eq!(send_buffer_for(2 << 20), 512 << 10);
+        assert_eq!(send_buffer_for(256 << 10), 256 << 10);
+        assert_eq!(send_buffer_for(64 << 20), 1 << 20);
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(matches!(
             cfg(&["--shards", "0"]),
@@ -559,5 +742,18 @@ mod tests {
         // Cluster mode and peer links are two answers to one question: pick one.
         assert!(Cli::try_parse_from(["mles", "--nats", "nats://a:1", "--peer", "ws://b"]).is_err());
         assert!(Cli::try_parse_from(["mles", "--nats-creds", "x.creds"]).is_err());
+    }
+
+    #[test]
+    fn acme_flags_in_file_mode_are_reported() {
+        let c = cfg(&["--tls-cert", "c", "--tls-key", "k", "-c", "/x", "-e", "a@b"]).unwrap();
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].starts_with("--cache is ignored"));
+        assert!(
+            cfg(&["-d", "x.org", "-c", "/x"])
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
     }
 }

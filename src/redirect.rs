@@ -8,64 +8,88 @@
 //!   follows for plain page loads). `Location` is
 //!   `https://<domain>[:<tls_port>]<path>?<query>`, the port only when it is
 //!   not 443.
-//! - Any other host, or none: `404 Not Found`.
+//! - Any other host: `404 Not Found`; no Host, or several: `400` (the
+//!   rules of [`crate::http::host`]).
 //!
-//! It runs on its own thread with its own current-thread runtime, apart
-//! from the shards, and serves nothing else (TLS-ALPN-01 needs no port 80).
+//! It listens on the addresses of `--listen` (the IPs the server serves
+//! on) with the redirect port, on its own thread (see
+//! [`crate::background`]), and serves nothing else (TLS-ALPN-01 needs no
+//! port 80).
 
-use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
+
+use crate::background::{self, HttpSide};
+use crate::http::Body;
+use crate::http::host::{host_name, request_authority};
+use crate::http::response::{plain, text_response};
 
 /// A client gets this long to send its request head; a redirect needs no more.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Pause after an accept error (EMFILE and friends) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Binds the http->https redirect listener on `addr` (`[::]:port` is
-/// dual-stack; if IPv6 is unavailable it falls back to `0.0.0.0:port`) and
-/// serves it on its own thread until `shutdown` becomes true. Returns the
-/// bound address (port 0 is allowed, for tests).
+/// Binds the http->https redirect listener on every address of `addrs`
+/// (`[::]:port` is dual-stack; if IPv6 is unavailable it falls back to
+/// `0.0.0.0:port`) and serves them on one thread of its own until
+/// `shutdown` becomes true. With port 0 the first address picks a port and
+/// the others use the same one. Returns the bound addresses.
 pub fn start(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     domains: Vec<String>,
     tls_port: u16,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let std_listener = bind(addr)?;
-    let local = std_listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let listener = {
-        let _entered = runtime.enter();
-        TcpListener::from_std(std_listener)?
-    };
-    let target = Arc::new(Target {
+) -> std::io::Result<(Vec<SocketAddr>, JoinHandle<()>)> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    let mut bound = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let mut addr = *addr;
+        if let (0, Some(first)) = (addr.port(), bound.first()) {
+            addr.set_port(SocketAddr::port(first));
+        }
+        let listener = bind(addr)?;
+        bound.push(listener.local_addr()?);
+        listeners.push(listener);
+    }
+    let target = Target {
         domains: domains
             .into_iter()
             .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
             .collect(),
         tls_port,
-    });
-    let handle = std::thread::Builder::new()
-        .name("mles-redirect".into())
-        .spawn(move || runtime.block_on(serve(listener, target, shutdown)))?;
-    info!(addr = %local, "http->https redirect listening");
-    Ok((local, handle))
+    };
+    let side = HttpSide {
+        handler: Arc::new(move |req: &Request<_>| target.respond(req)),
+        header_timeout: HEADER_TIMEOUT,
+        keep_alive: false,
+    };
+    let handle = background::spawn(
+        "mles-redirect",
+        || background::register(listeners),
+        move |listeners| background::serve_http(listeners, side, shutdown),
+    )?;
+    info!(addrs = ?bound, "http->https redirect listening");
+    Ok((bound, handle))
+}
+
+/// Where the redirect listens: each IP the server listens on (`--listen`,
+/// once each) with the redirect port; `[::]` when there are none.
+pub fn addresses(listen: &[SocketAddr], port: u16) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(listen.len());
+    for a in listen {
+        let a = SocketAddr::new(a.ip(), port);
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
+    }
+    addrs
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -82,7 +106,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
         }
         other => other?,
     };
-    if addr.is_ipv6() {
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
         // Dual-stack, whatever net.ipv6.bindv6only says.
         socket.set_only_v6(false)?;
     }
@@ -91,47 +115,6 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
-}
-
-async fn serve(listener: TcpListener, target: Arc<Target>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            break;
-        }
-        let (tcp, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    debug!(%error, "redirect accept failed; backing off");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            changed = shutdown.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                continue;
-            }
-        };
-        let target = target.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let target = target.clone();
-                async move { Ok::<_, Infallible>(target.respond(&req)) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-            if let Err(error) = served {
-                debug!(%error, "redirect connection ended with an error");
-            }
-        });
-    }
-    debug!("redirect listener stopped");
 }
 
 /// Where redirects point.
@@ -143,17 +126,21 @@ struct Target {
 }
 
 impl Target {
-    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let location = request_host(req).and_then(|host| self.location(host, req.uri()));
+    fn respond<B>(&self, req: &Request<B>) -> Response<Body> {
+        let host = match request_authority(req) {
+            Ok(host) => host,
+            Err(e) => return e.response(),
+        };
+        let location = host.and_then(|host| self.location(&host_name(host), req.uri()));
         let Some(location) = location else {
-            return plain(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n"));
+            return plain(StatusCode::NOT_FOUND, "not found\n");
         };
         let status = if req.method() == Method::GET || req.method() == Method::HEAD {
             StatusCode::MOVED_PERMANENTLY
         } else {
             StatusCode::PERMANENT_REDIRECT
         };
-        let mut resp = plain(status, Bytes::from(format!("moved to {location}\n")));
+        let mut resp = text_response(status, format!("moved to {location}\n"));
         let value = header::HeaderValue::from_str(&location)
             .expect("built from a checked host and a parsed URI");
         resp.headers_mut().insert(header::LOCATION, value);
@@ -190,39 +177,6 @@ impl Target {
     }
 }
 
-/// The host a request names: the absolute-form URI's, else the Host header's, without a port.
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    if let Some(host) = req.uri().host() {
-        return Some(host);
-    }
-    let value = req.headers().get(header::HOST)?.to_str().ok()?.trim();
-    Some(strip_port(value))
-}
-
-/// `example.org:80` -> `example.org`; `[::1]:80` -> `[::1]`.
-fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return match authority.find(']') {
-            Some(end) => &authority[..=end],
-            None => authority,
-        };
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
-}
-
-fn plain(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,11 +189,16 @@ mod tests {
     }
 
     #[test]
-    fn ports_are_stripped() {
-        assert_eq!(strip_port("example.org:80"), "example.org");
-        assert_eq!(strip_port("example.org"), "example.org");
-        assert_eq!(strip_port("[::1]:8080"), "[::1]");
-        assert_eq!(strip_port("[::1]"), "[::1]");
+    fn follows_the_listen_addresses() {
+        let listen: Vec<SocketAddr> = ["127.0.0.1:443", "[::1]:443", "127.0.0.1:8443"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(
+            addresses(&listen, 80),
+            ["127.0.0.1:80".parse().unwrap(), "[::1]:80".parse().unwrap()]
+        );
+        assert_eq!(addresses(&[], 80), ["[::]:80".parse().unwrap()]);
     }
 
     #[test]

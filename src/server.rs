@@ -2,7 +2,7 @@
 //! shutdown signal, and joining with a deadline. A shard failure (see
 //! `shard::mesh::Failure`) stops the server and makes [`run`] fail.
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::health::Readiness;
 use crate::http::Frontend;
 use crate::redirect;
 use crate::shard::LinkStarter;
 use crate::shard::listener::{self, ListenError};
-use crate::shard::mesh::Mesh;
+use crate::shard::mesh::{BACKLOG_LIMIT, Mesh};
 use crate::shard::runtime::{self, SHUTDOWN_GRACE, ShardStart};
 use crate::tls::{Tls, TlsError};
 
@@ -78,9 +79,16 @@ pub struct ServerHandle {
     /// Shard threads, then the redirect and admin threads if any.
     threads: Vec<JoinHandle<()>>,
     tls: Option<Arc<Tls>>,
+    readiness: Arc<Readiness>,
 }
 
 impl ServerHandle {
+    /// The conditions `/readyz` reports; a backend started after the shards
+    /// registers its own here.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
     /// The addresses actually bound (ephemeral ports resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
@@ -150,38 +158,53 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let statics = crate::statics::StaticFiles::new(&config.statics).map_err(StartError::Statics)?;
     let (mut by_shard, addrs) = listener::bind_all(&config.listen, config.shards)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     // Dropping `shutdown` on an early return stops whatever already started.
     let tls = Tls::start(&config, shutdown_rx.clone())?;
+    // Ready: the listeners accept and, with TLS, a certificate is served.
+    // Other parts (a cluster backend) add their conditions the same way.
+    let readiness = Arc::new(Readiness::new());
+    let listening = readiness.flag("listeners");
+    if let Some(tls) = &tls {
+        let tls = tls.clone();
+        readiness.check("certificate", move || tls.has_certificate());
+    }
     let mut threads = Vec::with_capacity(config.shards + 1);
     let mut redirect_addr = None;
     if let Some(port) = config.redirect_port {
-        let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
         let (bound, thread) = redirect::start(
-            addr,
+            &redirect::addresses(&config.listen, port),
             config.statics.domains.clone(),
             config.tls_port,
             shutdown_rx.clone(),
         )
         .map_err(|source| StartError::Redirect { port, source })?;
-        redirect_addr = Some(bound);
+        redirect_addr = bound.first().copied();
         threads.push(thread);
     }
-    let frontend = Arc::new(Frontend {
+    let frontend = Arc::new(Frontend::new(
         statics,
-        tls: tls.clone(),
-    });
+        tls.clone(),
+        &config.connections,
+        config.write_timeout,
+    ));
     let links: Option<LinkStarter> = if config.peers.is_empty() {
         None
     } else {
         let cfg = crate::peer::PeerConfig::new(
             config.peers.clone(),
             config.peer_uid.clone(),
+            config.peer_key.clone(),
             config.peer_ca.as_deref(),
         )
         .map_err(StartError::Peer)?;
         Some(crate::peer::link_starter(Arc::new(cfg)))
     };
-    let (mesh, inboxes) = Mesh::new(config.shards);
+    let inbox_limit = config.limits.inbox_limit.unwrap_or(BACKLOG_LIMIT);
+    let (mesh, inboxes) = Mesh::with_limit(config.shards, inbox_limit);
+    mesh.memory.set_limit(config.limits.max_memory);
     let cluster = match &config.cluster {
         Some(settings) => {
             let prober = Arc::new(crate::shard::ShardProber { mesh: mesh.clone() });
@@ -194,7 +217,12 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     };
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics {
-        let (bound, thread) = crate::admin::start(addr, mesh.clone(), shutdown_rx.clone())
+        let admin = crate::admin::Admin {
+            mesh: mesh.clone(),
+            frontend: frontend.clone(),
+            readiness: readiness.clone(),
+        };
+        let (bound, thread) = crate::admin::start(addr, admin, shutdown_rx.clone())
             .map_err(|source| StartError::Metrics { addr, source })?;
         metrics_addr = Some(bound);
         threads.push(thread);
@@ -224,6 +252,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             limits: config.limits.clone(),
             frontend: frontend.clone(),
             links: links.clone(),
+            sequencer: None,
             cluster: cluster.clone(),
             shutdown: shutdown_rx.clone(),
         };
@@ -236,9 +265,11 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         }
     }
     tracing::info!(shards = config.shards, addrs = ?addrs, "listening");
+    listening.set(true);
     Ok(ServerHandle {
         cluster,
         mesh,
+        readiness,
         addrs,
         redirect_addr,
         metrics_addr,

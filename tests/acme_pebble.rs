@@ -358,8 +358,19 @@ async fn an_unreachable_directory_is_retried_and_the_server_keeps_accepting() {
     })
     .await;
     assert!(!status.has_certificate());
-    let cause = status.last_error.unwrap();
+    let cause = status.last_error.clone().unwrap();
     assert!(cause.contains("order"), "the cause is logged: {cause}");
+    assert!(status.order_failures >= 2, "{status:?}");
+    let mut metrics = String::new();
+    tls.render_metrics(&mut metrics);
+    let orders: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mles_acme_order_failures_total "))
+        .expect("ACME order failures are exported")
+        .parse()
+        .unwrap();
+    assert!(orders >= 2, "{metrics}");
+    assert!(!tls.has_certificate());
 
     // No certificate yet: handshakes fail, the listener lives on.
     assert!(
@@ -372,6 +383,43 @@ async fn an_unreachable_directory_is_retried_and_the_server_keeps_accepting() {
             .await
             .is_err()
     );
+}
+
+async fn admin_get(addr: SocketAddr, path: &str) -> String {
+    common::http_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Without a certificate yet, the server accepts but is not ready.
+#[tokio::test]
+async fn not_ready_until_a_certificate_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_tcp_port();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &TestCa::new("unused CA").pem).unwrap();
+    let server = common::TestServer::start(&[
+        "-d",
+        "a.mles.test",
+        "--acme-directory",
+        &format!("https://127.0.0.1:{closed}/dir"),
+        "--acme-ca-root",
+        ca_file.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let admin = server.metrics_addr().unwrap();
+    let ready = admin_get(admin, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(
+        ready.contains("ok listeners") && ready.contains("waiting certificate"),
+        "{ready}"
+    );
+    let live = admin_get(admin, "/healthz").await;
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+    assert!(server.stop());
 }
 
 #[test]
@@ -418,7 +466,9 @@ async fn the_server_gets_a_certificate_from_pebble_and_relays_over_wss() {
     roots.add(pebble.issuing_root().await).unwrap();
     let trusting = client(roots);
 
-    let server = common::TestServer::start(&args);
+    let mut with_metrics = args.clone();
+    with_metrics.extend(["--metrics", "127.0.0.1:0"]);
+    let server = common::TestServer::start(&with_metrics);
     assert_eq!(server.addr, tls_addr);
     eventually(
         ISSUE_LIMIT,
@@ -431,6 +481,24 @@ async fn the_server_gets_a_certificate_from_pebble_and_relays_over_wss() {
         },
     )
     .await;
+    // Ready, and the new certificate's expiry is exported for every domain.
+    let admin = server.metrics_addr().unwrap();
+    let ready = admin_get(admin, "/readyz").await;
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.contains("ok certificate"),
+        "{ready}"
+    );
+    let metrics = admin_get(admin, "/metrics").await;
+    for d in DOMAINS {
+        let prefix = format!("mles_tls_certificate_expiry_seconds{{domain=\"{d}\"}} ");
+        let left: i64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no expiry for {d}:\n{metrics}"))
+            .parse()
+            .unwrap();
+        assert!(left > 86_400, "{d}: {left}");
+    }
     tlsutil::wss_relay_check(tls_addr, DOMAINS[1], trusting.clone()).await;
     let err = connect(tls_addr, "other.mles.test", trusting.clone())
         .await

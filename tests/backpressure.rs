@@ -95,3 +95,109 @@ async fn a_stalled_subscriber_is_closed_and_the_others_get_everything() {
     );
     eprintln!("stalled got {frames} frames; memory grew {grown} KiB");
 }
+
+/// Each shard's value of metric `name` at a metrics listener.
+async fn by_shard(srv: &TestServer, name: &str) -> Vec<u64> {
+    let addr = srv.metrics_addr().unwrap();
+    let body = http_raw(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let prefix = format!("{name}{{shard=\"");
+    let mut v = Vec::new();
+    for l in body.lines().filter(|l| l.starts_with(&prefix)) {
+        let n = l.rsplit(' ').next().unwrap().parse().unwrap();
+        v.push(n);
+    }
+    v
+}
+
+/// A WebSocket whose connection was accepted by shard `shard`.
+async fn connect_on(srv: &TestServer, shard: usize) -> Client {
+    for _ in 0..200 {
+        let before = by_shard(srv, "mles_connections_accepted_total").await;
+        let c = srv.connect().await;
+        let after = by_shard(srv, "mles_connections_accepted_total").await;
+        if after[shard] > before[shard] {
+            return c;
+        }
+    }
+    panic!("no connection landed on shard {shard}");
+}
+
+/// A channel name that shard `owner` of 2 owns.
+fn owned_by(prefix: &str, owner: u16) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|c| mles::shard::router::owner(c, 2) == owner)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_member_shard_that_falls_behind_pauses_the_publisher_until_it_catches_up() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (flood, stall) = (owned_by("flood", 0), owned_by("stall", 1));
+    let srv = TestServer::start(&[
+        "--shards",
+        "2",
+        "--metrics",
+        "127.0.0.1:0",
+        "--test-hook-channel",
+        &stall,
+        "--test-inbox-limit",
+        "1MiB",
+        "--max-queue",
+        "512MiB",
+    ]);
+    // The publisher lives on the channel's owner (shard 0), the subscriber on
+    // shard 1: every frame crosses shard 1's inbox as a Deliver.
+    let mut sub = connect_on(&srv, 1).await;
+    sub.send_text(&header("sub", &flood)).await;
+    let mut publisher = connect_on(&srv, 0).await;
+    publisher.send_text(&header("pub", &flood)).await;
+    assert_eq!(header_uid(&sub.recv_text().await).as_deref(), Some("pub"));
+    // Shard 1 stops for 3 s, as a shard that falls behind.
+    let mut trigger = srv.connect().await;
+    trigger.send_text(&header("stall-shard", &stall)).await;
+    // The publisher writes until the server stops reading it.
+    const FRAME: usize = 64 * 1024;
+    const MOST: usize = 64 << 20;
+    let frame = vec![7u8; FRAME];
+    let (mut sent, mut cut) = (0, false);
+    while sent < MOST {
+        let send = publisher.ws.send(Message::binary(frame.clone()));
+        match tokio::time::timeout(std::time::Duration::from_millis(500), send).await {
+            Ok(r) => {
+                r.unwrap();
+                sent += FRAME;
+            }
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        cut && sent < MOST / 3,
+        "the publisher wrote {} MiB while a member shard stood still",
+        sent >> 20
+    );
+    // Once shard 1 catches up, the publisher is resumed (signalled, not
+    // polled) and the subscriber gets every frame.
+    publisher.ws.flush().await.unwrap();
+    publisher.send_text("end").await;
+    let mut got = 0;
+    loop {
+        match sub.next().await {
+            Message::Binary(b) => {
+                assert_eq!(b.len(), FRAME);
+                got += FRAME;
+            }
+            Message::Text(t) if t == "end" => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(got == sent || got == sent + FRAME, "sent {sent}, got {got}");
+}

@@ -41,6 +41,23 @@ async fn empty_or_oversized_fields_close_with_1008() {
 }
 
 #[tokio::test]
+async fn control_characters_in_uid_or_channel_close_with_1008() {
+    let srv = TestServer::start(&[]);
+    for raw in [
+        r#"{"uid":"\u0000peer\u0000ws://x/","channel":"c"}"#,
+        r#"{"uid":"a","channel":"c\nd"}"#,
+        r#"{"uid":"\u001b[2J","channel":"c"}"#,
+    ] {
+        let (code, why) = refused(&srv, masked(0x81, raw.as_bytes())).await;
+        assert_eq!(
+            (code, why.contains("control")),
+            (1008, true),
+            "{raw}: {why}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn refused_session_stores_and_relays_nothing() {
     let srv = TestServer::start(&[]);
     let mut a = srv.join("a", "quiet").await;

@@ -71,3 +71,34 @@ async fn counters_follow_sessions_joins_deliveries_and_closes() {
     .await;
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 }
+
+#[tokio::test]
+async fn health_and_readiness_on_the_metrics_listener() {
+    let srv = TestServer::start(&["--metrics", "127.0.0.1:0"]);
+    let addr = srv.metrics_addr().unwrap();
+    let ask = |req: &'static str| http_raw(addr, req);
+    let live = ask("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+    let ready = ask("GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ready.contains("ok listeners"), "{ready}");
+    // Plain mode has no certificate to wait for.
+    assert!(!ready.contains("certificate"), "{ready}");
+    let head = ask("HEAD /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Only reads are allowed on the admin paths.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let resp = http_raw(addr, &req).await;
+        assert!(resp.starts_with("HTTP/1.1 405"), "{path}: {resp}");
+        assert!(
+            resp.to_ascii_lowercase().contains("allow: get, head"),
+            "{resp}"
+        );
+    }
+    // Static-file alerts are exported even while they are zero.
+    let text = scrape(&srv).await;
+    assert!(text.contains("mles_static_busy_total 0"), "{text}");
+}

@@ -40,6 +40,19 @@ fn get(host: &str, target: &str) -> String {
     format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: test\r\n\r\n")
 }
 
+/// Starts the redirect on one address; returns the address it got.
+fn start(
+    addr: &str,
+    domains: Vec<String>,
+    tls_port: u16,
+    shutdown: watch::Receiver<bool>,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let (bound, thread) =
+        mles::redirect::start(&[addr.parse().unwrap()], domains, tls_port, shutdown).unwrap();
+    assert_eq!(bound.len(), 1);
+    (bound[0], thread)
+}
+
 fn domains() -> Vec<String> {
     vec!["example.org".into(), "www.example.org".into()]
 }
@@ -47,8 +60,7 @@ fn domains() -> Vec<String> {
 #[tokio::test]
 async fn redirects_configured_domains_to_https() {
     let (_stop, shutdown) = watch::channel(false);
-    let (addr, _thread) =
-        mles::redirect::start("127.0.0.1:0".parse().unwrap(), domains(), 443, shutdown).unwrap();
+    let (addr, _thread) = start("127.0.0.1:0", domains(), 443, shutdown);
     assert_ne!(addr.port(), 0);
 
     assert_eq!(
@@ -89,8 +101,7 @@ async fn redirects_configured_domains_to_https() {
 #[tokio::test]
 async fn other_hosts_get_404() {
     let (_stop, shutdown) = watch::channel(false);
-    let (addr, _thread) =
-        mles::redirect::start("127.0.0.1:0".parse().unwrap(), domains(), 443, shutdown).unwrap();
+    let (addr, _thread) = start("127.0.0.1:0", domains(), 443, shutdown);
     assert_eq!(request(addr, &get("evil.example", "/")).await, (404, None));
     assert_eq!(request(addr, &get("127.0.0.1", "/")).await, (404, None));
     assert_eq!(
@@ -102,10 +113,56 @@ async fn other_hosts_get_404() {
 }
 
 #[tokio::test]
+async fn host_rules_of_rfc_9112() {
+    let (_stop, shutdown) = watch::channel(false);
+    let (addr, _thread) = start("127.0.0.1:0", domains(), 443, shutdown);
+    // HTTP/1.1 without Host, or with two, is a bad request.
+    assert_eq!(request(addr, "GET / HTTP/1.1\r\n\r\n").await, (400, None));
+    let two = "GET / HTTP/1.1\r\nHost: example.org\r\nHost: example.org\r\n\r\n";
+    assert_eq!(request(addr, two).await, (400, None));
+    // In absolute form the target's authority wins over Host.
+    assert_eq!(
+        request(
+            addr,
+            "GET http://example.org/p HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+        )
+        .await,
+        (301, Some("https://example.org/p".into()))
+    );
+    assert_eq!(
+        request(
+            addr,
+            "GET http://evil.example/p HTTP/1.1\r\nHost: example.org\r\n\r\n"
+        )
+        .await,
+        (404, None)
+    );
+}
+
+#[tokio::test]
+async fn listens_on_every_given_address_with_one_port() {
+    let (_stop, shutdown) = watch::channel(false);
+    let addrs = [
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.2:0".parse().unwrap(),
+    ];
+    let (bound, _thread) = mles::redirect::start(&addrs, domains(), 443, shutdown).unwrap();
+    assert_eq!(bound.len(), 2);
+    assert_eq!(bound[0].ip(), addrs[0].ip());
+    assert_eq!(bound[1].ip(), addrs[1].ip());
+    assert_eq!(bound[0].port(), bound[1].port());
+    for a in bound {
+        assert_eq!(
+            request(a, &get("example.org", "/")).await,
+            (301, Some("https://example.org/".into()))
+        );
+    }
+}
+
+#[tokio::test]
 async fn non_443_tls_port_is_in_the_location() {
     let (_stop, shutdown) = watch::channel(false);
-    let (addr, _thread) =
-        mles::redirect::start("127.0.0.1:0".parse().unwrap(), domains(), 8443, shutdown).unwrap();
+    let (addr, _thread) = start("127.0.0.1:0", domains(), 8443, shutdown);
     assert_eq!(
         request(addr, &get("example.org:8080", "/x/y?z=1")).await,
         (301, Some("https://example.org:8443/x/y?z=1".into()))
@@ -115,8 +172,7 @@ async fn non_443_tls_port_is_in_the_location() {
 #[tokio::test]
 async fn without_domains_any_host_is_redirected_to_itself() {
     let (_stop, shutdown) = watch::channel(false);
-    let (addr, _thread) =
-        mles::redirect::start("127.0.0.1:0".parse().unwrap(), Vec::new(), 443, shutdown).unwrap();
+    let (addr, _thread) = start("127.0.0.1:0", Vec::new(), 443, shutdown);
     assert_eq!(
         request(addr, &get("host.example:80", "/a")).await,
         (301, Some("https://host.example/a".into()))
@@ -126,8 +182,7 @@ async fn without_domains_any_host_is_redirected_to_itself() {
 #[tokio::test]
 async fn dual_stack_listener_answers_ipv4() {
     let (_stop, shutdown) = watch::channel(false);
-    let (addr, _thread) =
-        mles::redirect::start("[::]:0".parse().unwrap(), domains(), 443, shutdown).unwrap();
+    let (addr, _thread) = start("[::]:0", domains(), 443, shutdown);
     let v4: SocketAddr = ([127, 0, 0, 1], addr.port()).into();
     assert_eq!(
         request(v4, &get("example.org", "/")).await,
@@ -138,8 +193,7 @@ async fn dual_stack_listener_answers_ipv4() {
 #[test]
 fn stops_on_shutdown() {
     let (stop, shutdown) = watch::channel(false);
-    let (addr, thread) =
-        mles::redirect::start("127.0.0.1:0".parse().unwrap(), domains(), 443, shutdown).unwrap();
+    let (addr, thread) = start("127.0.0.1:0", domains(), 443, shutdown);
     stop.send(true).unwrap();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -1,7 +1,7 @@
 //! Supervision: a panic in one session's code costs that session only; a
 //! panic in a shard-level handler stops the whole server loudly (a log line
 //! and a non-zero exit), never leaving a shard that accepts but no longer
-//! relays. The panics come from the hidden `--test-panic-channel` hook.
+//! relays. The panics come from the hidden `--test-hook-channel` hook.
 
 mod common;
 
@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 
 #[tokio::test]
 async fn a_panicking_session_costs_only_that_session() {
-    let srv = TestServer::start(&["--test-panic-channel", "boom", "--shards", "2"]);
+    let srv = TestServer::start(&["--test-hook-channel", "boom", "--shards", "2"]);
     let mut a = srv.join("a", "boom").await;
     let mut b = srv.join("b", "boom").await;
     assert_eq!(a.recv_text().await, header("b", "boom"));
@@ -50,7 +50,7 @@ async fn a_panicking_session_costs_only_that_session() {
 
 #[tokio::test]
 async fn a_panicking_shard_handler_stops_the_server_in_process() {
-    let srv = TestServer::start(&["--test-panic-channel", "boom", "--shards", "2"]);
+    let srv = TestServer::start(&["--test-hook-channel", "boom", "--shards", "2"]);
     let mut bystander = srv.join("by", "other").await;
     let _trigger = srv.join("panic-shard", "boom").await;
     // Every session of every shard is closed as in a shutdown: no shard is
@@ -69,7 +69,7 @@ fn a_panicking_shard_handler_makes_the_binary_exit_non_zero() {
             "127.0.0.1:0",
             "--shards",
             "2",
-            "--test-panic-channel",
+            "--test-hook-channel",
             "boom",
         ])
         .env("RUST_LOG", "info")

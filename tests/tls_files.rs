@@ -170,3 +170,97 @@ async fn wss_relay_through_the_server() {
     tlsutil::wss_relay_check(server.addr, "localhost", client(ca.roots())).await;
     assert!(server.stop());
 }
+
+/// Reads one HTTP response from `addr` (plain HTTP).
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    common::http_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// The value of a sample line starting with `prefix` (name and labels).
+fn sample(text: &str, prefix: &str) -> Option<i64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn operators_see_certificate_expiry_failures_and_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = TestCa::new("files CA");
+    // Covers example.org but not other.net: other.net reports 0 seconds.
+    ca.issue(&["example.org", "localhost"]).write(&cert, &key);
+    let srv = common::TestServer::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "-d",
+        "example.org",
+        "-d",
+        "other.net",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let admin = srv.metrics_addr().unwrap();
+    let ready = get(admin, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ready.contains("ok certificate"), "{ready}");
+
+    let text = get(admin, "/metrics").await;
+    let left = sample(
+        &text,
+        "mles_tls_certificate_expiry_seconds{domain=\"example.org\"} ",
+    )
+    .unwrap_or_else(|| panic!("expiry per domain:\n{text}"));
+    // rcgen's default validity runs to 4096; anything over a year will do.
+    assert!(left > 365 * 86_400, "{left}");
+    assert_eq!(
+        sample(
+            &text,
+            "mles_tls_certificate_expiry_seconds{domain=\"other.net\"} "
+        ),
+        Some(0)
+    );
+    assert_eq!(sample(&text, "mles_tls_handshake_failures_total "), Some(0));
+
+    // Bytes that are not TLS fail the handshake, and it is counted.
+    let mut tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tlsutil::eventually(common::WAIT, "the failed handshake is counted", || async {
+        let text = get(admin, "/metrics").await;
+        (sample(&text, "mles_tls_handshake_failures_total ") == Some(1)).then_some(())
+    })
+    .await;
+}
+
+#[test]
+fn the_redirect_listens_where_the_server_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    TestCa::new("files CA")
+        .issue(&["localhost"])
+        .write(&cert, &key);
+    let config = tlsutil::config(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--redirect",
+        "--redirect-port",
+        "0",
+    ]);
+    let handle = mles::server::start(config).unwrap();
+    let redirect = handle.redirect_addr().expect("--redirect was given");
+    // Not [::]: the server was told to listen on 127.0.0.1 only.
+    assert_eq!(redirect.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert!(handle.stop());
+}

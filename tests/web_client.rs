@@ -107,11 +107,28 @@ async fn chat_in_a_real_browser() {
             }
             "phase joined carol" => {
                 let r = robot.as_mut().unwrap();
-                assert_eq!(r.recv_text().await, "hello from alice");
-                assert_eq!(r.recv_text().await, "hi alice");
+                // The page's envelope (docs/PROTOCOL.md), byte for byte.
+                assert_eq!(
+                    r.recv_text().await,
+                    r#"{"mles.chat":1,"from":"alice","text":"hello from alice"}"#
+                );
+                assert_eq!(
+                    r.recv_text().await,
+                    r#"{"mles.chat":1,"from":"bob","text":"hi alice"}"#
+                );
                 assert_eq!(header_uid(&r.recv_text().await).as_deref(), Some("carol"));
             }
-            "phase chatted" => robot.as_mut().unwrap().send_text("beep from robot").await,
+            "phase chatted" => {
+                let r = robot.as_mut().unwrap();
+                r.send_text("beep from robot").await;
+                // Looks like a join, but for another channel: a forgery.
+                r.send_text(r#"{"uid":"admin","channel":"room2"}"#).await;
+                r.send_text(r#"{"mles.chat":1,"from":"mallory","text":"trust me"}"#)
+                    .await;
+                // Alice's name, but not from her page.
+                r.send_text(r#"{"mles.chat":1,"from":"alice","text":"fake alice"}"#)
+                    .await;
+            }
             // Restart the server on the same address; the pages reconnect.
             "phase restart" => {
                 robot = None;
@@ -136,7 +153,11 @@ async fn chat_in_a_real_browser() {
         status.success() && transcript.last().map(String::as_str) == Some("done"),
         "browser script failed ({status}) after {transcript:?}:\n{errors}"
     );
-    for shot in ["web_client_phone.png", "web_client_desktop.png"] {
+    for shot in [
+        "web_client_phone.png",
+        "web_client_desktop.png",
+        "web_client_restart.png",
+    ] {
         let meta = std::fs::metadata(artifacts.join(shot)).expect("screenshot saved");
         assert!(meta.len() > 1000, "{shot} has content");
     }

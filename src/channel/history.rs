@@ -32,9 +32,47 @@ impl History {
         }
     }
 
+    /// Puts `older` (oldest first) before the stored frames, as far as the
+    /// bounds allow (the oldest of them are left out first). For a peer's
+    /// history that could not be aligned with ours (PROTOCOL.md §7); the
+    /// sequence numbers of stored frames do not change.
+    pub fn prepend(&mut self, older: Vec<Bytes>, max_frames: usize, max_bytes: usize) -> usize {
+        let mut added = 0;
+        for f in older.into_iter().rev() {
+            if self.frames.len() >= max_frames || self.bytes + f.len() > max_bytes {
+                break;
+            }
+            self.bytes += f.len();
+            self.frames.push_front(f);
+            added += 1;
+        }
+        added
+    }
+
+    /// Drops the oldest frames until at most `max_bytes` remain; returns
+    /// the bytes dropped. Sequence numbers stay as they were.
+    pub fn trim_to(&mut self, max_bytes: usize) -> usize {
+        let before = self.bytes;
+        while self.bytes > max_bytes {
+            match self.frames.pop_front() {
+                Some(old) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+        }
+        before - self.bytes
+    }
+
     /// Whether a byte-identical frame is already stored (`--dedup`).
     pub fn contains(&self, frame: &[u8]) -> bool {
         self.frames.iter().any(|f| f[..] == *frame)
+    }
+
+    /// The frames, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Bytes> + Clone {
+        self.frames.iter()
     }
 
     /// The frames, oldest first, as cheap clones.
@@ -82,6 +120,19 @@ mod tests {
         assert!(h.is_empty(), "a frame over the byte bound is not kept");
         assert_eq!(h.bytes(), 0);
         assert_eq!(h.last_seq(), 14, "evicted frames still took a number");
+    }
+
+    #[test]
+    fn prepend_fills_only_what_the_bounds_leave() {
+        let mut h = History::default();
+        h.push(Bytes::from_static(b"new"), 3, 100);
+        let older = ["a", "b", "c"].map(|s| Bytes::copy_from_slice(s.as_bytes()));
+        assert_eq!(h.prepend(older.to_vec(), 3, 100), 2);
+        assert_eq!(
+            h.snapshot(),
+            ["b", "c", "new"].map(|s| Bytes::from_static(s.as_bytes()))
+        );
+        assert_eq!((h.bytes(), h.last_seq()), (5, 1));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Channels, sans-IO: what a channel's owner knows (members with their kind,
-//! the history, joins waiting on a probe) and the rules of PROTOCOL.md §3–5 as
-//! a plain state machine: `(input, now) -> actions`.
+//! the history, joins waiting on a probe, the peer links' sync and routes)
+//! and the rules of PROTOCOL.md §3–5 and §7 as a plain state machine:
+//! `(input, now) -> actions`. [`links`] holds the link control messages,
+//! cycle detection and history alignment.
 //!
 //! Nothing here sends, reads a clock, or holds a session: the shard feeds
 //! [`Owner`] its messages and carries out the [`Action`]s it returns. A
@@ -10,8 +12,11 @@
 //! Must not depend on `shard`, `session` or any I/O.
 
 pub mod history;
+pub mod links;
 pub mod owner;
 pub mod sequencer;
+
+use std::sync::Arc;
 
 pub use history::History;
 pub use owner::{Action, Join, OwnedChannel, Owner};
@@ -37,13 +42,28 @@ pub fn owner_of(key: ChannelKey) -> u16 {
 }
 
 /// How a member was admitted; decides what it gets and what it counts for,
-/// never its uid or its header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// never its uid or its header. Each kind has its own uid namespace, so a
+/// client cannot take a link's uid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MemberKind {
     /// A client: its header is relayed and stored, and it keeps the channel
     /// (and this server's peer links for it) alive.
     Client,
-    /// A peer link (PROTOCOL.md §7): gets history and live frames, sends no
-    /// header, and does not keep the channel alive.
+    /// Another server's link to this one (a header with `"peer": true`,
+    /// PROTOCOL.md §7): gets history and live frames, its header is not
+    /// relayed, and it does not keep the channel alive.
     Link,
+    /// This server's own link to a peer: like [`MemberKind::Link`], and
+    /// ended when the channel's last client leaves.
+    OwnLink,
 }
+
+impl MemberKind {
+    /// A link either way.
+    pub fn is_link(self) -> bool {
+        self != MemberKind::Client
+    }
+}
+
+/// A member's identity in its channel: its kind and its uid.
+pub type MemberId = (MemberKind, Arc<str>);

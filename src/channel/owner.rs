@@ -13,10 +13,16 @@ use ahash::AHashMap;
 use bytes::Bytes;
 use slab::Slab;
 
-use super::history::History;
 use super::sequencer::{Ordered, Origin, Sequencer};
-use super::{ChannelKey, MemberKind, SessionId, shard_of};
+use super::{ChannelKey, MemberId, MemberKind, SessionId};
 use crate::protocol::close::{self, Close};
+
+mod peering;
+mod state;
+
+pub use peering::LinkState;
+pub use state::OwnedChannel;
+use state::{Member, Pending, Stage};
 
 /// Most channels one shard may own at once: a slot must fit the key's 32 bits.
 const MAX_CHANNELS: usize = u32::MAX as usize;
@@ -32,21 +38,26 @@ pub enum Action {
         skip: Option<SessionId>,
         frame: Bytes,
     },
-    /// `session` is a member of `key` as `uid`: replay `history`, then live frames.
+    /// `session` is a member of `key` as `id`: replay `history`, then live frames.
     Joined {
         session: SessionId,
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
         history: Vec<Bytes>,
     },
     /// Close `session` (a refused join, or a link no longer needed).
     Refused { session: SessionId, close: Close },
-    /// Ask the incumbent `session` holding `uid` whether it is alive (§4 probe).
+    /// Ask the incumbent `session` holding `id` whether it is alive (§4 probe).
     Probe {
         session: SessionId,
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
     },
+    /// Send the link `session` a control message (a Ping with this payload).
+    LinkControl { session: SessionId, payload: Bytes },
+    /// The link `session` was synced and kept: its live frames, held until
+    /// now, may flow (nothing crossed it while a cycle was still possible).
+    OpenLink { session: SessionId },
     /// The channel got its first client: start this server's peer links for it.
     StartLinks { key: ChannelKey, channel: Arc<str> },
 }
@@ -69,167 +80,10 @@ pub struct Tally {
     pub published: u64,
     pub dedup_dropped: u64,
     pub probe_replaced: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Member {
-    session: SessionId,
-    kind: MemberKind,
-}
-
-/// Where a join that is not yet admitted waits.
-#[derive(Debug)]
-enum Stage {
-    /// The incumbent with the same uid is being probed.
-    Probing { incumbent: SessionId },
-    /// The sequencer is claiming (channel, uid) beyond this owner.
-    Claiming,
-    /// The join header is on its way through the sequencer.
-    Ordering,
-}
-
-#[derive(Debug)]
-struct Pending {
-    stage: Stage,
-    join: Join,
-}
-
-impl Pending {
-    /// Whether this join waits on a probe of `incumbent`.
-    fn probes(&self, incumbent: SessionId) -> bool {
-        matches!(self.stage, Stage::Probing { incumbent: i } if i == incumbent)
-    }
-}
-
-/// The owner's record of one channel.
-#[derive(Debug)]
-pub struct OwnedChannel {
-    name: Arc<str>,
-    key: ChannelKey,
-    history: History,
-    members: AHashMap<Arc<str>, Member>,
-    /// Joins not yet admitted, by uid: they count for the duplicate check.
-    pending: AHashMap<Arc<str>, Pending>,
-    /// Members per shard, and the shards with at least one, for fan-out.
-    shard_counts: Vec<u32>,
-    member_shards: Vec<u16>,
-    clients: usize,
-    last_activity: Instant,
-    /// This server's peer links were started for the channel.
-    linked: bool,
-}
-
-impl OwnedChannel {
-    fn new(name: Arc<str>, key: ChannelKey, shards: usize, now: Instant) -> OwnedChannel {
-        OwnedChannel {
-            name,
-            key,
-            history: History::default(),
-            members: AHashMap::new(),
-            pending: AHashMap::new(),
-            shard_counts: vec![0; shards],
-            member_shards: Vec::new(),
-            clients: 0,
-            last_activity: now,
-            linked: false,
-        }
-    }
-
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
-    /// The key the owner numbers this channel by.
-    pub fn key(&self) -> ChannelKey {
-        self.key
-    }
-
-    pub fn history(&self) -> &History {
-        &self.history
-    }
-
-    /// Members of either kind.
-    pub fn members(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Members that are clients.
-    pub fn clients(&self) -> usize {
-        self.clients
-    }
-
-    /// The session holding `uid`, if any.
-    pub fn holder(&self, uid: &str) -> Option<SessionId> {
-        self.members.get(uid).map(|m| m.session)
-    }
-
-    /// Shards with at least one member.
-    pub fn member_shards(&self) -> &[u16] {
-        &self.member_shards
-    }
-
-    fn add_member(&mut self, uid: Arc<str>, m: Member) {
-        let s = shard_of(m.session) as usize;
-        self.clients += usize::from(m.kind == MemberKind::Client);
-        self.members.insert(uid, m);
-        self.shard_counts[s] += 1;
-        if self.shard_counts[s] == 1 {
-            self.member_shards.push(s as u16);
-        }
-    }
-
-    /// Removes `uid` if `session` holds it.
-    fn remove_member(&mut self, uid: &str, session: SessionId) -> Option<Member> {
-        if self.members.get(uid)?.session != session {
-            return None;
-        }
-        let m = self.members.remove(uid).expect("looked up above");
-        self.clients -= usize::from(m.kind == MemberKind::Client);
-        let s = shard_of(session) as usize;
-        self.shard_counts[s] -= 1;
-        if self.shard_counts[s] == 0 {
-            self.member_shards.retain(|&x| x as usize != s);
-        }
-        Some(m)
-    }
-
-    /// Takes the join pending for `uid` if `ours` says it is the one meant
-    /// (answers about an older join are stale and change nothing).
-    fn take_pending(&mut self, uid: &str, ours: impl Fn(&Pending) -> bool) -> Option<Pending> {
-        if self.pending.get(uid).is_some_and(ours) {
-            self.pending.remove(uid)
-        } else {
-            None
-        }
-    }
-
-    /// Delivers `o` to every shard with members, except to its publisher.
-    fn fan_out(&self, o: &Ordered, out: &mut Vec<Action>) {
-        let skip = o.origin.local_session();
-        out.extend(self.member_shards.iter().map(|&shard| Action::Deliver {
-            shard,
-            key: self.key,
-            skip,
-            frame: o.frame.clone(),
-        }));
-    }
-
-    /// This server's own links among the members (the sessions to end when
-    /// no client is left).
-    fn links(&self) -> impl Iterator<Item = SessionId> + '_ {
-        self.members
-            .values()
-            .filter(|m| m.kind == MemberKind::Link)
-            .map(|m| m.session)
-    }
-
-    /// Whether the owner may forget this channel: no members, nothing
-    /// pending, and no activity for `idle`.
-    fn expired(&self, now: Instant, idle: Duration) -> bool {
-        self.members.is_empty()
-            && self.pending.is_empty()
-            && now.saturating_duration_since(self.last_activity) >= idle
-    }
+    /// Change in the number of synced peer links.
+    pub links: i64,
+    /// Peer links refused for closing a cycle.
+    pub cycles_refused: u64,
 }
 
 /// Every channel one shard owns.
@@ -239,12 +93,24 @@ pub struct Owner<Q> {
     shards: usize,
     history_frames: usize,
     history_bytes: usize,
+    /// Bound on the history bytes of all channels of this owner together
+    /// (its share of `--history-total`).
+    history_budget: usize,
+    /// History bytes of all channels of this owner.
+    history_total: usize,
     by_name: AHashMap<Arc<str>, u32>,
     channels: Slab<OwnedChannel>,
     /// Generation of each slot, bumped when its channel is dropped.
     generations: Vec<u16>,
     sequencer: Q,
     tally: Tally,
+    /// This server's node id among peers (links, PROTOCOL.md §7).
+    node: u64,
+    /// Numbers links in the order they synced: the newest of two that
+    /// would close a cycle is refused.
+    syncs: u64,
+    /// Links still waiting for their peer's sync (the timer looks only then).
+    unsynced: usize,
 }
 
 impl<Q: Sequencer> Owner<Q> {
@@ -261,12 +127,36 @@ impl<Q: Sequencer> Owner<Q> {
             shards,
             history_frames,
             history_bytes,
+            history_budget: usize::MAX,
+            history_total: 0,
             by_name: AHashMap::new(),
             channels: Slab::new(),
             generations: Vec::new(),
             sequencer,
             tally: Tally::default(),
+            node: 0,
+            syncs: 0,
+            unsynced: 0,
         }
+    }
+
+    /// Sets this server's node id among peers (from `--peer-uid`).
+    pub fn with_node(mut self, node: u64) -> Owner<Q> {
+        self.node = node;
+        self
+    }
+
+    /// Bounds the history of all channels together to `bytes`: past it, idle
+    /// channels are forgotten least recently active first, then live ones
+    /// lose their oldest frames, least recently active first.
+    pub fn with_history_budget(mut self, bytes: usize) -> Owner<Q> {
+        self.history_budget = bytes;
+        self
+    }
+
+    /// History bytes held by all channels of this owner.
+    pub fn total_history_bytes(&self) -> usize {
+        self.history_total
     }
 
     /// The channel named `name`, if this owner has it.
@@ -274,6 +164,13 @@ impl<Q: Sequencer> Owner<Q> {
         self.by_name
             .get(name)
             .map(|&slot| &self.channels[slot as usize])
+    }
+
+    /// The channel `key` names, if this owner still has it.
+    pub fn channel_by_key(&self, key: ChannelKey) -> Option<&OwnedChannel> {
+        self.channels
+            .get(key as u32 as usize)
+            .filter(|c| c.key == key)
     }
 
     /// How many channels this owner holds.
@@ -309,10 +206,10 @@ impl<Q: Sequencer> Owner<Q> {
             .pending
             .iter()
             .find(|(_, p)| p.join.session == session)
-            .map(|(uid, _)| uid.clone());
+            .map(|(id, _)| id.clone());
         let member = ch.members.values().any(|m| m.session == session);
         let was_pending = pending.is_some();
-        if let Some(p) = pending.and_then(|uid| ch.pending.remove(&uid))
+        if let Some(p) = pending.and_then(|id| ch.pending.remove(&id))
             && matches!(p.stage, Stage::Ordering)
         {
             self.sequencer.release(&ch.name, &p.join.uid);
@@ -357,22 +254,23 @@ impl<Q: Sequencer> Owner<Q> {
             });
         };
         let ch = &mut self.channels[slot];
-        if ch.pending.contains_key(&j.uid) {
+        let id = (j.kind, j.uid.clone());
+        if ch.pending.contains_key(&id) {
             return out.push(Action::Refused {
                 session: j.session,
                 close: close::DUPLICATE,
             });
         }
-        if let Some(&m) = ch.members.get(&j.uid) {
+        if let Some(&m) = ch.members.get(&id) {
             out.push(Action::Probe {
                 session: m.session,
                 key: ch.key,
-                uid: j.uid.clone(),
+                id: id.clone(),
             });
             let stage = Stage::Probing {
                 incumbent: m.session,
             };
-            ch.pending.insert(j.uid.clone(), Pending { stage, join: j });
+            ch.pending.insert(id, Pending { stage, join: j });
             return;
         }
         self.claim(slot, j, now, out);
@@ -392,7 +290,7 @@ impl<Q: Sequencer> Owner<Q> {
                     stage: Stage::Claiming,
                     join: j,
                 };
-                ch.pending.insert(p.join.uid.clone(), p);
+                ch.pending.insert((p.join.kind, p.join.uid.clone()), p);
             }
         }
     }
@@ -401,7 +299,7 @@ impl<Q: Sequencer> Owner<Q> {
     pub fn claimed(
         &mut self,
         key: ChannelKey,
-        uid: &str,
+        id: &MemberId,
         session: SessionId,
         free: bool,
         now: Instant,
@@ -411,7 +309,7 @@ impl<Q: Sequencer> Owner<Q> {
             return;
         };
         let ours = |p: &Pending| matches!(p.stage, Stage::Claiming) && p.join.session == session;
-        let Some(p) = ch.take_pending(uid, ours) else {
+        let Some(p) = ch.take_pending(id, ours) else {
             return;
         };
         if free {
@@ -428,14 +326,18 @@ impl<Q: Sequencer> Owner<Q> {
     /// Sends a client's header through the sequencer; a link is admitted at once.
     fn order_join(&mut self, slot: usize, j: Join, now: Instant, out: &mut Vec<Action>) {
         let ch = &mut self.channels[slot];
-        if j.kind == MemberKind::Link {
-            if ch.clients == 0 {
-                // Every client left while this link was connecting.
+        if j.kind == MemberKind::OwnLink {
+            if !ch.wants_links() {
+                // Every client (and link passing frames on) left while this link was connecting.
                 return out.push(Action::Refused {
                     session: j.session,
                     close: close::CHANNEL_EMPTY,
                 });
             }
+            return self.admit(slot, j, None, now, out);
+        }
+        if j.kind == MemberKind::Link {
+            // Another server's link: no header to relay or store.
             return self.admit(slot, j, None, now, out);
         }
         let last = ch.history.last_seq();
@@ -450,7 +352,7 @@ impl<Q: Sequencer> Owner<Q> {
                     stage: Stage::Ordering,
                     join: j,
                 };
-                ch.pending.insert(p.join.uid.clone(), p);
+                ch.pending.insert((p.join.kind, p.join.uid.clone()), p);
             }
         }
     }
@@ -471,32 +373,29 @@ impl<Q: Sequencer> Owner<Q> {
         }
         let history = ch.history.snapshot();
         if let Some(h) = header {
+            let before = ch.history.bytes();
             ch.history
                 .push(h.frame, self.history_frames, self.history_bytes);
+            self.history_total = self.history_total + ch.history.bytes() - before;
         }
-        let first_client = j.kind == MemberKind::Client && ch.clients == 0;
-        ch.add_member(
-            j.uid.clone(),
-            Member {
-                session: j.session,
-                kind: j.kind,
-            },
-        );
+        let member = Member {
+            session: j.session,
+            kind: j.kind,
+        };
+        ch.add_member((j.kind, j.uid.clone()), member);
         ch.last_activity = now;
         self.tally.joins += 1;
         out.push(Action::Joined {
             session: j.session,
             key: ch.key,
-            uid: j.uid,
+            id: (j.kind, j.uid),
             history,
         });
-        if first_client && !ch.linked {
-            ch.linked = true;
-            out.push(Action::StartLinks {
-                key: ch.key,
-                channel: ch.name.clone(),
-            });
+        if j.kind.is_link() {
+            self.link_admitted(slot, j.session, j.kind, now, out);
         }
+        self.update_links(slot, out);
+        self.enforce_history_budget();
     }
 
     /// A member published `frame`: dropped if `dedup` finds it in history,
@@ -513,6 +412,13 @@ impl<Q: Sequencer> Owner<Q> {
         let Some(ch) = channel_mut(&mut self.channels, key) else {
             return;
         };
+        // Most channels have no links: skip the lookup for them.
+        if !ch.links.is_empty()
+            && let Some(link) = ch.links.get_mut(&origin)
+            && link.buffer(&frame, self.history_frames, self.history_bytes)
+        {
+            return;
+        }
         if dedup && ch.history.contains(&frame) {
             self.tally.dedup_dropped += 1;
             return;
@@ -545,9 +451,59 @@ impl<Q: Sequencer> Owner<Q> {
         }
         self.tally.published += 1;
         ch.fan_out(&o, out);
+        let before = ch.history.bytes();
         ch.history
             .push(o.frame, self.history_frames, self.history_bytes);
+        self.history_total = self.history_total + ch.history.bytes() - before;
         ch.last_activity = now;
+        self.enforce_history_budget();
+    }
+
+    /// Brings the history of all channels back under the budget (to 90% of
+    /// it, so a steady stream does not trim on every frame): idle channels
+    /// go first, whole, least recently active first; then live channels
+    /// lose their oldest frames, least recently active first. Runs only
+    /// when over budget, so the scans cost nothing in normal operation.
+    fn enforce_history_budget(&mut self) {
+        if self.history_total <= self.history_budget {
+            return;
+        }
+        let target = self.history_budget - self.history_budget / 10;
+        let mut by_age: Vec<(Instant, bool, usize)> = self
+            .channels
+            .iter()
+            .map(|(slot, c)| {
+                (
+                    c.last_activity,
+                    c.members.is_empty() && c.pending.is_empty(),
+                    slot,
+                )
+            })
+            .collect();
+        by_age.sort_unstable();
+        for &(_, idle, slot) in &by_age {
+            if self.history_total <= target {
+                return;
+            }
+            if idle {
+                let ch = self.channels.remove(slot);
+                self.by_name.remove(&ch.name);
+                self.generations[slot] = self.generations[slot].wrapping_add(1);
+                self.history_total -= ch.history.bytes();
+                self.sequencer.expired(ch.key);
+            }
+        }
+        for &(_, idle, slot) in &by_age {
+            let over = self.history_total.saturating_sub(target);
+            if over == 0 {
+                return;
+            }
+            if !idle {
+                let h = &mut self.channels[slot].history;
+                let keep = h.bytes().saturating_sub(over);
+                self.history_total -= h.trim_to(keep);
+            }
+        }
     }
 
     /// A member's session ended. A join waiting on it as the probed
@@ -555,7 +511,7 @@ impl<Q: Sequencer> Owner<Q> {
     pub fn leave(
         &mut self,
         key: ChannelKey,
-        uid: &Arc<str>,
+        id: &MemberId,
         session: SessionId,
         now: Instant,
         out: &mut Vec<Action>,
@@ -563,21 +519,26 @@ impl<Q: Sequencer> Owner<Q> {
         let Some(ch) = channel_mut(&mut self.channels, key) else {
             return;
         };
-        let Some(m) = ch.remove_member(uid, session) else {
+        let routed = ch
+            .links
+            .get(&session)
+            .is_some_and(LinkState::routes_through);
+        let Some((m, link)) = ch.remove_member(id, session) else {
             return;
         };
+        peering::link_gone(&mut self.tally, &mut self.unsynced, link);
         ch.last_activity = now;
-        self.sequencer.release(&ch.name, uid);
-        if let Some(p) = ch.take_pending(uid, |p| p.probes(session)) {
-            let slot = key as u32 as usize;
+        self.sequencer.release(&ch.name, &id.1);
+        let slot = key as u32 as usize;
+        if routed {
+            self.advertise(slot, out);
+        }
+        let ch = &mut self.channels[slot];
+        if let Some(p) = ch.take_pending(id, |p| p.probes(session)) {
             return self.claim(slot, p.join, now, out);
         }
-        if m.kind == MemberKind::Client && ch.clients == 0 && ch.linked {
-            ch.linked = false;
-            out.extend(ch.links().map(|session| Action::Refused {
-                session,
-                close: close::CHANNEL_EMPTY,
-            }));
+        if m.kind != MemberKind::OwnLink {
+            self.update_links(slot, out);
         }
     }
 
@@ -586,7 +547,7 @@ impl<Q: Sequencer> Owner<Q> {
     pub fn probe_result(
         &mut self,
         key: ChannelKey,
-        uid: &Arc<str>,
+        id: &MemberId,
         incumbent: SessionId,
         alive: bool,
         now: Instant,
@@ -595,17 +556,18 @@ impl<Q: Sequencer> Owner<Q> {
         let Some(ch) = channel_mut(&mut self.channels, key) else {
             return;
         };
-        let Some(p) = ch.take_pending(uid, |p| p.probes(incumbent)) else {
+        let Some(p) = ch.take_pending(id, |p| p.probes(incumbent)) else {
             return;
         };
-        if alive && ch.holder(uid) == Some(incumbent) {
+        if alive && ch.members.get(id).map(|m| m.session) == Some(incumbent) {
             return out.push(Action::Refused {
                 session: p.join.session,
                 close: close::DUPLICATE,
             });
         }
-        if ch.remove_member(uid, incumbent).is_some() {
-            self.sequencer.release(&ch.name, uid);
+        if let Some((_, link)) = ch.remove_member(id, incumbent) {
+            peering::link_gone(&mut self.tally, &mut self.unsynced, link);
+            self.sequencer.release(&ch.name, &id.1);
         }
         self.tally.probe_replaced += 1;
         let slot = key as u32 as usize;
@@ -617,12 +579,14 @@ impl<Q: Sequencer> Owner<Q> {
     pub fn expire(&mut self, now: Instant, idle: Duration) -> usize {
         let before = self.channels.len();
         let (by_name, generations) = (&mut self.by_name, &mut self.generations);
+        let total = &mut self.history_total;
         let sequencer = &mut self.sequencer;
         self.channels.retain(|slot, ch| {
             let keep = !ch.expired(now, idle);
             if !keep {
                 by_name.remove(&ch.name);
                 generations[slot] = generations[slot].wrapping_add(1);
+                *total -= ch.history.bytes();
                 sequencer.expired(ch.key);
             }
             keep

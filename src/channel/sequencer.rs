@@ -22,6 +22,14 @@
 //! `seq` must increase by exactly one per ordered frame of a channel as the
 //! owner sees them (the local history numbers its frames the same way).
 //!
+//! Wiring: each shard builds its own sequencer from a
+//! `shard::SequencerFactory` (`shard::runtime::ShardStart::sequencer`; the
+//! local one when none is given), called on the shard's thread, so it may
+//! hold `Rc` state and spawn local tasks. What comes back from the log is
+//! fed in with `Shard::ordered` and `Shard::claimed`, from a task on the
+//! owner shard — never from inside a `Sequencer` call, which runs while the
+//! owner is borrowed.
+//!
 //! [`Owner::ordered`]: super::Owner::ordered
 //! [`Owner::claimed`]: super::Owner::claimed
 
@@ -96,6 +104,49 @@ pub trait Sequencer {
 
     /// The owner dropped the idle channel `key`: forget anything kept for it.
     fn expired(&mut self, _key: ChannelKey) {}
+
+    /// The concrete sequencer, for the code on the owner shard that feeds
+    /// back what it answered later and needs its own methods to do so
+    /// (cluster mode). `None` for sequencers that answer at once.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
+}
+
+/// A boxed sequencer is one too, so a shard can hold whichever is configured.
+impl<S: Sequencer + ?Sized> Sequencer for Box<S> {
+    fn order(
+        &mut self,
+        key: ChannelKey,
+        channel: &Arc<str>,
+        last_seq: u64,
+        origin: Origin,
+        frame: Bytes,
+    ) -> Option<Ordered> {
+        (**self).order(key, channel, last_seq, origin, frame)
+    }
+
+    fn claim(
+        &mut self,
+        key: ChannelKey,
+        channel: &Arc<str>,
+        uid: &Arc<str>,
+        session: SessionId,
+    ) -> Option<bool> {
+        (**self).claim(key, channel, uid, session)
+    }
+
+    fn release(&mut self, channel: &Arc<str>, uid: &Arc<str>) {
+        (**self).release(channel, uid)
+    }
+
+    fn expired(&mut self, key: ChannelKey) {
+        (**self).expired(key)
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        (**self).as_any_mut()
+    }
 }
 
 /// One node: the owner shard's handling order is the channel's order.

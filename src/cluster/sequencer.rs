@@ -28,7 +28,7 @@ use super::envelope::{Delivery, Kind};
 use super::link::{Cluster, LinkState, PublishError};
 use super::registry::Claim;
 use crate::channel::sequencer::LOCAL_NODE;
-use crate::channel::{ChannelKey, LocalSequencer, Ordered, Origin, Sequencer, SessionId};
+use crate::channel::{ChannelKey, Ordered, Origin, Sequencer, SessionId};
 use crate::protocol::frame::{self, OP_BINARY, OP_TEXT};
 
 /// Payload bytes a channel may have queued for the stream and not yet
@@ -273,6 +273,10 @@ impl Sequencer for ClusterSequencer {
         }
     }
 
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
+
     fn release(&mut self, channel: &Arc<str>, uid: &Arc<str>) {
         tracing::debug!(node = %self.cluster.node(), %channel, %uid, "cluster: member released");
         let (cluster, channel_name, uid_name) =
@@ -280,55 +284,6 @@ impl Sequencer for ClusterSequencer {
         tokio::spawn(async move { cluster.registry().release(&channel_name, &uid_name).await });
         if let Some(&key) = self.by_name.get(channel) {
             self.drop_holder(key);
-        }
-    }
-}
-
-/// The sequencer of a node: local (one server) or the shared log (cluster mode).
-pub enum NodeSequencer {
-    Local(LocalSequencer),
-    Cluster(Box<ClusterSequencer>),
-}
-
-impl Sequencer for NodeSequencer {
-    fn order(
-        &mut self,
-        key: ChannelKey,
-        channel: &Arc<str>,
-        last_seq: u64,
-        origin: Origin,
-        frame: Bytes,
-    ) -> Option<Ordered> {
-        match self {
-            NodeSequencer::Local(s) => s.order(key, channel, last_seq, origin, frame),
-            NodeSequencer::Cluster(s) => s.order(key, channel, last_seq, origin, frame),
-        }
-    }
-
-    fn claim(
-        &mut self,
-        key: ChannelKey,
-        channel: &Arc<str>,
-        uid: &Arc<str>,
-        session: SessionId,
-    ) -> Option<bool> {
-        match self {
-            NodeSequencer::Local(s) => s.claim(key, channel, uid, session),
-            NodeSequencer::Cluster(s) => s.claim(key, channel, uid, session),
-        }
-    }
-
-    fn release(&mut self, channel: &Arc<str>, uid: &Arc<str>) {
-        match self {
-            NodeSequencer::Local(s) => s.release(channel, uid),
-            NodeSequencer::Cluster(s) => s.release(channel, uid),
-        }
-    }
-
-    fn expired(&mut self, key: ChannelKey) {
-        match self {
-            NodeSequencer::Local(s) => s.expired(key),
-            NodeSequencer::Cluster(s) => s.expired(key),
         }
     }
 }

@@ -2,11 +2,30 @@
 //! hyper, then either the WebSocket upgrade into a [`SessionTask`] or an
 //! ordinary HTTP response.
 //!
+//! Before any of that, a connection is admitted ([`limits`]) under its
+//! client's address, which with `--proxy-protocol` comes from the PROXY
+//! header ([`proxy`]); a refused connection is closed unread.
+//!
 //! A connection's error ends that connection only and is logged here at debug.
+//!
+//! - `host`: the Host rules every listener applies (RFC 9112 §3.2)
+//! - `response`: the one body type and plain-text builder of every listener
+//! - `stall`: the write timeout of HTTP responses
+//! - `upgrade`: the WebSocket upgrade
+//!
+//! Nothing here depends on `statics` but the [`Frontend`] that holds it;
+//! `statics` builds on `response` and `host`.
 
+pub mod host;
+pub mod limits;
+pub mod proxy;
+pub mod response;
+pub mod stall;
 pub mod upgrade;
 
+use std::cell::Cell;
 use std::convert::Infallible;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,48 +38,151 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::shard::Shard;
+use self::stall::{Arming, WriteStall};
+use crate::config::ConnectionSettings;
+use crate::session::{Host, Session};
 use crate::statics::StaticFiles;
 use crate::tls::Tls;
+use limits::{ConnGuard, ConnLimits};
 
-/// Response body type for everything the HTTP side serves.
-pub use crate::statics::Body;
+pub use response::Body;
 
-/// Time a client has to send its request head.
-const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a plain-HTTP client refused by a connection limit reads; TLS
+/// clients only see the connection close.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+Retry-After: 10\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\n\
+too many connections\n";
 
-/// What every shard's HTTP side shares: TLS and static files.
+/// What every shard's HTTP side shares: TLS, static files, admission.
 pub struct Frontend {
     /// Answers every request that is not a WebSocket upgrade.
     pub statics: StaticFiles,
     /// TLS for every connection, when configured.
     pub tls: Option<Arc<Tls>>,
+    /// Open connections against `--max-connections*`.
+    pub conns: Arc<ConnLimits>,
+    /// Time for the PROXY header and the request head.
+    pub request_timeout: Duration,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// A response write that makes no progress for this long ends its
+    /// connection (see [`stall`]).
+    pub write_timeout: Duration,
 }
 
-/// Serves one accepted connection until it closes or becomes a session.
-pub async fn serve_connection(shard: Rc<Shard>, frontend: Arc<Frontend>, tcp: TcpStream) {
-    match frontend.tls.clone() {
-        Some(tls) => {
-            if let Some(stream) = tls.accept(tcp).await {
-                serve_http(shard, frontend, stream).await
-            }
+impl Frontend {
+    pub fn new(
+        statics: StaticFiles,
+        tls: Option<Arc<Tls>>,
+        c: &ConnectionSettings,
+        write_timeout: Duration,
+    ) -> Frontend {
+        Frontend {
+            statics,
+            tls,
+            write_timeout,
+            conns: ConnLimits::new(c.limits),
+            request_timeout: c.request_timeout,
+            proxy_protocol: c.proxy_protocol,
         }
-        None => serve_http(shard, frontend, tcp).await,
     }
 }
 
-async fn serve_http<S>(shard: Rc<Shard>, frontend: Arc<Frontend>, io: S)
-where
+/// What the HTTP side knows of one connection: its admission, held by the
+/// HTTP connection and handed to its session when it upgrades (so it is
+/// given back when whichever ends last ends), and its TCP socket.
+pub struct Conn {
+    pub guard: Cell<Option<ConnGuard>>,
+    pub fd: RawFd,
+}
+
+pub type Admission = Rc<Conn>;
+
+/// Where upgraded connections go: a host that makes sessions (the shard).
+/// HTTP knows only this, so it sits below the shard.
+pub trait Sessions: Host + 'static {
+    /// A new session, registered with its host.
+    fn new_session(&self) -> Rc<Session>;
+}
+
+/// Serves one accepted connection until it closes or becomes a session.
+pub async fn serve_connection<H: Sessions>(
+    shard: Rc<H>,
+    frontend: Arc<Frontend>,
+    mut tcp: TcpStream,
+) {
+    let Some(guard) = admit(&frontend, &mut tcp).await else {
+        return;
+    };
+    let admission: Admission = Rc::new(Conn {
+        guard: Cell::new(Some(guard)),
+        fd: tcp.as_raw_fd(),
+    });
+    match frontend.tls.clone() {
+        Some(tls) => {
+            if let Some(stream) = tls.accept(tcp).await {
+                serve_http(shard, frontend, stream, admission).await
+            }
+        }
+        None => serve_http(shard, frontend, tcp, admission).await,
+    }
+}
+
+/// Reads the PROXY header when configured and counts the connection under
+/// its client's address; `None` when it is refused (and already answered).
+async fn admit(frontend: &Frontend, tcp: &mut TcpStream) -> Option<ConnGuard> {
+    let peer = tcp.peer_addr().ok()?;
+    let client = if frontend.proxy_protocol {
+        match tokio::time::timeout(frontend.request_timeout, proxy::read_header(tcp)).await {
+            Ok(Ok(source)) => source.unwrap_or(peer),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection refused");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no PROXY header in time");
+                return None;
+            }
+        }
+    } else {
+        peer
+    };
+    match frontend.conns.admit(client.ip()) {
+        Ok(guard) => Some(guard),
+        Err(refused) => {
+            tracing::debug!(%client, %refused, "connection refused");
+            if frontend.tls.is_none() {
+                // Best effort and never waiting: a refusal must cost less than the connection.
+                let _ = tcp.try_write(REFUSED);
+            }
+            None
+        }
+    }
+}
+
+async fn serve_http<S, H: Sessions>(
+    shard: Rc<H>,
+    frontend: Arc<Frontend>,
+    io: S,
+    admission: Admission,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let timeout = frontend.request_timeout;
+    let (io, arming) = WriteStall::new(io, frontend.write_timeout);
     let svc = service_fn(move |req: Request<Incoming>| {
         let shard = shard.clone();
         let frontend = frontend.clone();
-        async move { Ok::<_, Infallible>(route::<S>(req, shard, frontend).await) }
+        let admission = admission.clone();
+        let arming = arming.clone();
+        async move {
+            let res = route::<WriteStall<S>, H>(req, shard, frontend, admission, arming).await;
+            Ok::<_, Infallible>(res)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+        .header_read_timeout(timeout)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -68,16 +190,27 @@ where
     }
 }
 
-async fn route<S>(
+async fn route<S, H: Sessions>(
     req: Request<Incoming>,
-    shard: Rc<Shard>,
+    shard: Rc<H>,
     frontend: Arc<Frontend>,
+    admission: Admission,
+    arming: Arming,
 ) -> Response<Body>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if let Err(e) = host::request_authority(&req) {
+        return e.response();
+    }
     if upgrade::is_websocket(&req) {
-        return upgrade::accept::<S>(req, shard);
+        let res = upgrade::accept::<S, H>(req, shard, &admission);
+        // The stream becomes a session's (which starts only after this
+        // response is written); a refused upgrade stays HTTP, timed.
+        if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            arming.disarm();
+        }
+        return res;
     }
     frontend.statics.serve(&req).await
 }

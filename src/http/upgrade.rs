@@ -8,11 +8,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Body;
+use super::response::{empty, plain};
+use super::{Admission, Body};
 use crate::protocol::SUBPROTOCOL;
 use crate::session::SessionTask;
-use crate::shard::Shard;
-use crate::statics::response::{empty, plain};
+use crate::session::echo::EchoHost;
 
 /// Whether the request asks for a WebSocket upgrade at all.
 pub fn is_websocket<B>(req: &Request<B>) -> bool {
@@ -27,13 +27,35 @@ fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// RFC 6455 §4.1: the key is the base64 encoding of 16 bytes, so exactly 24
+/// characters ending in `==`. The strict decoder also refuses non-zero
+/// trailing bits, so a key has one spelling only.
+pub fn is_valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && data_encoding::BASE64
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+}
+
 /// Checks an upgrade request; on success answers 101 and starts the session
-/// once hyper hands over the connection.
-pub fn accept<S>(mut req: Request<Incoming>, shard: Rc<Shard>) -> Response<Body>
+/// once hyper hands over the connection. The session takes over the
+/// connection's `admission`, so it stays counted for the session's life.
+pub fn accept<S, H: super::Sessions>(
+    mut req: Request<Incoming>,
+    shard: Rc<H>,
+    admission: &Admission,
+) -> Response<Body>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let h = req.headers();
+    // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 (or later) GET.
+    if req.version() < http::Version::HTTP_11 {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "websocket upgrade needs HTTP/1.1\n",
+        );
+    }
     if req.method() != http::Method::GET || !has_token(h, header::CONNECTION, "upgrade") {
         return plain(
             StatusCode::BAD_REQUEST,
@@ -51,7 +73,10 @@ where
         );
         return r;
     }
-    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|k| k.len() == 24) else {
+    let Some(key) = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| is_valid_key(k.as_bytes()))
+    else {
         return plain(
             StatusCode::BAD_REQUEST,
             "missing or invalid Sec-WebSocket-Key\n",
@@ -65,6 +90,8 @@ where
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let conn = admission.guard.take();
+    let fd = admission.fd;
     tokio::task::spawn_local(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -77,10 +104,24 @@ where
         // Copy what hyper read ahead and drop its buffer now: `read_buf` may be a
         // slice of hyper's read buffer, which must not stay pinned for the session's life.
         let hyper::upgrade::Parts { io, read_buf, .. } = parts;
-        let task = SessionTask::new(io.into_inner(), shard.new_session(), shard, &read_buf);
-        // The session gets a task of its own, sized to the session alone rather
-        // than to this handshake future; this one ends here.
-        tokio::task::spawn_local(task);
+        let session = shard.new_session();
+        session.set_socket(fd);
+        // The session gets a task of its own, sized to the session (and its
+        // admission) rather than to this handshake future; this one ends here.
+        if shard.limits().conformance_echo {
+            let host = Rc::new(EchoHost::new(shard, &session));
+            let task = SessionTask::new(io.into_inner(), session, host, &read_buf);
+            tokio::task::spawn_local(async move {
+                let _conn = conn;
+                task.await
+            });
+            return;
+        }
+        let task = SessionTask::new(io.into_inner(), session, shard, &read_buf);
+        tokio::task::spawn_local(async move {
+            let _conn = conn;
+            task.await
+        });
     });
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -96,4 +137,28 @@ where
         HeaderValue::from_static(SUBPROTOCOL),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_must_be_base64_of_16_bytes() {
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(is_valid_key(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        for bad in [
+            &b""[..],
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            // 24 characters, but not base64 (or not of 16 bytes).
+            b"!!!!!!!!!!!!!!!!!!!!!!!!",
+            b"dGhlIHNhbXBsZSBub25jZQ  ",
+            b"dGhlIHNhbXBsZSBub25jZSBi",
+            b"dGhlIHNhbXBsZSBub25jZ===",
+            // Non-zero padding bits: another spelling of a 16-byte key.
+            b"dGhlIHNhbXBsZSBub25jZR==",
+        ] {
+            assert!(!is_valid_key(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 }

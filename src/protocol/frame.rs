@@ -31,6 +31,11 @@ impl Head {
 }
 
 /// Decodes a client frame head. `Ok(None)` means more bytes are needed.
+///
+/// A length not in its shortest form (RFC 6455 §5.2: "the minimal number of
+/// bytes MUST be used") is refused with 1002 rather than tolerated: no
+/// conforming client sends one, and accepting several spellings of one frame
+/// only helps traffic that wants to look different to a filter than to us.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Close> {
     if buf.len() < 2 {
         return Ok(None);
@@ -55,7 +60,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Close> {
             if buf.len() < 4 {
                 return Ok(None);
             }
-            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
+            let l = u16::from_be_bytes([buf[2], buf[3]]) as u64;
+            if l < 126 {
+                return Err(close::NON_MINIMAL_LENGTH);
+            }
+            (l, 4)
         }
         127 => {
             if buf.len() < 10 {
@@ -64,6 +73,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Close> {
             let l = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes"));
             if l >> 63 != 0 {
                 return Err(close::BAD_LENGTH);
+            }
+            if l <= 0xFFFF {
+                return Err(close::NON_MINIMAL_LENGTH);
             }
             (l, 10)
         }
@@ -231,6 +243,29 @@ mod tests {
         let mut big = vec![0x82, 0xFF];
         big.extend_from_slice(&u64::MAX.to_be_bytes());
         assert_eq!(parse_head(&big), Err(close::BAD_LENGTH));
+    }
+
+    #[test]
+    fn lengths_must_use_the_shortest_form() {
+        // 5 bytes spelt with the 16-bit and the 64-bit form.
+        assert_eq!(
+            parse_head(&[0x82, 0x80 | 126, 0, 5, 1, 2, 3, 4]),
+            Err(close::NON_MINIMAL_LENGTH)
+        );
+        let mut f = vec![0x82, 0x80 | 127];
+        f.extend_from_slice(&5u64.to_be_bytes());
+        assert_eq!(parse_head(&f), Err(close::NON_MINIMAL_LENGTH));
+        // 65535 fits 16 bits, so the 64-bit form is refused too ...
+        let mut f = vec![0x82, 0x80 | 127];
+        f.extend_from_slice(&65535u64.to_be_bytes());
+        assert_eq!(parse_head(&f), Err(close::NON_MINIMAL_LENGTH));
+        // ... while the boundaries in their own forms are fine.
+        let h = parse_head(&[0x82, 0x80 | 126, 0, 126, 1, 2, 3, 4]).unwrap();
+        assert_eq!(h.map(|h| h.len), Some(126));
+        let mut f = vec![0x82, 0x80 | 127];
+        f.extend_from_slice(&65536u64.to_be_bytes());
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(parse_head(&f).unwrap().map(|h| h.len), Some(65536));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::channel::{ChannelKey, SessionId};
+use crate::channel::{ChannelKey, MemberId, SessionId};
 use crate::clock::{self, Millis};
 use crate::config::Limits;
 use crate::protocol::close::{self, Close};
@@ -39,12 +39,19 @@ pub trait Host {
     /// A member published `frame` (encoded for receivers) into `key`.
     fn publish(&self, key: ChannelKey, origin: SessionId, frame: Bytes, dedup: bool);
     /// A probed session answered (or failed to).
-    fn probe_answered(&self, key: ChannelKey, uid: Arc<str>, session: SessionId, alive: bool);
+    fn probe_answered(&self, key: ChannelKey, id: MemberId, session: SessionId, alive: bool);
+    /// A link member sent a control message (a Ping payload, PROTOCOL.md §7).
+    fn link_control(&self, key: ChannelKey, session: SessionId, payload: Bytes);
     /// Whether the session must stop reading for now (the process is
     /// congested); if so `waker` is woken when it may go on.
     fn must_pause(&self, waker: &Waker) -> bool;
     /// The session's task ended, however it ended (a panic included).
     fn ended(&self, session: &Session);
+    /// Charges `bytes` more held between reads to the server's `--max-memory`;
+    /// false, with nothing charged, when that would pass it.
+    fn charge(&self, bytes: usize) -> bool;
+    /// Gives back `bytes` charged before.
+    fn discharge(&self, bytes: usize);
 }
 
 /// How long a closing session may take to flush its Close and see the peer's EOF.
@@ -86,6 +93,10 @@ pub enum Phase {
 struct Replay(Option<Box<VecDeque<Bytes>>>);
 
 impl Replay {
+    fn push_back(&mut self, frame: Bytes) {
+        self.0.get_or_insert_with(Default::default).push_back(frame);
+    }
+
     fn set(&mut self, frames: Vec<Bytes>) {
         self.0 = (!frames.is_empty()).then(|| Box::new(frames.into()));
     }
@@ -124,7 +135,11 @@ impl Replay {
 struct Probe {
     deadline: Millis,
     key: ChannelKey,
-    uid: Arc<str>,
+    id: MemberId,
+    /// The peer's acknowledged bytes when the probe began, if data was
+    /// waiting ahead of the ping: acknowledgements past it prove the peer
+    /// is reading, though its answer is still queued behind that data.
+    acked_at_start: Option<u64>,
 }
 
 struct Inner {
@@ -139,15 +154,42 @@ struct Inner {
     waker: Option<Waker>,
     /// Set to end the task at once (close linger over, or shutdown deadline).
     kill: bool,
+    /// A peer link whose peer has not synced yet: live frames wait in `out`
+    /// unwritten; control frames go out after the history (PROTOCOL.md §7).
+    held: bool,
     /// The close code sent, 1005 while none was.
     close_code: u16,
-    /// The channel once joined: where published frames go.
-    key: Option<ChannelKey>,
+    /// Channel and uid once joined: where published frames go, and what to leave.
+    joined: Option<(ChannelKey, Arc<str>)>,
     probe: Option<Box<Probe>>,
+    /// The TCP socket under the session (also under TLS), for the probe;
+    /// -1 while unknown (a plain `RawFd`: an `Option` would cost 4 bytes more).
+    fd: std::os::fd::RawFd,
     /// When the phase last changed (header timeout, close linger).
     since: Millis,
     last_rx: Millis,
     last_ping: Millis,
+}
+
+impl Inner {
+    fn fd(&self) -> Option<std::os::fd::RawFd> {
+        (self.fd >= 0).then_some(self.fd)
+    }
+
+    /// Whether something may be written now.
+    fn writable(&self) -> bool {
+        !self.replay.is_empty() || (!self.held && !self.out.is_empty())
+    }
+
+    /// The frames to write next, history first; live ones unless held.
+    fn to_write(&self) -> impl Iterator<Item = &Bytes> {
+        let live = if self.held {
+            None
+        } else {
+            Some(self.out.iter())
+        };
+        self.replay.iter().chain(live.into_iter().flatten())
+    }
 }
 
 /// The part of a session the shard holds: its outbound queue and state.
@@ -162,7 +204,12 @@ pub enum TickOutcome {
     /// The incumbent did not answer the probe: it is being closed.
     ProbeFailed {
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
+    },
+    /// The incumbent's ping was stuck behind data it kept reading: alive.
+    ProbeAlive {
+        key: ChannelKey,
+        id: MemberId,
     },
 }
 
@@ -178,14 +225,22 @@ impl Session {
                 written: 0,
                 waker: None,
                 kill: false,
+                held: false,
                 close_code: 1005,
-                key: None,
+                joined: None,
                 probe: None,
+                fd: -1,
                 since: now,
                 last_rx: now,
                 last_ping: now,
             }),
         }
+    }
+
+    /// Records the TCP socket under this session. The session's task owns
+    /// it; the shard forgets the session before the task closes it.
+    pub fn set_socket(&self, fd: std::os::fd::RawFd) {
+        self.inner.borrow_mut().fd = fd;
     }
 
     pub fn phase(&self) -> Phase {
@@ -209,7 +264,12 @@ impl Session {
     /// Whether frames are waiting to be taken.
     pub fn has_queued(&self) -> bool {
         let i = self.inner.borrow();
-        !i.out.is_empty() || !i.replay.is_empty()
+        i.writable()
+    }
+
+    /// Bytes of live frames waiting to be written (history replay excluded).
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.borrow().out_bytes
     }
 
     /// The close code this session sent (1005 if it ended without one).
@@ -231,8 +291,10 @@ impl Session {
     pub fn take_queued(&self) -> Vec<Bytes> {
         let mut i = self.inner.borrow_mut();
         let mut v = i.replay.take();
-        v.extend(i.out.drain(..));
-        i.out_bytes = 0;
+        if !i.held {
+            v.extend(i.out.drain(..));
+            i.out_bytes = 0;
+        }
         i.written = 0;
         v
     }
@@ -257,10 +319,24 @@ impl Session {
         false
     }
 
-    /// Queues a control frame (not counted against the queue bound).
-    fn push_control(&self, frame: Bytes) {
+    /// Queues a control frame (not counted against the queue bound); while
+    /// held, after the history, ahead of the live frames that wait.
+    pub fn push_control(&self, frame: Bytes) {
         let mut i = self.inner.borrow_mut();
-        i.out.push_back(frame);
+        if i.held {
+            i.replay.push_back(frame);
+        } else {
+            i.out.push_back(frame);
+        }
+        if let Some(w) = i.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// A held link's peer synced and the link was kept: live frames flow.
+    pub fn release(&self) {
+        let mut i = self.inner.borrow_mut();
+        i.held = false;
         if let Some(w) = i.waker.take() {
             w.wake();
         }
@@ -286,6 +362,11 @@ impl Session {
         i.phase = Phase::Closing;
         i.close_code = c.code;
         i.since = clock::now();
+        if std::mem::take(&mut i.held) {
+            // A link closed before it was open: what waited is not sent.
+            i.out.clear();
+            i.out_bytes = 0;
+        }
         if c == close::SLOW_CONSUMER {
             // Keep only a frame already partly written, so the stream stays well-formed.
             let keep = if i.written > 0 {
@@ -317,13 +398,15 @@ impl Session {
 
     /// The owner accepted the join: replay `history`, then live frames.
     /// Returns false when the session is no longer waiting for it.
-    pub fn joined(&self, key: ChannelKey, history: Vec<Bytes>) -> bool {
+    /// A link (`hold`) sends no live frame until [`Session::release`].
+    pub fn joined(&self, key: ChannelKey, uid: Arc<str>, history: Vec<Bytes>, hold: bool) -> bool {
         let mut i = self.inner.borrow_mut();
         if i.phase != Phase::Joining {
             return false;
         }
         i.phase = Phase::Member;
-        i.key = Some(key);
+        i.joined = Some((key, uid));
+        i.held = hold;
         i.replay.set(history);
         if let Some(w) = i.waker.take() {
             w.wake();
@@ -333,11 +416,16 @@ impl Session {
 
     /// The channel this session is a member of.
     pub fn key(&self) -> Option<ChannelKey> {
-        self.inner.borrow().key
+        self.inner.borrow().joined.as_ref().map(|(k, _)| *k)
+    }
+
+    /// The channel and uid this session joined, taken when it ends.
+    pub fn take_joined(&self) -> Option<(ChannelKey, Arc<str>)> {
+        self.inner.borrow_mut().joined.take()
     }
 
     /// Starts a half-open probe; `Some(alive)` when it can be answered at once.
-    pub fn probe(&self, key: ChannelKey, uid: Arc<str>, now: Millis) -> Option<bool> {
+    pub fn probe(&self, key: ChannelKey, id: MemberId, now: Millis) -> Option<bool> {
         let mut i = self.inner.borrow_mut();
         if i.phase == Phase::Closing {
             return Some(false);
@@ -345,10 +433,19 @@ impl Session {
         if clock::since(now, i.last_rx) < PROBE_QUIET {
             return Some(true);
         }
+        let ahead = !i.out.is_empty()
+            || !i.replay.is_empty()
+            || i.fd().and_then(socket::unacked).is_some_and(|n| n > 0);
+        let acked_at_start = if ahead {
+            i.fd().and_then(socket::bytes_acked)
+        } else {
+            None
+        };
         i.probe = Some(Box::new(Probe {
             deadline: clock::after(now, PROBE_ANSWER),
             key,
-            uid,
+            id,
+            acked_at_start,
         }));
         drop(i);
         self.push_control(Bytes::from_static(PING));
@@ -371,11 +468,20 @@ impl Session {
             return TickOutcome::Nothing;
         }
         if let Some(p) = i.probe.take_if(|p| clock::reached(now, p.deadline)) {
+            let acked_now = i.fd().and_then(socket::bytes_acked);
+            if let (Some(a0), Some(a1)) = (p.acked_at_start, acked_now)
+                && a1 > a0
+            {
+                return TickOutcome::ProbeAlive {
+                    key: p.key,
+                    id: p.id,
+                };
+            }
             drop(i);
-            self.close(close::KEEPALIVE_TIMEOUT);
+            self.close(close::PROBE_FAILED);
             return TickOutcome::ProbeFailed {
                 key: p.key,
-                uid: p.uid,
+                id: p.id,
             };
         }
         if i.phase == Phase::Header && clock::since(now, i.since) >= header_timeout {
@@ -393,6 +499,49 @@ impl Session {
     }
 }
 
+pub mod echo;
+pub mod rate;
+pub mod socket;
 mod task;
 
 pub use task::SessionTask;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_session_state_stays_small() {
+        // Every idle connection pays for this (BENCHMARKS.md: 144 bytes).
+        assert!(
+            std::mem::size_of::<Session>() <= 144,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
+    }
+
+    #[test]
+    fn a_held_link_writes_control_frames_but_not_live_ones_until_released() {
+        let s = Session::new(1, 0);
+        s.begin_join();
+        assert!(s.joined(7, "l".into(), vec![Bytes::from_static(b"h")], true));
+        s.push(Bytes::from_static(b"live"), 1 << 20);
+        s.push_control(Bytes::from_static(b"sync"));
+        assert_eq!(
+            s.take_queued(),
+            ["h", "sync"].map(|f| Bytes::from_static(f.as_bytes()))
+        );
+        assert!(!s.has_queued());
+        s.release();
+        assert_eq!(s.take_queued(), [Bytes::from_static(b"live")]);
+        // Closed before it opened: what waited is dropped, the Close goes out.
+        let s = Session::new(2, 0);
+        s.begin_join();
+        s.joined(7, "l".into(), Vec::new(), true);
+        s.push(Bytes::from_static(b"live"), 1 << 20);
+        s.close(close::PEER_CYCLE);
+        let q = s.take_queued();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0][0] & 0x0F, OP_CLOSE);
+    }
+}

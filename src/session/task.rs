@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::rate::SessionRate;
 use super::{EMPTY_CLOSE, Host, Inner, MAX_IOV, Phase, READ_BUDGET, Session};
 use crate::clock;
 use crate::protocol::close::{self, Close};
@@ -40,14 +41,21 @@ pub struct SessionTask<S, H: Host> {
     shut_down: bool,
     /// The peer started the close handshake: once our echo is out, just close.
     peer_closed: bool,
-    /// Frames are de-duplicated against history (`--dedup`, or a peer link).
+    /// Frames are de-duplicated against history (`--dedup`; never a link's).
     dedup: bool,
+    /// The header said `"peer": true`: this is another server's link.
+    link: bool,
+    /// Bytes of `partial` and `frag` charged to the server's `--max-memory`.
+    held: usize,
+    /// `--rate-limit*`, when set.
+    rate: Option<Box<SessionRate>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
     /// `read_ahead` is what the HTTP layer had already read past the upgrade request.
     pub fn new(io: S, session: Rc<Session>, shard: Rc<H>, read_ahead: &[u8]) -> Self {
         let dedup = shard.limits().dedup;
+        let rate = SessionRate::new(shard.limits().rate, shard.limits().max_message);
         SessionTask {
             io,
             session,
@@ -59,6 +67,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             shut_down: false,
             peer_closed: false,
             dedup,
+            link: false,
+            held: 0,
+            rate,
         }
     }
 
@@ -66,12 +77,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         loop {
             let mut i = self.session.inner.borrow_mut();
-            if i.out.is_empty() && i.replay.is_empty() {
+            if !i.writable() {
                 break;
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut k = 0;
-            for f in i.replay.iter().chain(i.out.iter()).take(MAX_IOV) {
+            for f in i.to_write().take(MAX_IOV) {
                 iov[k] = IoSlice::new(if k == 0 { &f[i.written..] } else { &f[..] });
                 k += 1;
             }
@@ -112,13 +123,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
                 if self.partial.is_empty() {
                     let used = self.process(data);
                     if used < data.len() {
-                        self.partial.extend_from_slice(&data[used..]);
+                        append_partial(&mut self.partial, &data[used..]);
                         self.stalled = self.can_parse();
                     }
                 } else {
-                    self.partial.extend_from_slice(data);
+                    append_partial(&mut self.partial, data);
                     self.process_partial();
                 }
+                self.account();
                 Poll::Ready(true)
             }
             Poll::Ready(Err(e)) => {
@@ -139,8 +151,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
         };
         if let Some(p) = probe {
             self.shard
-                .probe_answered(p.key, p.uid, self.session.id, true);
+                .probe_answered(p.key, p.id, self.session.id, true);
         }
+    }
+
+    /// Charges what this session holds between reads (an incomplete frame,
+    /// a message being reassembled) to the server's `--max-memory`, or gives
+    /// back what it no longer holds. Refused, the session lets go of both
+    /// and closes with 1013: only the session asking for more pays.
+    fn account(&mut self) {
+        let now = self.partial.capacity() + self.frag.as_ref().map_or(0, |f| f.payload.capacity());
+        if now < self.held {
+            self.shard.discharge(self.held - now);
+        } else if now > self.held && !self.shard.charge(now - self.held) {
+            self.partial = Vec::new();
+            self.frag = None;
+            self.stalled = false;
+            self.shard.discharge(self.held);
+            self.held = 0;
+            self.session.close(close::MEMORY_BUDGET);
+            return;
+        }
+        self.held = now;
     }
 
     fn can_parse(&self) -> bool {
@@ -175,8 +207,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             };
             if !head.is_control() {
                 let so_far = self.frag.as_ref().map_or(0, |f| f.payload.len() as u64);
-                if so_far + head.len > max {
-                    self.session.close(close::TOO_BIG);
+                // Before its header a session is unauthenticated: refuse an
+                // oversized header as soon as its length is known, rather than
+                // hold up to --max-message of it.
+                let cap = if self.session.phase() == Phase::Header {
+                    header::check_len(so_far + head.len)
+                } else if so_far + head.len > max {
+                    Err(close::TOO_BIG)
+                } else {
+                    Ok(())
+                };
+                if let Err(c) = cap {
+                    self.session.close(c);
                     break;
                 }
             }
@@ -194,9 +236,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
     fn on_frame(&mut self, head: Head, masked: &[u8]) {
         match head.opcode {
             OP_PING => {
+                if let Err(c) = self.rate_ok(0) {
+                    return self.session.close(c);
+                }
                 let mut p = masked.to_vec();
                 frame::unmask(&mut p, head.mask, 0);
                 self.session.push_control(frame::encode(OP_PONG, &p));
+                // A peer server's link talks to this server in Pings (PROTOCOL.md §7).
+                if self.link
+                    && let Some(key) = self.session.key()
+                {
+                    self.shard.link_control(key, self.session.id, p.into());
+                }
             }
             OP_PONG => {}
             OP_CLOSE => self.on_close(head, masked),
@@ -255,9 +306,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
         }
     }
 
+    /// Counts a message of `len` bytes against `--rate-limit*`.
+    fn rate_ok(&self, len: usize) -> Result<(), Close> {
+        self.rate.as_ref().map_or(Ok(()), |r| r.admit(len))
+    }
+
     /// A complete message, `f` already encoded for receivers.
     fn on_message(&mut self, opcode: u8, f: Bytes) {
         let payload = frame::payload_of(&f);
+        if let Err(c) = self.rate_ok(payload.len()) {
+            return self.session.close(c);
+        }
         if opcode == OP_TEXT && std::str::from_utf8(payload).is_err() {
             self.session.close(close::INVALID_UTF8);
             return;
@@ -295,16 +354,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             };
             return self.session.close(c);
         }
-        if let Some(hook) = &self.shard.limits().panic_channel
+        if let Some(hook) = &self.shard.limits().hook_channel
             && *h.channel == **hook
             && h.uid == "panic-session"
         {
-            panic!("test hook: a session panics (--test-panic-channel)");
+            panic!("test hook: a session panics (--test-hook-channel)");
         }
-        self.dedup |= h.peer;
+        // A peer's frames are never dropped for their content (PROTOCOL.md §7).
+        self.link = h.peer;
+        self.dedup &= !h.peer;
         self.session.begin_join();
         self.shard.join(self.session.id, h);
     }
+}
+
+/// Appends `data` to `partial`, growing it geometrically but never past the
+/// end of the frame it starts with: a frame's memory follows the bytes that
+/// arrived (not the length it declares), and a whole 1 MiB frame costs
+/// 1 MiB rather than the 2 MiB plain doubling would reserve.
+fn append_partial(partial: &mut Vec<u8>, data: &[u8]) {
+    let need = partial.len() + data.len();
+    if need > partial.capacity() {
+        let mut head = [0u8; 14];
+        let k = partial.len().min(14);
+        head[..k].copy_from_slice(&partial[..k]);
+        let m = (14 - k).min(data.len());
+        head[k..k + m].copy_from_slice(&data[..m]);
+        let frame_end = match frame::parse_head(&head[..k + m]) {
+            Ok(Some(h)) => usize::try_from(h.head_len as u64 + h.len).unwrap_or(usize::MAX),
+            _ => need,
+        };
+        let target = need.max(frame_end.min(2 * partial.capacity()));
+        partial.reserve_exact(target - partial.len());
+    }
+    partial.extend_from_slice(data);
 }
 
 /// Drops `n` written bytes from the front of the replay and live queues.
@@ -359,7 +442,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> Future for SessionTask<S, H> {
             }
             let (phase, pending_out) = {
                 let i = this.session.inner.borrow();
-                (i.phase, !i.out.is_empty() || !i.replay.is_empty())
+                (i.phase, i.writable())
             };
             match phase {
                 Phase::Closing => {
@@ -395,6 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> Future for SessionTask<S, H> {
             }
             if !this.partial.is_empty() && !this.stalled {
                 this.process_partial();
+                this.account();
                 continue;
             }
             if this.session.phase() == Phase::Member && this.shard.must_pause(cx.waker()) {
@@ -416,6 +500,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> Future for SessionTask<S, H> {
 
 impl<S, H: Host> Drop for SessionTask<S, H> {
     fn drop(&mut self) {
+        self.shard.discharge(self.held);
         self.shard.ended(&self.session);
     }
 }

@@ -15,11 +15,9 @@ use tokio::sync::oneshot;
 
 use super::mesh::{Mesh, ShardMsg};
 use super::{Shard, router};
-use crate::channel::{Action, ChannelKey, SessionId};
+use crate::channel::{Action, ChannelKey, MemberId, MemberKind, Owner, Sequencer, SessionId};
 use crate::cluster::link::BoxFuture;
-use crate::cluster::sequencer::{
-    ClaimOutcome, ClusterSequencer, NodeSequencer, SeqEvent, SeqEvents,
-};
+use crate::cluster::sequencer::{ClaimOutcome, ClusterSequencer, SeqEvent, SeqEvents};
 use crate::cluster::{Cluster, LogEvent, Prober, PublishError};
 use crate::protocol::close;
 
@@ -35,7 +33,7 @@ impl Shard {
     /// drain with [`Shard::run_cluster`].
     pub fn enable_cluster(&self, cluster: Cluster) -> SeqEvents {
         let (sequencer, events) = ClusterSequencer::new(cluster);
-        *self.owner.borrow_mut().sequencer_mut() = NodeSequencer::Cluster(Box::new(sequencer));
+        *self.owner.borrow_mut().sequencer_mut() = Box::new(sequencer);
         events
     }
 
@@ -48,66 +46,6 @@ impl Shard {
         std::future::pending::<()>().await
     }
 
-    /// One event of the shared log, on the owner shard.
-    pub(super) fn on_cluster(&self, e: SeqEvent, now: Instant, out: &mut Vec<Action>) {
-        let mut owner = self.owner.borrow_mut();
-        match e {
-            SeqEvent::Log {
-                key,
-                event: LogEvent::Frame(d),
-            } => {
-                let NodeSequencer::Cluster(seq) = owner.sequencer_mut() else {
-                    return;
-                };
-                let Some(name) = seq.name(key).cloned() else {
-                    return;
-                };
-                let next = owner
-                    .channel(&name)
-                    .filter(|c| c.key() == key)
-                    .map_or(1, |c| c.history().last_seq() + 1);
-                let NodeSequencer::Cluster(seq) = owner.sequencer_mut() else {
-                    return;
-                };
-                if let Some(o) = seq.ordered(key, d, next) {
-                    owner.ordered(key, o, now, out);
-                }
-            }
-            SeqEvent::Log {
-                event: LogEvent::CaughtUp,
-                ..
-            } => {}
-            SeqEvent::Log {
-                key,
-                event: LogEvent::Lost { session, error },
-            } => {
-                let c = match error {
-                    PublishError::TooLarge => close::TOO_BIG,
-                    PublishError::Unavailable(_) => close::CLUSTER_UNAVAILABLE,
-                };
-                owner.abandon(key, session, c, out);
-            }
-            SeqEvent::Claimed {
-                key,
-                uid,
-                session,
-                outcome,
-            } => {
-                if let NodeSequencer::Cluster(seq) = owner.sequencer_mut() {
-                    seq.settled(key, &outcome);
-                }
-                match outcome {
-                    ClaimOutcome::Free => owner.claimed(key, &uid, session, true, now, out),
-                    ClaimOutcome::Taken => owner.claimed(key, &uid, session, false, now, out),
-                    ClaimOutcome::Unavailable(reason) => {
-                        tracing::debug!(%reason, "cluster: join refused, registry unavailable");
-                        owner.abandon(key, session, close::CLUSTER_UNAVAILABLE, out);
-                    }
-                }
-            }
-        }
-    }
-
     /// Another node asks whether `session` still holds (channel, uid) here.
     pub(super) fn on_remote_probe(
         &self,
@@ -115,7 +53,7 @@ impl Shard {
         uid: Arc<str>,
         session: SessionId,
         reply: oneshot::Sender<bool>,
-    ) -> Option<Action> {
+    ) {
         let key = self
             .owner
             .borrow()
@@ -124,14 +62,15 @@ impl Shard {
             .map(|c| c.key());
         let Some(key) = key else {
             let _ = reply.send(false);
-            return None;
+            return;
         };
         self.remote_probes.borrow_mut().push(RemoteProbe {
             key,
             session,
             reply,
         });
-        Some(Action::Probe { session, key, uid })
+        let id: MemberId = (MemberKind::Client, uid);
+        self.apply(Action::Probe { session, key, id });
     }
 
     /// A probe of `session` was answered (or it left): tell the nodes that asked.
@@ -146,6 +85,79 @@ impl Shard {
         *probes = rest;
         for p in done {
             let _ = p.reply.send(alive);
+        }
+    }
+}
+
+/// The cluster sequencer inside an owner, if the node is in cluster mode.
+fn cluster_sequencer(owner: &mut Owner<Box<dyn Sequencer>>) -> Option<&mut ClusterSequencer> {
+    owner
+        .sequencer_mut()
+        .as_any_mut()?
+        .downcast_mut::<ClusterSequencer>()
+}
+
+/// One event of the shared log, on the owner shard.
+pub(super) fn on_event(
+    owner: &mut Owner<Box<dyn Sequencer>>,
+    e: SeqEvent,
+    now: Instant,
+    out: &mut Vec<Action>,
+) {
+    match e {
+        SeqEvent::Log {
+            key,
+            event: LogEvent::Frame(d),
+        } => {
+            let Some(name) = cluster_sequencer(owner).and_then(|s| s.name(key).cloned()) else {
+                return;
+            };
+            let next = owner
+                .channel(&name)
+                .filter(|c| c.key() == key)
+                .map_or(1, |c| c.history().last_seq() + 1);
+            let Some(o) = cluster_sequencer(owner).and_then(|s| s.ordered(key, d, next)) else {
+                return;
+            };
+            owner.ordered(key, o, now, out);
+        }
+        SeqEvent::Log {
+            event: LogEvent::CaughtUp,
+            ..
+        } => {}
+        SeqEvent::Log {
+            key,
+            event: LogEvent::Lost { session, error },
+        } => {
+            let c = match error {
+                PublishError::TooLarge => close::TOO_BIG,
+                PublishError::Unavailable(_) => close::CLUSTER_UNAVAILABLE,
+            };
+            owner.abandon(key, session, c, out);
+        }
+        SeqEvent::Claimed {
+            key,
+            uid,
+            session,
+            outcome,
+        } => {
+            if let Some(seq) = cluster_sequencer(owner) {
+                seq.settled(key, &outcome);
+            }
+            // The pending join is found by its session (the sequencer knows
+            // the uid, not the member's kind).
+            let id = owner
+                .channel_by_key(key)
+                .and_then(|c| c.pending_id(session))
+                .unwrap_or((MemberKind::Client, uid));
+            match outcome {
+                ClaimOutcome::Free => owner.claimed(key, &id, session, true, now, out),
+                ClaimOutcome::Taken => owner.claimed(key, &id, session, false, now, out),
+                ClaimOutcome::Unavailable(reason) => {
+                    tracing::debug!(%reason, "cluster: join refused, registry unavailable");
+                    owner.abandon(key, session, close::CLUSTER_UNAVAILABLE, out);
+                }
+            }
         }
     }
 }

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Notify;
 
-use crate::channel::{ChannelKey, MemberKind, SessionId};
+use crate::channel::{ChannelKey, MemberId, MemberKind, SessionId};
+use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::protocol::close::Close;
 
@@ -37,7 +38,7 @@ pub enum ShardMsg {
     Joined {
         session: SessionId,
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
         history: Vec<Bytes>,
     },
     /// To the session's shard: close it (a refused join, a link not needed).
@@ -58,22 +59,32 @@ pub enum ShardMsg {
     /// To the owner: a member is gone.
     Leave {
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
         session: SessionId,
     },
     /// To an incumbent's shard: is `session` alive? (PROTOCOL.md §4 half-open probe)
     Probe {
         session: SessionId,
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
     },
     /// To the owner: the answer to a probe.
     ProbeResult {
         key: ChannelKey,
-        uid: Arc<str>,
+        id: MemberId,
         session: SessionId,
         alive: bool,
     },
+    /// To the owner: a link member sent a control message (PROTOCOL.md §7).
+    LinkControl {
+        key: ChannelKey,
+        session: SessionId,
+        payload: Bytes,
+    },
+    /// To a link member's shard: send it this control message.
+    Control { session: SessionId, payload: Bytes },
+    /// To a link member's shard: its peer synced; live frames may flow.
+    OpenLink { session: SessionId },
     /// To the owner, in cluster mode: what the shared log answered.
     Cluster(crate::cluster::sequencer::SeqEvent),
     /// To the owner, in cluster mode: another node asks whether `session`
@@ -158,6 +169,8 @@ pub struct Mesh {
     /// Every shard's counters; each shard writes only its own.
     pub metrics: Metrics,
     pub failure: Failure,
+    /// What sessions hold between reads, against `--max-memory`.
+    pub memory: MemoryBudget,
 }
 
 /// One shard's receiving end.
@@ -191,6 +204,7 @@ impl Mesh {
             congested: AtomicUsize::new(0),
             metrics: Metrics::new(shards),
             failure: Failure::default(),
+            memory: MemoryBudget::default(),
         };
         (Arc::new(mesh), rxs)
     }

@@ -3,7 +3,7 @@
 //!
 //! All state here is `Rc`/`RefCell` and never leaves the thread; other shards
 //! are reached only through [`mesh::Mesh`]. Each concern has its own type:
-//! [`registry::Registry`] (sessions, local members), [`Owner`] (the channels
+//! the registry (sessions, local members), [`Owner`] (the channels
 //! this shard owns, a sans-IO state machine from [`crate::channel`]), the
 //! paused publishers, and the link starter. [`Shard`] dispatches messages to
 //! them and carries out what the owner decides; sessions see it only through
@@ -16,6 +16,8 @@
 //! shard posts to itself go through a local queue so no handler re-enters another.
 
 mod cluster;
+mod dispatch;
+mod host;
 pub mod listener;
 pub mod mesh;
 mod registry;
@@ -29,20 +31,18 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::channel::{
-    Action, ChannelKey, Join, LocalSequencer, MemberKind, Owner, SessionId, owner_of, shard_of,
+    Action, ChannelKey, Join, LocalSequencer, MemberId, MemberKind, Ordered, Owner, Sequencer,
+    SessionId,
 };
-use crate::cluster::sequencer::NodeSequencer;
 use crate::config::Limits;
-use crate::metrics::Counters;
-use crate::protocol::close::{self, Close};
-use crate::protocol::frame::{self, OP_TEXT};
-use crate::protocol::header::Header;
+use crate::metrics::{Counters, Gauge};
+use crate::protocol::close;
 use crate::session::{Host, Session, TickOutcome};
 pub use cluster::ShardProber;
 use mesh::{InboxRx, Mesh, ShardMsg};
@@ -57,13 +57,14 @@ const SCRATCH: usize = 64 * 1024;
 /// enough that sessions on a busy shard are not starved, long enough that the
 /// yield costs little (quinn's `IO_LOOP_BOUND` reasoning).
 const INBOX_BATCH: usize = 512;
-/// Channels with no members and no activity for this long may be dropped
-/// (PROTOCOL.md §6).
-const CHANNEL_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Starts this server's peer links for a channel the shard owns; installed
 /// by the server when `--peer` is given.
 pub type LinkStarter = Arc<dyn Fn(&Rc<Shard>, Arc<str>) + Send + Sync>;
+
+/// Builds a shard's sequencer (given the shard id) on that shard's thread;
+/// see `channel::sequencer` for the seam.
+pub type SequencerFactory = Arc<dyn Fn(u16) -> Box<dyn Sequencer> + Send + Sync>;
 
 /// One shard's state and its view of the mesh.
 pub struct Shard {
@@ -72,7 +73,7 @@ pub struct Shard {
     limits: Limits,
     scratch: RefCell<Box<[u8]>>,
     registry: RefCell<Registry>,
-    owner: RefCell<Owner<NodeSequencer>>,
+    owner: RefCell<Owner<Box<dyn Sequencer>>>,
     /// Cluster mode: other nodes' probes waiting for an answer.
     remote_probes: RefCell<Vec<cluster::RemoteProbe>>,
     local: RefCell<VecDeque<ShardMsg>>,
@@ -115,14 +116,27 @@ impl Drop for PumpGuard<'_> {
 }
 
 impl Shard {
+    /// A shard whose channels are ordered by itself (one node).
     pub fn new(id: u16, mesh: Arc<Mesh>, limits: Limits) -> Rc<Shard> {
+        Shard::with_sequencer(id, mesh, limits, Box::new(LocalSequencer))
+    }
+
+    /// A shard whose channels take their order from `sequencer`.
+    pub fn with_sequencer(
+        id: u16,
+        mesh: Arc<Mesh>,
+        limits: Limits,
+        sequencer: Box<dyn Sequencer>,
+    ) -> Rc<Shard> {
         let owner = Owner::new(
             id,
             mesh.shards(),
             limits.history_frames,
             limits.history_bytes,
-            NodeSequencer::Local(LocalSequencer),
-        );
+            sequencer,
+        )
+        .with_node(limits.node)
+        .with_history_budget(limits.history_total / mesh.shards().max(1));
         let shard = Rc::new(Shard {
             id,
             mesh,
@@ -180,10 +194,11 @@ impl Shard {
         self.registry.borrow().len()
     }
 
-    /// Asks the channel's owner to join `session` as a peer link: it gets the
-    /// history (to resync the peer) and live frames; no header is relayed.
+    /// Asks the channel's owner to join `session` as this server's own link
+    /// to a peer: it gets the history (to resync the peer) and live frames;
+    /// no header is relayed.
     pub fn join_link(&self, session: SessionId, channel: Arc<str>, uid: Arc<str>) {
-        self.join_as(session, channel, uid, MemberKind::Link, Bytes::new());
+        self.join_as(session, channel, uid, MemberKind::OwnLink, Bytes::new());
     }
 
     fn join_as(
@@ -203,6 +218,20 @@ impl Shard {
             header,
         };
         self.submit(owner, msg);
+    }
+
+    /// A frame the sequencer ordered later (cluster mode): stored and
+    /// delivered, or a waiting joiner admitted. Call on the owner shard,
+    /// from a task, never from inside a `Sequencer` call.
+    pub fn ordered(&self, key: ChannelKey, o: Ordered) {
+        let now = Instant::now();
+        self.with_owner(|owner, out| owner.ordered(key, o, now, out));
+    }
+
+    /// The sequencer's later answer to a claim of (channel, uid) for `session`.
+    pub fn claimed(&self, key: ChannelKey, id: &MemberId, session: SessionId, free: bool) {
+        let now = Instant::now();
+        self.with_owner(|owner, out| owner.claimed(key, id, session, free, now, out));
     }
 
     /// Posts `msg` to shard `to`; to itself through the local queue.
@@ -242,208 +271,90 @@ impl Shard {
 
     fn handle(&self, msg: ShardMsg) {
         let now = Instant::now();
-        let mut out = Vec::new();
-        {
-            let mut owner = self.owner.borrow_mut();
-            match msg {
-                ShardMsg::Join {
+        match msg {
+            ShardMsg::Join {
+                channel,
+                uid,
+                session,
+                kind,
+                header,
+            } => {
+                if let Some(hook) = &self.limits.hook_channel
+                    && channel == *hook
+                {
+                    test_hook(&uid);
+                }
+                let j = Join {
                     channel,
                     uid,
                     session,
                     kind,
                     header,
-                } => {
-                    if let Some(hook) = &self.limits.panic_channel
-                        && channel == *hook
-                        && &*uid == "panic-shard"
-                    {
-                        panic!("test hook: a shard-level handler panics (--test-panic-channel)");
-                    }
-                    let j = Join {
-                        channel,
-                        uid,
-                        session,
-                        kind,
-                        header,
-                    };
-                    owner.join(j, now, &mut out);
-                }
-                ShardMsg::Publish {
-                    key,
-                    origin,
-                    frame,
-                    dedup,
-                } => owner.publish(key, origin, frame, dedup, now, &mut out),
-                ShardMsg::Leave { key, uid, session } => {
-                    self.answer_remote_probes(key, session, false);
-                    owner.leave(key, &uid, session, now, &mut out)
-                }
-                ShardMsg::ProbeResult {
-                    key,
-                    uid,
-                    session,
-                    alive,
-                } => {
-                    self.answer_remote_probes(key, session, alive);
-                    owner.probe_result(key, &uid, session, alive, now, &mut out)
-                }
-                ShardMsg::Cluster(e) => {
-                    drop(owner);
-                    self.on_cluster(e, now, &mut out);
-                    owner = self.owner.borrow_mut();
-                }
-                ShardMsg::RemoteProbe {
-                    channel,
-                    uid,
-                    session,
-                    reply,
-                } => {
-                    drop(owner);
-                    if let Some(a) = self.on_remote_probe(channel, uid, session, reply) {
-                        self.apply(a);
-                    }
-                    return;
-                }
-                ShardMsg::Deliver { key, skip, frame } => {
-                    drop(owner);
-                    return self.deliver_local(key, skip, &frame);
-                }
-                ShardMsg::Joined {
-                    session,
-                    key,
-                    uid,
-                    history,
-                } => {
-                    drop(owner);
-                    return self.on_joined(session, key, uid, history);
-                }
-                ShardMsg::Refused { session, close } => {
-                    drop(owner);
-                    return self.on_refused(session, close);
-                }
-                ShardMsg::Probe { session, key, uid } => {
-                    drop(owner);
-                    return self.on_probe(session, key, uid);
-                }
+                };
+                self.with_owner(|o, out| o.join(j, now, out));
             }
+            ShardMsg::Publish {
+                key,
+                origin,
+                frame,
+                dedup,
+            } => self.with_owner(|o, out| o.publish(key, origin, frame, dedup, now, out)),
+            ShardMsg::Leave { key, id, session } => {
+                self.answer_remote_probes(key, session, false);
+                self.with_owner(|o, out| o.leave(key, &id, session, now, out))
+            }
+            ShardMsg::ProbeResult {
+                key,
+                id,
+                session,
+                alive,
+            } => {
+                self.answer_remote_probes(key, session, alive);
+                self.with_owner(|o, out| o.probe_result(key, &id, session, alive, now, out))
+            }
+            ShardMsg::Cluster(e) => self.with_owner(|o, out| cluster::on_event(o, e, now, out)),
+            ShardMsg::RemoteProbe {
+                channel,
+                uid,
+                session,
+                reply,
+            } => self.on_remote_probe(channel, uid, session, reply),
+            ShardMsg::LinkControl {
+                key,
+                session,
+                payload,
+            } => self.with_owner(|o, out| o.link_control(key, session, &payload, now, out)),
+            ShardMsg::Deliver { key, skip, frame } => self.deliver_local(key, skip, &frame),
+            ShardMsg::Joined {
+                session,
+                key,
+                id,
+                history,
+            } => self.on_joined(session, key, id, history),
+            ShardMsg::Refused { session, close } => self.on_refused(session, close),
+            ShardMsg::Probe { session, key, id } => self.on_probe(session, key, id),
+            ShardMsg::Control { session, payload } => self.on_control(session, payload),
+            ShardMsg::OpenLink { session } => self.on_open(session),
+        }
+    }
+
+    /// Runs `f` on the owner, counts what it did, then carries out its actions.
+    fn with_owner(&self, f: impl FnOnce(&mut Owner<Box<dyn Sequencer>>, &mut Vec<Action>)) {
+        let mut out = Vec::new();
+        {
+            let mut owner = self.owner.borrow_mut();
+            f(&mut owner, &mut out);
             let t = owner.take_tally();
             let c = self.counters();
             Counters::add(&c.joins, t.joins);
             Counters::add(&c.published, t.published);
             Counters::add(&c.dedup_dropped, t.dedup_dropped);
             Counters::add(&c.probe_replaced, t.probe_replaced);
+            Counters::add(&c.peer_cycles_refused, t.cycles_refused);
+            c.peer_links.fetch_add(t.links, Ordering::Relaxed);
         }
         for a in out {
             self.apply(a);
-        }
-    }
-
-    /// Carries out one of the owner's decisions; what concerns this shard's
-    /// own sessions is done at once, so a joiner is a member before any
-    /// later frame is delivered here.
-    fn apply(&self, a: Action) {
-        match a {
-            Action::Deliver {
-                shard,
-                key,
-                skip,
-                frame,
-            } => {
-                if shard == self.id {
-                    self.deliver_local(key, skip, &frame);
-                } else {
-                    self.send(shard, ShardMsg::Deliver { key, skip, frame });
-                }
-            }
-            Action::Joined {
-                session,
-                key,
-                uid,
-                history,
-            } => {
-                if shard_of(session) == self.id {
-                    self.on_joined(session, key, uid, history);
-                } else {
-                    let msg = ShardMsg::Joined {
-                        session,
-                        key,
-                        uid,
-                        history,
-                    };
-                    self.send(shard_of(session), msg);
-                }
-            }
-            Action::Refused { session, close } => {
-                if shard_of(session) == self.id {
-                    self.on_refused(session, close);
-                } else {
-                    self.send(shard_of(session), ShardMsg::Refused { session, close });
-                }
-            }
-            Action::Probe { session, key, uid } => {
-                if shard_of(session) == self.id {
-                    self.on_probe(session, key, uid);
-                } else {
-                    self.send(shard_of(session), ShardMsg::Probe { session, key, uid });
-                }
-            }
-            Action::StartLinks { channel, .. } => {
-                let start = self.links.start.borrow().clone();
-                let me = self.links.me.borrow().upgrade();
-                if let (Some(start), Some(me)) = (start, me) {
-                    start(&me, channel);
-                }
-            }
-        }
-    }
-
-    /// Posts to another shard; a stopped shard (shutdown) drops it.
-    fn send(&self, to: u16, msg: ShardMsg) {
-        if self.mesh.send(to, msg).is_err() {
-            tracing::debug!(shard = self.id, to, "message to a stopped shard dropped");
-        }
-    }
-
-    // ---- member side ----
-
-    fn deliver_local(&self, key: ChannelKey, skip: Option<SessionId>, frame: &Bytes) {
-        let (n, slow) = self
-            .registry
-            .borrow()
-            .deliver(key, skip, frame, self.limits.max_queue);
-        let c = self.counters();
-        Counters::add(&c.delivered, n);
-        Counters::add(&c.slow_consumers, slow);
-    }
-
-    fn on_joined(&self, session: SessionId, key: ChannelKey, uid: Arc<str>, history: Vec<Bytes>) {
-        let s = self.registry.borrow().get(session).cloned();
-        let member = s.is_some_and(|s| s.joined(key, history))
-            && self
-                .registry
-                .borrow_mut()
-                .add_member(session, key, uid.clone());
-        if !member {
-            // Gone or closing meanwhile: the owner must forget it again.
-            self.submit(owner_of(key), ShardMsg::Leave { key, uid, session });
-        }
-    }
-
-    fn on_refused(&self, session: SessionId, c: Close) {
-        let s = self.registry.borrow().get(session).cloned();
-        if let Some(s) = s {
-            s.close(c);
-        }
-    }
-
-    fn on_probe(&self, session: SessionId, key: ChannelKey, uid: Arc<str>) {
-        let s = self.registry.borrow().get(session).cloned();
-        let answer = match s {
-            Some(s) => s.probe(key, uid.clone(), crate::clock::now()),
-            None => Some(false),
-        };
-        if let Some(alive) = answer {
-            self.probe_answered(key, uid, session, alive);
         }
     }
 
@@ -452,25 +363,46 @@ impl Shard {
     /// Keepalive, header timeouts, probe deadlines; expires idle channels.
     pub fn tick(&self, now: Instant, expire_channels: bool) {
         let now_ms = crate::clock::now();
-        let mut failed = Vec::new();
+        let mut answers = Vec::new();
+        let mut queued = 0;
         for s in self.registry.borrow().sessions() {
+            queued += s.queued_bytes();
             let outcome = s.tick(
                 now_ms,
                 self.limits.ping_interval,
                 self.limits.header_timeout,
             );
-            if let TickOutcome::ProbeFailed { key, uid } = outcome {
-                failed.push((key, uid, s.id));
+            match outcome {
+                TickOutcome::ProbeFailed { key, id } => answers.push((key, id, s.id, false)),
+                TickOutcome::ProbeAlive { key, id } => answers.push((key, id, s.id, true)),
+                TickOutcome::Nothing => {}
             }
         }
-        for (key, uid, id) in failed {
-            self.probe_answered(key, uid, id, false);
+        for (key, id, session, alive) in answers {
+            self.probe_answered(key, id, session, alive);
+        }
+        if !self.failed.get() {
+            self.with_owner(|o, out| o.tick(now, out));
         }
         if expire_channels {
-            let n = self.owner.borrow_mut().expire(now, CHANNEL_IDLE);
+            let n = self.owner.borrow_mut().expire(now, self.limits.channel_ttl);
             if n > 0 {
                 tracing::debug!(shard = self.id, channels = n, "idle channels dropped");
             }
+        }
+        let owner = self.owner.borrow();
+        let c = self.counters();
+        c.set(Gauge::Channels, owner.len() as i64);
+        c.set(Gauge::HistoryBytes, owner.total_history_bytes() as i64);
+        c.set(Gauge::QueuedBytes, queued as i64);
+        // Every shard reports every inbox: a shard stuck in a handler
+        // cannot report its own backlog, which is when it matters most.
+        for to in 0..self.mesh.shards() as u16 {
+            let backlog = self.mesh.backlog(to) as i64;
+            self.mesh
+                .metrics
+                .shard(to)
+                .set(Gauge::InboxBacklog, backlog);
         }
     }
 
@@ -536,70 +468,13 @@ impl Shard {
     }
 }
 
-impl Host for Shard {
-    fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    fn scratch(&self) -> &RefCell<Box<[u8]>> {
-        &self.scratch
-    }
-
-    fn join(&self, session: SessionId, h: Header) {
-        let header = frame::encode(OP_TEXT, &h.relay);
-        let kind = MemberKind::Client;
-        self.join_as(session, h.channel.into(), h.uid.into(), kind, header);
-    }
-
-    fn publish(&self, key: ChannelKey, origin: SessionId, frame: Bytes, dedup: bool) {
-        let msg = ShardMsg::Publish {
-            key,
-            origin,
-            frame,
-            dedup,
-        };
-        self.submit(owner_of(key), msg);
-    }
-
-    fn probe_answered(&self, key: ChannelKey, uid: Arc<str>, session: SessionId, alive: bool) {
-        let msg = ShardMsg::ProbeResult {
-            key,
-            uid,
-            session,
-            alive,
-        };
-        self.submit(owner_of(key), msg);
-    }
-
-    fn must_pause(&self, waker: &Waker) -> bool {
-        if !self.mesh.congested() {
-            return false;
-        }
-        // Only while congested (rare), so a linear check is fine; it keeps a
-        // session polled again and again from piling up copies.
-        let mut paused = self.paused.wakers.borrow_mut();
-        if !paused.iter().any(|w| w.will_wake(waker)) {
-            paused.push(waker.clone());
-        }
-        true
-    }
-
-    fn ended(&self, s: &Session) {
-        let c = self.counters();
-        c.sessions.fetch_sub(1, Ordering::Relaxed);
-        c.closed(s.close_code());
-        let left = self.registry.borrow_mut().remove(s.id);
-        if let Some(m) = left {
-            let msg = ShardMsg::Leave {
-                key: m.key,
-                uid: m.uid,
-                session: s.id,
-            };
-            self.submit(owner_of(m.key), msg);
-        }
-        if self.is_shutting_down() && self.registry.borrow().is_empty() {
-            self.shutdown.drained.notify_one();
-        }
+/// `--test-hook-channel`: what a join with `uid` does to the owner shard.
+fn test_hook(uid: &str) {
+    match uid {
+        "panic-shard" => panic!("test hook: a shard-level handler panics (--test-hook-channel)"),
+        // A shard that falls behind: its inbox fills while it sleeps.
+        "stall-shard" => std::thread::sleep(std::time::Duration::from_secs(3)),
+        _ => {}
     }
 }
 

@@ -5,26 +5,23 @@
 //! member moves no other, and sessions hold no index into shard state.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use ahash::AHashMap;
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::channel::{ChannelKey, SessionId};
+use crate::channel::{ChannelKey, MemberKind, SessionId};
 use crate::session::Session;
 
-/// A session's local membership, recorded on its shard.
-pub struct Membership {
-    pub key: ChannelKey,
-    pub uid: Arc<str>,
-    /// Its place in the channel's member slab.
-    place: usize,
-}
+/// `Entry::place` of a session that is no channel's member.
+const NO_PLACE: u32 = u32::MAX;
 
+/// A session and, once it joined, its place in its channel's member slab
+/// and how it was admitted (16 bytes: one per connection).
 struct Entry {
     session: Rc<Session>,
-    membership: Option<Membership>,
+    place: u32,
+    kind: MemberKind,
 }
 
 #[derive(Default)]
@@ -37,7 +34,8 @@ impl Registry {
     pub fn insert(&mut self, session: Rc<Session>) {
         let entry = Entry {
             session: session.clone(),
-            membership: None,
+            place: NO_PLACE,
+            kind: MemberKind::Client,
         };
         self.sessions.insert(session.id, entry);
     }
@@ -59,9 +57,9 @@ impl Registry {
         self.sessions.values().map(|e| &e.session)
     }
 
-    /// Records `id` as a local member of `key`; false when the session is gone.
-    pub fn add_member(&mut self, id: SessionId, key: ChannelKey, uid: Arc<str>) -> bool {
-        let Some(e) = self.sessions.get_mut(&id) else {
+    /// Records `session` as a local member of `key`; false when it is gone.
+    pub fn add_member(&mut self, session: SessionId, key: ChannelKey, kind: MemberKind) -> bool {
+        let Some(e) = self.sessions.get_mut(&session) else {
             return false;
         };
         let place = self
@@ -69,20 +67,23 @@ impl Registry {
             .entry(key)
             .or_default()
             .insert(e.session.clone());
-        e.membership = Some(Membership { key, uid, place });
+        e.place = u32::try_from(place).expect("fewer than 4 billion members of one channel");
+        e.kind = kind;
         true
     }
 
-    /// Forgets session `id`; returns the membership it had.
-    pub fn remove(&mut self, id: SessionId) -> Option<Membership> {
-        let m = self.sessions.remove(&id)?.membership?;
-        if let Some(list) = self.members.get_mut(&m.key) {
-            list.try_remove(m.place);
+    /// Forgets session `id`, a member of `key` if it joined; returns how it
+    /// was admitted when it was a member.
+    pub fn remove(&mut self, id: SessionId, key: Option<ChannelKey>) -> Option<MemberKind> {
+        let e = self.sessions.remove(&id)?;
+        let key = key.filter(|_| e.place != NO_PLACE)?;
+        if let Some(list) = self.members.get_mut(&key) {
+            list.try_remove(e.place as usize);
             if list.is_empty() {
-                self.members.remove(&m.key);
+                self.members.remove(&key);
             }
         }
-        Some(m)
+        Some(e.kind)
     }
 
     /// Queues `frame` on every local member of `key` except `skip`; returns
@@ -114,19 +115,28 @@ mod tests {
         let mut r = Registry::default();
         for id in 1..=3 {
             r.insert(Rc::new(Session::new(id, 0)));
-            assert!(r.add_member(id, 7, format!("u{id}").into()));
+            assert!(r.add_member(id, 7, MemberKind::Client));
         }
-        assert!(!r.add_member(9, 7, "gone".into()));
+        r.insert(Rc::new(Session::new(4, 0)));
+        assert!(!r.add_member(9, 7, MemberKind::Client));
+        assert!(r.add_member(4, 7, MemberKind::Link));
         let f = Bytes::from_static(b"x");
-        assert_eq!(r.deliver(7, Some(2), &f, 1 << 20), (2, 0));
-        let m = r.remove(1).expect("a member");
-        assert_eq!((m.key, &*m.uid), (7, "u1"));
-        // Removing 1 moved no one: 3 is still found and removed by its place.
-        assert_eq!(r.deliver(7, None, &f, 1 << 20), (2, 0));
-        assert_eq!(&*r.remove(3).unwrap().uid, "u3");
+        assert_eq!(r.deliver(7, Some(2), &f, 1 << 20), (3, 0));
+        assert_eq!(r.remove(1, Some(7)), Some(MemberKind::Client));
+        // Removing 1 moved no one: the others are still found by their places.
+        assert_eq!(r.deliver(7, None, &f, 1 << 20), (3, 0));
+        assert_eq!(r.remove(4, Some(7)), Some(MemberKind::Link));
+        assert_eq!(r.remove(3, Some(7)), Some(MemberKind::Client));
         assert_eq!(r.deliver(7, None, &f, 0), (1, 1), "over the bound: closed");
-        assert_eq!(r.remove(2).map(|m| m.key), Some(7));
+        assert_eq!(r.remove(2, Some(7)), Some(MemberKind::Client));
         assert!(r.members.is_empty() && r.is_empty());
-        assert_eq!(r.get(2).map(|s| s.id), None);
+        r.insert(Rc::new(Session::new(5, 0)));
+        assert_eq!(r.remove(5, None), None, "never joined");
+        assert!(r.get(5).is_none());
+    }
+
+    #[test]
+    fn an_entry_is_small() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 }

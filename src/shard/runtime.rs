@@ -20,15 +20,17 @@ use tokio::task::LocalSet;
 
 use super::listener::is_fd_exhaustion;
 use super::mesh::{InboxRx, Mesh};
-use super::{LinkStarter, Shard, panic_message};
+use super::{LinkStarter, SequencerFactory, Shard, panic_message};
 use crate::config::Limits;
 use crate::http::Frontend;
+use crate::session::Host;
 
 /// How long shutdown waits for sessions to flush their Close 1001.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after accept fails for lack of file descriptors.
 const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
-/// Idle channels are looked at this often.
+/// Idle channels are looked at this often (or 4 times per `--channel-ttl`
+/// when that is shorter, so a channel outlives its TTL by at most a quarter).
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
 /// Everything a shard thread starts with.
@@ -42,6 +44,8 @@ pub struct ShardStart {
     pub limits: Limits,
     pub frontend: Arc<Frontend>,
     pub links: Option<LinkStarter>,
+    /// Where channel order comes from; the shard itself when `None`.
+    pub sequencer: Option<SequencerFactory>,
     /// Cluster mode: the node's link to the shared log.
     pub cluster: Option<crate::cluster::Cluster>,
     pub shutdown: watch::Receiver<bool>,
@@ -102,12 +106,17 @@ async fn run(start: ShardStart) {
         limits,
         frontend,
         links,
+        sequencer,
         cluster,
         mut shutdown,
         ..
     } = start;
     let period = tick_period(&limits);
-    let shard = Shard::new(id, mesh.clone(), limits);
+    let expire_every = EXPIRE_EVERY.min(limits.channel_ttl / 4);
+    let shard = match sequencer {
+        Some(make) => Shard::with_sequencer(id, mesh.clone(), limits, make(id)),
+        None => Shard::new(id, mesh.clone(), limits),
+    };
     shard.set_link_starter(links);
     let mut tasks = Vec::new();
     if let Some(cluster) = cluster {
@@ -133,7 +142,7 @@ async fn run(start: ShardStart) {
         loop {
             every.tick().await;
             let now = Instant::now();
-            let expire = now.duration_since(last_expire) >= EXPIRE_EVERY;
+            let expire = now.duration_since(last_expire) >= expire_every;
             if expire {
                 last_expire = now;
             }
@@ -194,6 +203,11 @@ async fn accept_loop(shard: Rc<Shard>, frontend: Arc<Frontend>, listener: TcpLis
             Ok((tcp, _peer)) => {
                 warned = false;
                 crate::metrics::Counters::add(&shard.counters().accepted, 1);
+                // A fixed send buffer: --max-queue bounds the kernel's share too.
+                let sock = socket2::SockRef::from(&tcp);
+                if let Err(e) = sock.set_send_buffer_size(shard.limits().send_buffer) {
+                    tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+                }
                 tokio::task::spawn_local(crate::http::serve_connection(
                     shard.clone(),
                     frontend.clone(),

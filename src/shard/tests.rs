@@ -1,5 +1,6 @@
 //! A shard driven without sockets: backpressure and supervision.
 
+use std::cell::RefCell;
 use std::sync::atomic::AtomicBool;
 use std::task::Wake;
 
@@ -90,7 +91,7 @@ fn a_panicking_shard_handler_trips_the_failure_and_handles_nothing_more() {
     local(async {
         let (mesh, _rxs) = Mesh::new(1);
         let mut limits = Config::local(1).limits;
-        limits.panic_channel = Some("boom".into());
+        limits.hook_channel = Some("boom".into());
         let shard = Shard::new(0, mesh.clone(), limits);
         let s = shard.new_session();
         s.begin_join();
@@ -107,5 +108,83 @@ fn a_panicking_shard_handler_trips_the_failure_and_handles_nothing_more() {
             header::parse(br#"{"uid":"a","channel":"x"}"#).unwrap(),
         );
         assert_eq!(other.phase(), Phase::Joining);
+    });
+}
+
+/// A sequencer that answers later, as a shared log would.
+struct Deferred(Rc<RefCell<Vec<(ChannelKey, crate::channel::Origin, Bytes)>>>);
+
+impl Sequencer for Deferred {
+    fn order(
+        &mut self,
+        key: ChannelKey,
+        _channel: &Arc<str>,
+        _last_seq: u64,
+        origin: crate::channel::Origin,
+        frame: Bytes,
+    ) -> Option<Ordered> {
+        self.0.borrow_mut().push((key, origin, frame));
+        None
+    }
+
+    fn claim(&mut self, _: ChannelKey, _: &Arc<str>, _: &Arc<str>, _: SessionId) -> Option<bool> {
+        Some(true)
+    }
+
+    fn release(&mut self, _: &Arc<str>, _: &Arc<str>) {}
+}
+
+#[test]
+fn a_shard_with_a_deferred_sequencer_delivers_what_comes_back_ordered() {
+    local(async {
+        let (mesh, _rxs) = Mesh::new(1);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let seq = Box::new(Deferred(log.clone()));
+        let shard = Shard::with_sequencer(0, mesh, Config::local(1).limits, seq);
+        let join = |uid: &str| {
+            let s = shard.new_session();
+            s.begin_join();
+            let raw = format!(r#"{{"uid":"{uid}","channel":"c"}}"#);
+            shard.join(s.id, header::parse(raw.as_bytes()).unwrap());
+            s
+        };
+        let a = join("a");
+        assert_eq!(a.phase(), Phase::Joining, "its header is in the log");
+        let (key, origin, frame) = log.borrow_mut().remove(0);
+        shard.ordered(
+            key,
+            Ordered {
+                seq: 1,
+                origin,
+                frame,
+            },
+        );
+        assert_eq!(a.phase(), Phase::Member);
+        let b = join("b");
+        let (_, origin, frame) = log.borrow_mut().remove(0);
+        shard.ordered(
+            key,
+            Ordered {
+                seq: 2,
+                origin,
+                frame,
+            },
+        );
+        assert_eq!(b.phase(), Phase::Member);
+        a.take_queued();
+        b.take_queued();
+        shard.publish(key, a.id, Bytes::from_static(b"x"), false);
+        assert!(b.take_queued().is_empty(), "not before the log orders it");
+        let (_, origin, frame) = log.borrow_mut().remove(0);
+        shard.ordered(
+            key,
+            Ordered {
+                seq: 3,
+                origin,
+                frame,
+            },
+        );
+        assert_eq!(b.take_queued(), [Bytes::from_static(b"x")]);
+        assert!(a.take_queued().is_empty(), "not back to its publisher");
     });
 }

@@ -6,33 +6,38 @@
 //! File system calls are in `open.rs` and run on tokio's blocking pool,
 //! never on a shard thread.
 //!
-//! Large files (over [`COMPRESS_LIMIT`], or over the cache bound) are
-//! streamed uncoded in chunks: compressing them would cost CPU per request
-//! with nowhere to keep the result, and large static files are mostly media
-//! that is compressed already. Uncoded, they keep a `Content-Length` and can
-//! answer `Range`.
+//! Compressible files up to [`COMPRESS_LIMIT`] (and the cache bound) are
+//! compressed whole once and served from the cache. Larger compressible
+//! files are compressed while they stream, at a faster level, anew for each
+//! request (there is nowhere to keep the result): such responses have no
+//! `Content-Length` (chunked). A `Range` request is always answered from
+//! the uncoded bytes, and so is everything that is not compressible
+//! (media is mostly compressed already).
 
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Body;
-use super::compress::{CompressionCache, Fingerprint, compress};
+use super::compress::{CompressionCache, Fingerprint, StreamEncoder, compress};
 use super::media::{cache_control, content_type, is_compressible};
 use super::negotiate::{Encoding, negotiate};
 use super::open::{Opened, Refusal, Resolved, blocking, open_beneath, read_at, stream_body};
-use super::path::{PathError, directory_location, host_name, sanitize};
+use super::path::{PathError, directory_location, sanitize};
 use super::range::{RangeRequest, parse_range};
-use super::response::{Meta, accept_encoding, empty, full, plain};
+use super::response::{Meta, accept_encoding};
 use super::validators::if_range_holds;
+use crate::http::host::{host_name, target_authority};
+use crate::http::response::{empty, full, plain};
 
 /// How long a request waits for an open-file permit before it gets 503.
 /// Long enough to ride out a burst, short enough that a client retries
@@ -64,6 +69,8 @@ pub struct FileServer {
     domains: Vec<String>,
     permits: Arc<Semaphore>,
     cache: CompressionCache,
+    /// Requests answered 503 because no open-file permit came in time.
+    busy: AtomicU64,
 }
 
 impl FileServer {
@@ -93,19 +100,17 @@ impl FileServer {
             domains: domains.to_vec(),
             permits: Arc::new(Semaphore::new(file_limit.max(1))),
             cache: CompressionCache::new(cache_bytes),
+            busy: AtomicU64::new(0),
         })
     }
 
-    /// The site directory for the request's host, `None` for an unknown host.
-    fn site(&self, headers: &HeaderMap, uri: &Uri) -> Option<PathBuf> {
+    /// The site directory for the request's host (the absolute-form
+    /// target's authority, else Host), `None` for an unknown host.
+    fn site<B>(&self, req: &Request<B>) -> Option<PathBuf> {
         if self.domains.is_empty() {
             return Some(self.root.clone());
         }
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| uri.host())?;
-        let name = host_name(host);
+        let name = host_name(target_authority(req)?);
         self.domains
             .iter()
             .find(|d| **d == name)
@@ -114,13 +119,21 @@ impl FileServer {
 
     /// Answers a GET or HEAD; every failure is a short plain-text response.
     pub async fn serve<B>(&self, req: &Request<B>) -> Response<Body> {
-        self.try_serve(req).await.unwrap_or_else(Refusal::response)
+        self.try_serve(req).await.unwrap_or_else(|refusal| {
+            if matches!(refusal, Refusal::Busy) {
+                self.busy.fetch_add(1, Ordering::Relaxed);
+            }
+            refusal.response()
+        })
+    }
+
+    /// Requests refused with 503 so far (open-file limit or descriptors exhausted).
+    pub fn busy_total(&self) -> u64 {
+        self.busy.load(Ordering::Relaxed)
     }
 
     async fn try_serve<B>(&self, req: &Request<B>) -> Result<Response<Body>, Refusal> {
-        let site = self
-            .site(req.headers(), req.uri())
-            .ok_or(Refusal::NotFound)?;
+        let site = self.site(req).ok_or(Refusal::NotFound)?;
         let rel = sanitize(req.uri().path()).map_err(|e| match e {
             PathError::Bad => Refusal::BadPath,
             PathError::Hidden => Refusal::NotFound,
@@ -173,18 +186,27 @@ impl FileServer {
             }
             _ => RangeRequest::Full,
         };
-        let limit = COMPRESS_LIMIT.min(self.cache.capacity() as u64);
-        if compressible && range == RangeRequest::Full && (COMPRESS_MIN..=limit).contains(&fp.len) {
+        if compressible && range == RangeRequest::Full && fp.len >= COMPRESS_MIN {
             meta.encoding = negotiate(accept_encoding(headers));
             meta.etag = etag(&fp, meta.encoding);
         }
         if meta.is_fresh(headers) {
             return Ok(meta.not_modified());
         }
-        if meta.encoding != Encoding::Identity {
+        let cacheable = fp.len <= COMPRESS_LIMIT.min(self.cache.capacity() as u64);
+        if meta.encoding != Encoding::Identity && cacheable {
             let body = self.compressed(opened, meta.encoding, permit).await?;
             let len = body.len() as u64;
             return Ok(meta.response(StatusCode::OK, len, if head { empty() } else { full(body) }));
+        }
+        if meta.encoding != Encoding::Identity {
+            let body = if head {
+                empty()
+            } else {
+                let encoder = StreamEncoder::new(meta.encoding).map_err(Refusal::Io)?;
+                stream_body(opened.file, 0, fp.len, permit, encoder)
+            };
+            return Ok(meta.streamed(body));
         }
         let (status, offset, len) = match range {
             RangeRequest::Full => (StatusCode::OK, 0, fp.len),
@@ -205,7 +227,7 @@ impl FileServer {
             let file = opened.file;
             full(blocking(move || Ok(read_at(&file, offset, len as usize)?)).await?)
         } else {
-            stream_body(opened.file, offset, len, permit)
+            stream_body(opened.file, offset, len, permit, None)
         };
         let mut res = meta.response(status, len, body);
         if status == StatusCode::PARTIAL_CONTENT {

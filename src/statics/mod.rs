@@ -12,8 +12,20 @@
 //! - `files`: per request: site, representation, 304/206, the file limit
 //! - `open`: resolving below a root, opening, reading, streaming (blocking pool)
 //! - `media`: media type, compressibility and cache lifetime by file name
-//! - `response`: error responses and representation headers
+//! - `response`: representation headers
 //! - `webclient`: the compiled-in chat client (`web/`)
+//!
+//! Reviewed against maintained crates, which are used where they do the
+//! same job: `mime_guess` (types), `httpdate` (dates), `lru` (recency
+//! order of the compression cache), `percent-encoding`, `flate2`/`brotli`/
+//! `zstd`. What is kept here they lack: tower-http's `ServeDir` has no
+//! per-domain sites, no refusal of symlinks out of the root or of hidden
+//! files, no open-file bound with 503, and serves compression only from
+//! precompressed siblings (no cached or streamed compression);
+//! `http-range-header` rejects what browsers may send and RFC 9110 lets a
+//! server accept (`Bytes`, spaces around `=`), and maps malformed values
+//! to errors where a server should ignore the header and send 200, so
+//! `range.rs` (70 lines, unit-tested) stays.
 
 mod compress;
 mod files;
@@ -26,13 +38,11 @@ pub(crate) mod response;
 mod validators;
 mod webclient;
 
-use http::header::HeaderValue;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 
 use crate::config::StaticSettings;
 
-/// Response body type for everything the HTTP side serves.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::io::Error>;
+pub use crate::http::Body;
 
 pub use files::PERMIT_WAIT;
 
@@ -65,15 +75,30 @@ impl StaticFiles {
     /// Answers any non-upgrade HTTP request (GET/HEAD; others 405).
     pub async fn serve<B>(&self, req: &Request<B>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut res = response::plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            res.headers_mut()
-                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return res;
+            return crate::http::response::method_not_allowed("GET, HEAD");
         }
         match &self.site {
             Site::Files(f) => f.serve(req).await,
             Site::Client(c) => c.serve(req),
         }
+    }
+}
+
+impl StaticFiles {
+    /// Appends the static-file metrics (Prometheus text format).
+    pub fn render_metrics(&self, out: &mut String) {
+        let busy = match &self.site {
+            Site::Files(f) => f.busy_total(),
+            Site::Client(_) => 0,
+        };
+        let name = "mles_static_busy_total";
+        crate::metrics::family(
+            out,
+            name,
+            "counter",
+            "Static-file requests answered 503 (no open-file slot in time).",
+        );
+        crate::metrics::sample(out, name, "", busy);
     }
 }
 

@@ -15,9 +15,9 @@ use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Body;
-use super::compress::Fingerprint;
+use super::compress::{Fingerprint, StreamEncoder};
 use super::path::{RelPath, has_hidden_or_odd_component};
-use super::response::plain;
+use crate::http::response::plain;
 
 /// Bytes per blocking read when streaming: a few syscalls per MiB, and at
 /// most one chunk buffered per streaming response.
@@ -160,25 +160,63 @@ pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
 }
 
 /// A body that reads `len` bytes from `offset` in chunks on the blocking
-/// pool, holding the open-file permit until it is done or dropped.
-pub fn stream_body(file: File, offset: u64, len: u64, permit: OwnedSemaphorePermit) -> Body {
-    let state = (Arc::new(file), offset, len, permit);
-    let chunks =
-        futures_util::stream::try_unfold(state, |(file, offset, left, permit)| async move {
+/// pool, coded by `encoder` when there is one, holding the open-file permit
+/// until it is done or dropped.
+pub fn stream_body(
+    file: File,
+    offset: u64,
+    len: u64,
+    permit: OwnedSemaphorePermit,
+    encoder: Option<StreamEncoder>,
+) -> Body {
+    let state = (Arc::new(file), offset, len, encoder, permit);
+    let chunks = futures_util::stream::try_unfold(
+        state,
+        |(file, offset, left, encoder, permit)| async move {
             if left == 0 {
                 return Ok(None);
             }
-            let n = left.min(CHUNK as u64);
             let f = Arc::clone(&file);
-            let chunk = tokio::task::spawn_blocking(move || read_at(&f, offset, n as usize))
-                .await
-                .map_err(io::Error::other)??;
+            let (chunk, offset, left, encoder) =
+                tokio::task::spawn_blocking(move || next_piece(&f, offset, left, encoder))
+                    .await
+                    .map_err(io::Error::other)??;
             Ok(Some((
                 hyper::body::Frame::data(chunk),
-                (file, offset + n, left - n, permit),
+                (file, offset, left, encoder, permit),
             )))
-        });
+        },
+    );
     StreamBody::new(chunks).boxed_unsync()
+}
+
+/// The next non-empty piece of a streamed body: one chunk of the file, or
+/// as many as the coder needs to produce output (all of the rest at the end).
+fn next_piece(
+    file: &File,
+    mut offset: u64,
+    mut left: u64,
+    mut encoder: Option<StreamEncoder>,
+) -> io::Result<(Bytes, u64, u64, Option<StreamEncoder>)> {
+    loop {
+        let n = left.min(CHUNK as u64);
+        let chunk = read_at(file, offset, n as usize)?;
+        offset += n;
+        left -= n;
+        let Some(mut coder) = encoder else {
+            return Ok((chunk, offset, left, None));
+        };
+        let out = coder.push(&chunk)?;
+        if left == 0 {
+            let mut all = BytesMut::from(&out[..]);
+            all.extend_from_slice(&coder.finish()?);
+            return Ok((all.freeze(), offset, 0, None));
+        }
+        if !out.is_empty() {
+            return Ok((out, offset, left, Some(coder)));
+        }
+        encoder = Some(coder);
+    }
 }
 
 #[cfg(test)]

@@ -87,21 +87,6 @@ pub fn directory_location(rel: &Path) -> String {
     out
 }
 
-/// The host name of a `Host` header value (or URI authority): lower-cased,
-/// without port or trailing dot. IPv6 literals keep their brackets.
-pub fn host_name(authority: &str) -> String {
-    let a = authority.trim();
-    let host = if a.starts_with('[') {
-        a.find(']').map_or(a, |end| &a[..=end])
-    } else {
-        match a.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => a,
-        }
-    };
-    host.trim_end_matches('.').to_ascii_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,14 +161,5 @@ mod tests {
         assert_eq!(directory_location(Path::new("")), "/");
         assert_eq!(directory_location(Path::new("docs")), "/docs/");
         assert_eq!(directory_location(Path::new("a b/c?d")), "/a%20b/c%3Fd/");
-    }
-
-    #[test]
-    fn host_names() {
-        assert_eq!(host_name("Example.ORG"), "example.org");
-        assert_eq!(host_name("example.org:8443"), "example.org");
-        assert_eq!(host_name("example.org."), "example.org");
-        assert_eq!(host_name("[::1]:8080"), "[::1]");
-        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
     }
 }

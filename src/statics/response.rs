@@ -1,46 +1,14 @@
-//! Building responses: plain-text errors, and the headers every
-//! representation carries (type, validators, caching, coding).
+//! The headers every representation carries (type, validators, caching,
+//! coding). Plain-text answers come from `crate::http::response`.
 
-use std::convert::Infallible;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
 
-use super::Body;
 use super::negotiate::Encoding;
 use super::validators::{none_match_hits, not_modified_since};
-
-fn never(e: Infallible) -> std::io::Error {
-    match e {}
-}
-
-/// A body with these bytes.
-pub fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(never).boxed_unsync()
-}
-
-/// A body with nothing in it.
-pub fn empty() -> Body {
-    Empty::new().map_err(never).boxed_unsync()
-}
-
-const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
-const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
-const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
-
-/// A short plain-text response (errors, redirects), never cached.
-pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut res = Response::new(full(Bytes::from_static(text.as_bytes())));
-    *res.status_mut() = status;
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, TEXT_PLAIN);
-    h.insert(header::CACHE_CONTROL, NO_STORE);
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
-    res
-}
+use crate::http::response::{Body, NOSNIFF, empty};
 
 /// What is known about the representation chosen for a request before its
 /// bytes are read: enough to answer a conditional request.
@@ -106,10 +74,18 @@ impl Meta {
     /// A response whose body is `len` bytes of the representation (or none
     /// for HEAD; `Content-Length` still tells its size).
     pub fn response(&self, status: StatusCode, len: u64, body: Body) -> Response<Body> {
-        let mut res = self.headers(status, body);
+        let mut res = self.streamed(body);
+        *res.status_mut() = status;
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        res
+    }
+
+    /// A 200 whose length is not known in advance (coded while it streams).
+    pub fn streamed(&self, body: Body) -> Response<Body> {
+        let mut res = self.headers(StatusCode::OK, body);
         let h = res.headers_mut();
         h.insert(header::CONTENT_TYPE, self.content_type.clone());
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         h.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
         h.insert(
             header::ACCEPT_RANGES,

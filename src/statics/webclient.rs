@@ -13,7 +13,8 @@ use http::{Method, Request, Response, StatusCode};
 use super::Body;
 use super::compress::compress;
 use super::negotiate::{Encoding, PREFERENCE, negotiate};
-use super::response::{Meta, accept_encoding, empty, full, plain};
+use super::response::{Meta, accept_encoding};
+use crate::http::response::{empty, full, plain};
 
 /// Scripts and styles only from this server; WebSocket connections to any
 /// ws/wss URL (older browsers do not let `'self'` cover ws: of the origin).

@@ -21,6 +21,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_acme::caches::DirCache;
+use rustls_acme::{AccountCache, CertCache};
 use rustls_acme::{AcmeConfig, AcmeState, EventOk, ResolvesServerCertAcme};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::TlsError;
+use super::inspect::Served;
 use crate::config::AcmeSettings;
 
 /// What the ACME driver has done since start (for logs, tests and health checks).
@@ -40,6 +42,8 @@ pub struct AcmeStatus {
     pub new_deployed: u64,
     /// Failed steps (orders, cache reads or writes); each is logged with its cause.
     pub failures: u64,
+    /// Of those, failed certificate orders (the CA refused, validation failed).
+    pub order_failures: u64,
     /// The cause of the latest failure.
     pub last_error: Option<String>,
 }
@@ -83,6 +87,7 @@ pub(crate) struct Driver {
 pub(crate) fn start(
     settings: &AcmeSettings,
     provider: Arc<CryptoProvider>,
+    served: Arc<Served>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Driver, TlsError> {
     let contacts = settings.emails.iter().map(|e| {
@@ -110,7 +115,10 @@ pub(crate) fn start(
     let state = base
         .directory(&settings.directory)
         .contact(contacts)
-        .cache_option(settings.cache.clone().map(DirCache::new))
+        .cache(Recording {
+            dir: settings.cache.clone().map(DirCache::new),
+            served,
+        })
         .state();
 
     let acme_resolver = state.resolver();
@@ -124,20 +132,17 @@ pub(crate) fn start(
         name: "ACME driver",
         source,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(thread_error)?;
-    // SIGHUP reloads certificate files; here it must not kill the process.
-    let hangup = super::listen_for_hangup(&runtime);
     info!(domains = ?settings.domains, directory = %settings.directory, "ACME: one certificate for all domains");
-    let thread = std::thread::Builder::new()
-        .name("mles-acme".into())
-        .spawn({
+    let thread = crate::background::spawn(
+        "mles-acme",
+        // SIGHUP reloads certificate files; here it must not kill the process.
+        || Ok(super::listen_for_hangup()),
+        {
             let status = status.clone();
-            move || runtime.block_on(drive(state, status, hangup, shutdown))
-        })
-        .map_err(thread_error)?;
+            move |hangup| drive(state, status, hangup, shutdown)
+        },
+    )
+    .map_err(thread_error)?;
     Ok(Driver {
         resolver,
         challenge_resolver: acme_resolver,
@@ -175,8 +180,13 @@ async fn drive(
                 Some(Err(error)) => {
                     let cause = error.to_string();
                     warn!(error = %cause, "ACME step failed; retrying with back-off, the current certificate (if any) keeps serving");
+                    let order = matches!(
+                        error,
+                        rustls_acme::EventError::Order(_) | rustls_acme::EventError::NewCertParse(_)
+                    );
                     status.update(|s| {
                         s.failures += 1;
+                        s.order_failures += u64::from(order);
                         s.last_error = Some(cause);
                     });
                 }
@@ -190,6 +200,87 @@ async fn drive(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// The cache rustls-acme reads and writes certificates through: the
+/// `--cache` directory when there is one, and in every case a look at each
+/// certificate loaded or stored, which is the one about to be served.
+struct Recording {
+    dir: Option<DirCache<PathBuf>>,
+    served: Arc<Served>,
+}
+
+impl Recording {
+    /// The leaf of a rustls-acme PEM bundle (private key first, then the chain).
+    fn record(&self, pem: &[u8], trigger: &'static str) {
+        let leaf = CertificateDer::pem_slice_iter(pem).find_map(Result::ok);
+        match leaf {
+            Some(der) => self.served.record(&der, trigger),
+            None => debug!("ACME: no certificate in the bundle to log"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CertCache for Recording {
+    type EC = std::io::Error;
+
+    async fn load_cert(
+        &self,
+        domains: &[String],
+        directory: &str,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let pem = dir.load_cert(domains, directory).await?;
+        if let Some(pem) = &pem {
+            self.record(pem, "cached");
+        }
+        Ok(pem)
+    }
+
+    async fn store_cert(
+        &self,
+        domains: &[String],
+        directory: &str,
+        cert: &[u8],
+    ) -> std::io::Result<()> {
+        // rustls-acme stores a new certificate right after deploying it.
+        self.record(cert, "new");
+        match &self.dir {
+            Some(dir) => dir.store_cert(domains, directory, cert).await,
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AccountCache for Recording {
+    type EA = std::io::Error;
+
+    async fn load_account(
+        &self,
+        contact: &[String],
+        directory: &str,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        match &self.dir {
+            Some(dir) => dir.load_account(contact, directory).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn store_account(
+        &self,
+        contact: &[String],
+        directory: &str,
+        account: &[u8],
+    ) -> std::io::Result<()> {
+        match &self.dir {
+            Some(dir) => dir.store_account(contact, directory, account).await,
+            None => Ok(()),
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::TlsError;
+use super::inspect::Served;
 
 /// How often the watcher looks at the files' metadata. A renewal tool
 /// rewrites them a few times a year; two seconds is quick enough for an
@@ -37,6 +38,8 @@ pub(crate) struct FileCert {
     reloaded: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// What the served certificate says, for logs and metrics.
+    served: Arc<Served>,
 }
 
 /// Reloads of the certificate files since start (watcher, SIGHUP and
@@ -57,9 +60,12 @@ impl FileCert {
         cert: PathBuf,
         key: PathBuf,
         provider: Arc<CryptoProvider>,
+        served: Arc<Served>,
     ) -> Result<FileCert, TlsError> {
         let current = read_certified_key(&cert, &key, &provider)?;
+        served.record(&current.cert[0], "start");
         Ok(FileCert {
+            served,
             cert,
             key,
             provider,
@@ -76,8 +82,13 @@ impl FileCert {
 
     /// Reads the files again and swaps the certificate in; on error the old one stays.
     pub(crate) fn reload(&self) -> Result<(), TlsError> {
+        self.reload_because("reload")
+    }
+
+    fn reload_because(&self, trigger: &'static str) -> Result<(), TlsError> {
         match read_certified_key(&self.cert, &self.key, &self.provider) {
             Ok(fresh) => {
+                self.served.record(&fresh.cert[0], trigger);
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
                 self.reloaded.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -107,7 +118,7 @@ impl FileCert {
 
     /// Reloads and logs the outcome; `why` says what triggered it.
     fn reload_logged(&self, why: &'static str) {
-        match self.reload() {
+        match self.reload_because(why) {
             Ok(()) => info!(cert = %self.cert.display(), trigger = why, "certificate reloaded"),
             Err(error) => {
                 warn!(%error, trigger = why, "certificate reload failed; still serving the previous certificate")
@@ -220,15 +231,12 @@ pub(crate) fn spawn_watcher(
         name: "certificate watcher",
         source,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(thread_error)?;
-    let hangup = super::listen_for_hangup(&runtime);
-    std::thread::Builder::new()
-        .name("mles-tls-watch".into())
-        .spawn(move || runtime.block_on(watch_files(files, hangup, shutdown)))
-        .map_err(thread_error)
+    crate::background::spawn(
+        "mles-tls-watch",
+        || Ok(super::listen_for_hangup()),
+        move |hangup| watch_files(files, hangup, shutdown),
+    )
+    .map_err(thread_error)
 }
 
 async fn watch_files(

@@ -12,10 +12,12 @@
 
 mod acme;
 mod files;
+mod inspect;
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use crate::config::{Config, TlsChoice};
 
 pub use acme::AcmeStatus;
 pub use files::ReloadStats;
+pub use inspect::CertInfo;
 
 /// How long a client has for the whole TLS handshake. Long enough for a slow
 /// mobile link (a few round trips of a second each), short enough that
@@ -103,6 +106,10 @@ pub struct Tls {
     acme_status: Option<Arc<acme::StatusCell>>,
     /// The background thread (ACME driver or file watcher); it ends on shutdown.
     background: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// What the served certificate says (names, expiry).
+    served: Arc<inspect::Served>,
+    /// Handshakes that failed or timed out (ACME validations not counted).
+    handshake_failures: AtomicU64,
 }
 
 impl std::fmt::Debug for Tls {
@@ -131,6 +138,7 @@ impl Tls {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Option<Arc<Tls>>, TlsError> {
         let provider = install_crypto_provider();
+        let served = Arc::new(inspect::Served::new(&config.statics.domains));
         match &config.tls {
             TlsChoice::Plain => Ok(None),
             TlsChoice::Files { cert, key } => {
@@ -138,6 +146,7 @@ impl Tls {
                     cert.clone(),
                     key.clone(),
                     provider.clone(),
+                    served.clone(),
                 )?);
                 let config = server_config(&provider, files.clone(), ALPN_HTTP11, true)?;
                 let watcher = files::spawn_watcher(files.clone(), shutdown)?;
@@ -147,10 +156,12 @@ impl Tls {
                     files: Some(files),
                     acme_status: None,
                     background: std::sync::Mutex::new(Some(watcher)),
+                    served,
+                    handshake_failures: AtomicU64::new(0),
                 })))
             }
             TlsChoice::Acme(settings) => {
-                let driver = acme::start(settings, provider.clone(), shutdown)?;
+                let driver = acme::start(settings, provider.clone(), served.clone(), shutdown)?;
                 let config = server_config(&provider, driver.resolver, ALPN_HTTP11, true)?;
                 let challenge = server_config(
                     &provider,
@@ -164,6 +175,8 @@ impl Tls {
                     files: None,
                     acme_status: Some(driver.status),
                     background: std::sync::Mutex::new(Some(driver.thread)),
+                    served,
+                    handshake_failures: AtomicU64::new(0),
                 })))
             }
         }
@@ -189,10 +202,12 @@ impl Tls {
                 None
             }
             Ok(Err(error)) => {
+                self.handshake_failures.fetch_add(1, Ordering::Relaxed);
                 debug!(?peer, %error, "tls handshake failed");
                 None
             }
             Err(_) => {
+                self.handshake_failures.fetch_add(1, Ordering::Relaxed);
                 debug!(?peer, "tls handshake timed out");
                 None
             }
@@ -235,6 +250,60 @@ impl Tls {
     /// What the ACME driver has done so far (`None` outside ACME mode).
     pub fn acme_status(&self) -> Option<AcmeStatus> {
         self.acme_status.as_ref().map(|s| s.get())
+    }
+
+    /// Whether a certificate is being served (certificate files: always,
+    /// since they are loaded before the server starts; ACME: once the first
+    /// one is deployed).
+    pub fn has_certificate(&self) -> bool {
+        self.acme_status().is_none_or(|s| s.has_certificate())
+    }
+
+    /// Appends this TLS state's metrics (Prometheus text format): seconds of
+    /// certificate validity left per domain, failed handshakes, and in ACME
+    /// mode failed orders.
+    pub fn render_metrics(&self, out: &mut String) {
+        use crate::metrics::{family, label_value, sample};
+        let left = self.served.seconds_left();
+        if !left.is_empty() {
+            let name = "mles_tls_certificate_expiry_seconds";
+            family(
+                out,
+                name,
+                "gauge",
+                "Seconds until the served certificate expires, per domain (0: expired or not covered).",
+            );
+            for (domain, secs) in left {
+                let labels = format!("domain=\"{}\"", label_value(&domain));
+                sample(out, name, &labels, secs.max(0));
+            }
+        }
+        let name = "mles_tls_handshake_failures_total";
+        family(
+            out,
+            name,
+            "counter",
+            "TLS handshakes that failed or timed out.",
+        );
+        sample(
+            out,
+            name,
+            "",
+            self.handshake_failures.load(Ordering::Relaxed),
+        );
+        if let Some(status) = self.acme_status() {
+            let name = "mles_acme_order_failures_total";
+            family(out, name, "counter", "ACME certificate orders that failed.");
+            sample(out, name, "", status.order_failures);
+            let name = "mles_acme_failures_total";
+            family(
+                out,
+                name,
+                "counter",
+                "Failed ACME steps of any kind (orders, cache reads and writes).",
+            );
+            sample(out, name, "", status.failures);
+        }
     }
 
     /// Waits for the background thread to end (it ends once shutdown is
@@ -280,10 +349,9 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Registers for SIGHUP on `runtime` (so the signal no longer terminates the
-/// process). `None`, after a warning, when that is impossible.
-fn listen_for_hangup(runtime: &tokio::runtime::Runtime) -> Option<Signal> {
-    let _entered = runtime.enter();
+/// Registers for SIGHUP on the runtime entered (so the signal no longer
+/// terminates the process). `None`, after a warning, when that is impossible.
+fn listen_for_hangup() -> Option<Signal> {
     match signal(SignalKind::hangup()) {
         Ok(sig) => Some(sig),
         Err(error) => {

@@ -79,17 +79,36 @@ async function send(page, text) {
   await page.getByRole("button", { name: "Send", exact: true }).click();
 }
 
-// Waits until the page's log holds an entry with exactly this text.
-async function sees(page, text) {
+// Waits until the page's log holds an entry with exactly this text (and,
+// when given, this kind: join, mine, msg, raw, note).
+async function sees(page, text, kind) {
   await page.waitForFunction(
-    (t) => [...document.querySelectorAll("#log li")].some((li) => li.textContent === t),
-    text,
+    ([t, k]) =>
+      [...document.querySelectorAll("#log li")].some(
+        (li) => li.querySelector(".text").textContent === t && (!k || li.className === k),
+      ),
+    [text, kind],
     { timeout: WAIT_MS },
   );
 }
 
+// The log as {kind, who, text} entries.
+async function entriesOf(page) {
+  return page.$$eval("#log li", (lis) =>
+    lis.map((li) => ({
+      kind: li.className,
+      who: li.querySelector(".who")?.textContent ?? "",
+      text: li.querySelector(".text").textContent,
+    })),
+  );
+}
+
 async function logOf(page) {
-  return page.$$eval("#log li", (lis) => lis.map((li) => li.textContent));
+  return (await entriesOf(page)).map((e) => e.text);
+}
+
+function count(log, text) {
+  return log.filter((t) => t === text).length;
 }
 
 function assertOrder(log, expected, what) {
@@ -107,13 +126,16 @@ try {
   const bob = await openPage("bob", { width: 1024, height: 720 });
   await join(alice, "alice");
   await join(bob, "bob");
-  await sees(alice, "bob joined");
-  await sees(bob, "alice joined");
+  await sees(alice, "bob joined", "join");
+  await sees(bob, "alice joined", "join");
   await send(alice, "hello from alice");
-  await sees(alice, "You:hello from alice");
-  await sees(bob, "hello from alice");
+  await sees(alice, "hello from alice", "mine");
+  // The sender's name travels with the page's own messages.
+  await sees(bob, "hello from alice", "msg");
+  const fromAlice = (await entriesOf(bob)).find((e) => e.text === "hello from alice");
+  if (fromAlice.who !== "alice") throw new Error(`bob sees the sender as ${fromAlice.who}`);
   await send(bob, "hi alice");
-  await sees(alice, "hi alice");
+  await sees(alice, "hi alice", "msg");
 
   // A late member gets the history, in the channel's order.
   const carol = await openPage("carol", { width: 390, height: 844 });
@@ -124,15 +146,29 @@ try {
     ["robot joined", "alice joined", "bob joined", "hello from alice", "hi alice"],
     "carol's history",
   );
-  const members = await carol.$$eval("#members li", (lis) => lis.map((li) => li.textContent));
-  for (const m of ["robot", "alice", "bob", "carol"]) {
-    if (!members.includes(m)) throw new Error(`carol's member list lacks ${m}: ${members}`);
-  }
-  await sees(alice, "carol joined");
+  // Nobody announces a departure, so there is no member list to go stale.
+  if (await carol.$("#members")) throw new Error("a member list is shown");
+  await sees(alice, "carol joined", "join");
 
-  // The Rust client sends a frame of its own.
+  // The Rust client sends a raw frame, a header for another channel and an
+  // envelope with a name that never joined.
   await phase("chatted");
-  for (const p of [alice, bob, carol]) await sees(p, "beep from robot");
+  for (const p of [alice, bob, carol]) {
+    await sees(p, "beep from robot", "raw");
+    await sees(p, '{"uid":"admin","channel":"room2"}', "raw");
+    await sees(p, "trust me", "msg");
+    const log = await entriesOf(p);
+    if (log.some((e) => e.text === "admin joined")) throw new Error("a forged join was shown");
+    const forged = log.find((e) => e.text === "trust me");
+    if (forged.who !== "malloryname not seen joining") {
+      throw new Error(`the unknown name is not marked: ${forged.who}`);
+    }
+  }
+  // Someone else using alice's name is not "You" on alice's page.
+  await sees(alice, "fake alice", "msg");
+  const fake = (await entriesOf(alice)).find((e) => e.text === "fake alice");
+  if (fake.who !== "alicenot sent from this page") throw new Error(`alice sees ${fake.who}`);
+  await sees(bob, "fake alice", "msg");
   // A second "alice" is refused while the first one is alive (the server
   // probes her, she answers), and the page says so instead of retrying.
   const impostor = await openPage("impostor", { width: 390, height: 844 });
@@ -144,18 +180,39 @@ try {
   if (!refusal.includes("(1008)")) throw new Error(`impostor's status: ${refusal}`);
   await impostor.context().close();
 
+  // Alice leaves and joins again: the history comes again, and the view
+  // neither loses her messages' authorship nor repeats anything.
+  await alice.getByRole("button", { name: "Leave", exact: true }).click();
+  await alice.waitForSelector('body[data-state="idle"]');
+  await alice.getByRole("button", { name: "Join", exact: true }).click();
+  await alice.waitForSelector('body[data-state="connected"][data-joins="2"]');
+  await send(bob, "welcome back");
+  await sees(alice, "welcome back", "msg");
+  let log = await logOf(alice);
+  for (const t of ["hello from alice", "hi alice", "bob joined", "beep from robot", "trust me", "fake alice"]) {
+    if (count(log, t) !== 1) throw new Error(`"${t}" shown ${count(log, t)} times after a rejoin: ${JSON.stringify(log)}`);
+  }
+  await sees(alice, "hello from alice", "mine");
+
   await carol.screenshot({ path: joinPath(artifacts, "web_client_phone.png"), fullPage: true });
   await alice.screenshot({ path: joinPath(artifacts, "web_client_desktop.png") });
 
-  // The server restarts: every page reconnects by itself and chats again.
+  // The server restarts (its history is gone): every page reconnects by
+  // itself, keeps what it showed, and chats again.
   await phase("restart");
-  for (const p of [alice, bob, carol]) {
+  await alice.waitForSelector('body[data-state="connected"][data-joins="3"]');
+  for (const p of [bob, carol]) {
     await p.waitForSelector('body[data-state="connected"][data-joins="2"]');
   }
+  await sees(alice, "hello from alice", "mine");
+  await sees(carol, "hi alice", "msg");
   await sees(alice, "bob joined");
   await send(alice, "after restart");
-  await sees(bob, "after restart");
-  await sees(carol, "after restart");
+  await sees(bob, "after restart", "msg");
+  await sees(carol, "after restart", "msg");
+  log = await logOf(bob);
+  if (count(log, "hello from alice") !== 1) throw new Error(`bob's view after the restart: ${JSON.stringify(log)}`);
+  await bob.screenshot({ path: joinPath(artifacts, "web_client_restart.png") });
 
   if (problems.length) throw new Error(problems.join("\n"));
   console.log("done");

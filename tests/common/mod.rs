@@ -116,16 +116,23 @@ impl TestServer {
     /// The value of metric `name` summed over its series (0 if absent);
     /// needs `--metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
-        let addr = self.metrics_addr().expect("started with --metrics");
-        let body = http_raw(
-            addr,
-            "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        metric_at(self.metrics_addr().expect("started with --metrics"), name).await
+    }
+
+    /// Waits until metric `name` satisfies `ok` (gauges refresh every timer
+    /// tick) and returns its value; panics after [`WAIT`].
+    pub async fn metric_until(&self, name: &str, ok: impl Fn(u64) -> bool) -> u64 {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let v = self.metric(name).await;
+                if ok(v) {
+                    return v;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} never reached the expected value"))
     }
 
     /// Starts graceful shutdown without waiting.
@@ -145,6 +152,20 @@ impl Drop for TestServer {
             h.shutdown();
         }
     }
+}
+
+/// The value of metric `name` summed over its series at a metrics listener
+/// (0 if absent).
+pub async fn metric_at(addr: SocketAddr, name: &str) -> u64 {
+    let body = http_raw(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 pub fn header(uid: &str, channel: &str) -> String {

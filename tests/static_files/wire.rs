@@ -77,7 +77,10 @@ async fn fetch_host(
         )
     });
     reply.body = raw[end..].to_vec();
-    if method != "HEAD" && reply.status != 304 {
+    if reply.header("transfer-encoding") == "chunked" {
+        assert_eq!(reply.header("content-length"), "", "chunked has no length");
+        reply.body = dechunk(&reply.body);
+    } else if method != "HEAD" && reply.status != 304 {
         let len = reply.header("content-length");
         assert_eq!(
             len,
@@ -86,6 +89,38 @@ async fn fetch_host(
         );
     }
     reply
+}
+
+/// The payload of a chunked body (no trailers expected).
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size = std::str::from_utf8(&raw[..line_end]).unwrap();
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[..size]);
+        assert_eq!(&raw[size..size + 2], b"\r\n", "chunk ends with CRLF");
+        raw = &raw[size + 2..];
+    }
+}
+
+/// Sends raw bytes and returns the status of the response.
+async fn raw_status(addr: SocketAddr, request: &str) -> u16 {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("response reads");
+    split_head(&raw).expect("a response head").0.status
 }
 
 fn www_args(site: &Site) -> Vec<String> {
@@ -273,6 +308,158 @@ async fn open_files_are_limited_over_http() {
         assert_eq!(r.status, 503);
         assert!(Instant::now() < deadline, "the permit came back in time");
     }
+}
+
+#[tokio::test]
+async fn a_stalled_download_gives_its_file_slot_back() {
+    let site = Site::new();
+    site.write("small.txt", "small");
+    let big = std::fs::File::create(site.www.join("big.bin")).unwrap();
+    big.set_len(1 << 30).unwrap();
+    let mut args = www_args(&site);
+    args.extend(
+        [
+            "-f",
+            "1",
+            "--write-timeout",
+            "1s",
+            "--metrics",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    let srv = start(&args);
+
+    // A client that asks for the big file and then never reads: once the
+    // socket buffers are full, the server's writes make no progress.
+    let mut stalled = TcpStream::connect(srv.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 16];
+    tokio::time::timeout(WAIT, stalled.read_exact(&mut first))
+        .await
+        .expect("the big response starts")
+        .unwrap();
+    assert_eq!(fetch(srv.addr, "GET", "/small.txt", &[]).await.status, 503);
+
+    // Still connected, still not reading: the write timeout ends the
+    // response and the only slot serves others again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = fetch(srv.addr, "GET", "/small.txt", &[]).await;
+        if r.status == 200 {
+            assert_eq!(r.body, b"small");
+            break;
+        }
+        assert_eq!(r.status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "the stalled download kept the file slot"
+        );
+    }
+    let metrics = super::common::http_raw(
+        srv.metrics_addr().unwrap(),
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let busy: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mles_static_busy_total "))
+        .expect("the 503 counter is exported")
+        .parse()
+        .unwrap();
+    assert!(busy >= 1, "{metrics}");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn large_text_files_are_compressed_while_streaming() {
+    let site = Site::new();
+    let js = text(3 << 20);
+    site.write("large.js", &js);
+    let srv = start(&www_args(&site));
+    let mut tags = Vec::new();
+    for coding in ["br", "zstd", "gzip"] {
+        let r = fetch(srv.addr, "GET", "/large.js", &[("Accept-Encoding", coding)]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-encoding"), coding);
+        assert_eq!(r.header("vary"), "accept-encoding");
+        assert!(
+            r.body.len() < js.len() / 10,
+            "{coding}: {} bytes",
+            r.body.len()
+        );
+        assert_eq!(decode(coding, &r.body), js, "{coding}");
+        tags.push(r.header("etag").to_string());
+        // The coded representation's tag validates it.
+        let again = fetch(
+            srv.addr,
+            "GET",
+            "/large.js",
+            &[
+                ("Accept-Encoding", coding),
+                ("If-None-Match", &tags[tags.len() - 1]),
+            ],
+        )
+        .await;
+        assert_eq!(again.status, 304, "{coding}");
+    }
+    let r = fetch(srv.addr, "GET", "/large.js", &[]).await;
+    assert_eq!(r.header("content-encoding"), "");
+    assert_eq!(r.header("content-length"), js.len().to_string());
+    tags.push(r.header("etag").to_string());
+    tags.sort();
+    tags.dedup();
+    assert_eq!(tags.len(), 4, "one tag per coding: {tags:?}");
+    // Ranges are served from the uncoded bytes.
+    let r = fetch(
+        srv.addr,
+        "GET",
+        "/large.js",
+        &[("Accept-Encoding", "br"), ("Range", "bytes=100-199")],
+    )
+    .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-encoding"), "");
+    assert_eq!(r.body, js[100..200]);
+    let r = fetch(
+        srv.addr,
+        "HEAD",
+        "/large.js",
+        &[("Accept-Encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-encoding"), "gzip");
+    assert!(r.body.is_empty());
+}
+
+#[tokio::test]
+async fn host_rules_over_http() {
+    let site = Site::new();
+    site.write("example.org/index.html", "example");
+    site.write("other.net/index.html", "other");
+    let mut args = www_args(&site);
+    args.extend(["-d", "example.org", "-d", "other.net", "--plain"].map(String::from));
+    let srv = start(&args);
+    assert_eq!(
+        raw_status(srv.addr, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await,
+        400
+    );
+    assert_eq!(
+        raw_status(
+            srv.addr,
+            "GET / HTTP/1.1\r\nHost: example.org\r\nHost: other.net\r\nConnection: close\r\n\r\n"
+        )
+        .await,
+        400
+    );
+    // The absolute-form target's authority wins over Host.
+    let r = fetch_host(srv.addr, "GET", "http://other.net/", "example.org", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"other");
 }
 
 #[tokio::test]

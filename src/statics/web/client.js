@@ -1,11 +1,19 @@
 // The built-in Mles chat client: join a channel, see its history and live
-// messages, send plain-text messages, reconnect with back-off.
+// messages, send messages, reconnect with back-off without losing the view.
 //
-// Protocol (PROTOCOL.md): the first frame is the JSON header
-// {"uid":..,"channel":..}; the server replays the channel's history, then
-// relays live frames. Header frames of other members arrive as JSON text;
-// every other frame is a message. Messages carry no sender, so this client
-// sends plain text and marks only its own.
+// Protocol (docs/PROTOCOL.md): the first frame is the JSON header
+// {"uid":..,"channel":..}; the server relays other members' headers (joins)
+// and replays the channel's history, then relays live frames. Frames carry
+// no sender, so this page sends its messages in a small envelope,
+//   {"mles.chat":1,"from":"<uid>","text":"<message>"}
+// (docs/PROTOCOL.md, "The built-in page's envelope"), and shows:
+// - joins: JSON objects with string uid and channel naming this channel
+//   (a header for another channel is never relayed here, so it is a
+//   forgery and shown as a raw frame);
+// - envelopes with their claimed author, marked when that name was never
+//   seen joining; "You" only for frames this page sent itself;
+// - anything else as a raw frame of unknown sender.
+// Nobody is told when a member leaves, so the page keeps no member list.
 "use strict";
 
 (() => {
@@ -18,6 +26,11 @@
   const STABLE_MS = 10000;
   // Close codes after which retrying cannot help (our header or frames are wrong).
   const FATAL = new Set([1002, 1007, 1009]);
+  // After a reconnect the history comes again; it has no end marker, so a
+  // pause this long after the last frame ends the comparison with what is
+  // already on screen.
+  const REPLAY_QUIET_MS = 500;
+  const ENVELOPE = "mles.chat";
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -27,7 +40,6 @@
     join: $("join"),
     leave: $("leave"),
     status: $("status"),
-    members: $("members"),
     log: $("log"),
     sendForm: $("send-form"),
     message: $("message"),
@@ -47,7 +59,15 @@
     openedAt: 0,
     // Connections opened so far (also on <body data-joins>, for tests).
     joins: 0,
-    members: new Set(),
+    // Every frame of the channel shown so far, as received or sent, in the
+    // channel's order: what a replayed history is compared with.
+    frames: [],
+    // Uids seen in join headers of this channel.
+    joined: new Set(),
+    // While a reconnect's history arrives: which frames it repeats.
+    replay: null,
+    // The frames this page sent: only these are shown as "You".
+    sent: new Set(),
   };
 
   function serverUrl() {
@@ -68,7 +88,8 @@
     ui.leave.hidden = !inChannel;
   }
 
-  function append(kind, text, who) {
+  // One log entry: an optional author line (with a mark), then the text.
+  function append(kind, text, who, mark) {
     const nearBottom = ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 40;
     const li = document.createElement("li");
     li.className = kind;
@@ -76,46 +97,112 @@
       const span = document.createElement("span");
       span.className = "who";
       span.textContent = who;
+      if (mark) {
+        const m = document.createElement("span");
+        m.className = "mark";
+        m.textContent = mark;
+        span.append(m);
+      }
       li.append(span);
     }
-    li.append(document.createTextNode(text));
+    const body = document.createElement("span");
+    body.className = "text";
+    body.textContent = text;
+    li.append(body);
     ui.log.append(li);
     if (nearBottom) ui.log.scrollTop = ui.log.scrollHeight;
   }
 
-  function addMember(uid) {
-    if (state.members.has(uid)) return;
-    state.members.add(uid);
-    const li = document.createElement("li");
-    li.textContent = uid;
-    ui.members.append(li);
-  }
-
-  // A header frame: a JSON object with string uid and channel. Anything
-  // else, JSON or not, is a message.
-  function headerOf(text) {
+  function parseObject(text) {
     if (!text.startsWith("{")) return null;
     try {
       const v = JSON.parse(text);
-      if (v && typeof v.uid === "string" && typeof v.channel === "string") return v;
+      return v && typeof v === "object" && !Array.isArray(v) ? v : null;
     } catch (_) {
-      // Not JSON: a message.
+      return null;
     }
-    return null;
   }
 
-  function receive(data) {
+  // What a text frame is: a join of this channel, one of our envelopes, or raw.
+  function classify(text) {
+    const v = parseObject(text);
+    if (v && typeof v.uid === "string" && typeof v.channel === "string") {
+      return v.channel === state.channel && v.uid !== ""
+        ? { kind: "join", uid: v.uid }
+        : { kind: "raw" };
+    }
+    if (v && v[ENVELOPE] === 1 && typeof v.from === "string" && typeof v.text === "string") {
+      return { kind: "chat", from: v.from, text: v.text };
+    }
+    return { kind: "raw" };
+  }
+
+  function show(data) {
     if (typeof data !== "string") {
-      append("msg", `[binary message, ${data.byteLength} bytes]`);
+      append("raw", `[binary frame, ${data.byteLength} bytes]`, "Raw frame · sender unknown");
       return;
     }
-    const header = headerOf(data);
-    if (header) {
-      addMember(header.uid);
-      append("join", `${header.uid} joined`);
+    state.frames.push(data);
+    const f = classify(data);
+    if (f.kind === "join") {
+      state.joined.add(f.uid);
+      append("join", `${f.uid} joined`);
+    } else if (f.kind === "chat") {
+      if (state.sent.has(data)) {
+        append("mine", f.text, "You");
+      } else if (f.from === state.uid) {
+        // Our name, but not a frame this page sent: someone else wrote it.
+        append("msg", f.text, f.from, "not sent from this page");
+      } else {
+        const mark = state.joined.has(f.from) ? "" : "name not seen joining";
+        append("msg", f.text, f.from, mark);
+      }
     } else {
-      append("msg", data);
+      append("raw", data, "Raw frame · sender unknown");
     }
+  }
+
+  // During a replay, frames that repeat the tail of what is on screen are
+  // held back; once the repeat is complete they are dropped, and on the
+  // first frame that does not fit, whatever was held is shown after all.
+  function receive(data) {
+    // Our own join header comes back in the history of a rejoin; where it
+    // sits among the other frames is not known, so it takes no part in
+    // the comparison and is not shown (the page notes each join itself).
+    if (typeof data === "string") {
+      const f = classify(data);
+      if (f.kind === "join" && f.uid === state.uid) return;
+    }
+    const r = state.replay;
+    if (!r || typeof data !== "string") {
+      show(data);
+      return;
+    }
+    clearTimeout(r.timer);
+    r.timer = setTimeout(endReplay, REPLAY_QUIET_MS);
+    const starts = r.starts === null ? r.old.map((_, i) => i) : r.starts;
+    const going = starts.filter((i) => i + r.k < r.old.length && r.old[i + r.k] === data);
+    if (going.length > 0) {
+      r.starts = going;
+      r.k += 1;
+      r.held.push(data);
+      return;
+    }
+    const complete = r.starts !== null && r.starts.some((i) => i + r.k === r.old.length);
+    state.replay = null;
+    clearTimeout(r.timer);
+    if (!complete) r.held.forEach(show);
+    show(data);
+  }
+
+  // The history went quiet: a repeat that reached the end of the screen is
+  // dropped, anything else held is new after all (the server restarted).
+  function endReplay() {
+    const r = state.replay;
+    if (!r) return;
+    state.replay = null;
+    const complete = r.starts !== null && r.starts.some((i) => i + r.k === r.old.length);
+    if (!complete) r.held.forEach(show);
   }
 
   function connect() {
@@ -135,12 +222,20 @@
       state.openedAt = Date.now();
       state.joins += 1;
       document.body.dataset.joins = String(state.joins);
-      // The history comes again with every join: start the view afresh.
-      ui.log.replaceChildren();
-      ui.members.replaceChildren();
-      state.members.clear();
+      // The history comes again with every join: keep the view and compare
+      // the replay with it instead of starting afresh.
+      if (state.frames.length > 0) {
+        append("note", state.rejoining ? "Reconnected." : "Joined again.");
+        state.replay = {
+          old: state.frames.slice(),
+          starts: null,
+          k: 0,
+          held: [],
+          timer: setTimeout(endReplay, REPLAY_QUIET_MS),
+        };
+      }
       ws.send(JSON.stringify({ uid: state.uid, channel: state.channel }));
-      addMember(state.uid);
+      if (state.joins === 1) append("note", `You joined ${state.channel} as ${state.uid}.`);
       setState("connected", `Joined ${state.channel} as ${state.uid}.`);
       // Focus the message box after a join, not when a reconnect happens
       // while the user is elsewhere on the page.
@@ -152,6 +247,7 @@
     ws.onclose = (ev) => {
       if (state.ws !== ws) return;
       state.ws = null;
+      endReplay();
       if (!state.wanted) return;
       const why = ev.reason ? `${ev.reason} (${ev.code})` : `code ${ev.code}`;
       // 1008 on the first connection of a join is a refusal (name taken,
@@ -193,6 +289,13 @@
     const uid = ui.uid.value.trim();
     const channel = ui.channel.value.trim();
     if (!uid || !channel) return;
+    if (uid !== state.uid || channel !== state.channel) {
+      // Another name or channel: another conversation.
+      ui.log.replaceChildren();
+      state.frames = [];
+      state.joined.clear();
+      state.sent.clear();
+    }
     state.uid = uid;
     state.channel = channel;
     state.wanted = true;
@@ -214,9 +317,12 @@
     const text = ui.message.value;
     const ws = state.ws;
     if (!text.trim() || !ws || ws.readyState !== WebSocket.OPEN) return;
-    ws.send(text);
-    // The server never echoes a frame back to its sender.
-    append("mine", text, "You:");
+    const frame = JSON.stringify({ [ENVELOPE]: 1, from: state.uid, text });
+    ws.send(frame);
+    state.sent.add(frame);
+    // The server never echoes a frame back to its sender; it is part of the
+    // channel's history all the same.
+    show(frame);
     ui.message.value = "";
     ui.message.focus();
   });

@@ -1,0 +1,109 @@
+//! The server-wide `--max-memory` budget for incomplete frames and messages
+//! being reassembled (issue 9, item 1): unfinished frames cannot take the
+//! server's memory, the session that asks past the budget is closed with
+//! 1013, and nothing already held by others is disturbed.
+
+mod common;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// A masked binary frame of `len` bytes split into (all but the last byte, the last byte).
+fn frame_in_two(len: usize, fill: u8) -> (Vec<u8>, Vec<u8>) {
+    let mut f = masked(0x82, &vec![fill; len]);
+    let last = f.split_off(f.len() - 1);
+    (f, last)
+}
+
+#[tokio::test]
+async fn unfinished_frames_are_bounded_server_wide() {
+    let srv = TestServer::start(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--max-memory",
+        "1536KiB",
+        "--max-message",
+        "1MiB",
+    ]);
+    let mut reader = RawClient::connect(srv.addr).await;
+    reader.join("reader", "budget").await;
+    let mut a = RawClient::connect(srv.addr).await;
+    a.join("a", "budget").await;
+    // reader sees a's header (live or as history): both are members now.
+    let (_, h) = reader.frame().await.unwrap();
+    assert!(String::from_utf8_lossy(&h).contains("\"a\""));
+
+    // a holds almost a whole 1 MiB frame, the server holds it for a.
+    let (a_most, a_last) = frame_in_two(MIB, 0xAA);
+    a.send(&a_most).await;
+    let held = srv
+        .metric_until("mles_partial_bytes", |v| v >= (MIB - 64) as u64)
+        .await;
+    assert!(
+        held <= (MIB + 64) as u64,
+        "1 MiB frame held as {held} bytes"
+    );
+
+    // b, another member, trying the same passes the budget: only b is closed.
+    let mut b = RawClient::connect(srv.addr).await;
+    b.join("b", "budget").await;
+    let (b_most, _) = frame_in_two(MIB, 0xBB);
+    b.send(&b_most).await;
+    let (code, why) = b.expect_close().await;
+    assert_eq!(code, 1013, "{why}");
+    assert!(why.contains("memory"), "{why}");
+    assert_eq!(
+        srv.metric_until("mles_budget_refusals_total", |v| v >= 1)
+            .await,
+        1
+    );
+
+    // a's frame was untouched: it completes and is relayed whole.
+    a.send(&a_last).await;
+    loop {
+        let (b0, p) = reader.frame().await.expect("a's frame arrives");
+        if b0 == 0x82 {
+            assert_eq!(p.len(), MIB);
+            assert!(p.iter().all(|&x| x == 0xAA));
+            break;
+        }
+    }
+    // Everything is given back, so the next big frame fits again.
+    srv.metric_until("mles_partial_bytes", |v| v == 0).await;
+    let mut c = RawClient::connect(srv.addr).await;
+    c.join("c", "budget").await;
+    let (c_most, c_last) = frame_in_two(MIB, 0xCC);
+    c.send(&c_most).await;
+    c.send(&c_last).await;
+    loop {
+        let (b0, p) = reader.frame().await.expect("c's frame arrives");
+        if b0 == 0x82 {
+            assert!(p.len() == MIB && p[0] == 0xCC);
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn fragmented_messages_count_against_the_budget() {
+    let srv = TestServer::start(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--max-memory",
+        "512KiB",
+        "--max-message",
+        "4MiB",
+    ]);
+    let mut a = RawClient::connect(srv.addr).await;
+    a.join("frag", "budget").await;
+    // Complete fragments of one unfinished message: nothing is partial at
+    // the frame level, everything is in reassembly.
+    a.send(&masked(0x02, &vec![1; 200 << 10])).await;
+    for _ in 0..4 {
+        a.send(&masked(0x00, &vec![2; 200 << 10])).await;
+    }
+    let (code, why) = a.expect_close().await;
+    assert_eq!(code, 1013, "{why}");
+    srv.metric_until("mles_partial_bytes", |v| v == 0).await;
+}

@@ -211,6 +211,11 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             let c = crate::cluster::Cluster::start(settings.clone(), prober)
                 .map_err(StartError::Cluster)?;
             tracing::info!(nats = ?settings.servers, node = %c.node(), "cluster mode: connecting to NATS");
+            // Without the shared log a node can take no joins: not ready.
+            let link = c.clone();
+            readiness.check("nats connected", move || {
+                link.state() == crate::cluster::LinkState::Up
+            });
             Some(c)
         }
         None => None,

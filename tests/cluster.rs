@@ -196,6 +196,46 @@ async fn spread_members_see_everything_once_in_one_order() {
     assert_once_in_order_one_order(&seen, MEMBERS, FRAMES);
 }
 
+/// The node's `/readyz` (on `--metrics`) until the body says `want`.
+async fn readyz_until(s: &TestServer, want: &str) -> String {
+    let addr = s.metrics_addr().expect("started with --metrics");
+    let mut last = String::new();
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    while tokio::time::Instant::now() < deadline {
+        last = http_raw(
+            addr,
+            "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if last.contains(want) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("/readyz never said {want:?}; last: {last}");
+}
+
+/// In cluster mode a node is ready only while its NATS link is up: not
+/// before NATS is reachable, and not after it goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_while_nats_is_connected() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let s = TestServer::start(&["--shards", "2", "--nats", &url, "--metrics", "127.0.0.1:0"]);
+    let waiting = readyz_until(&s, "waiting nats connected").await;
+    assert!(waiting.starts_with("HTTP/1.1 503"), "{waiting}");
+    assert!(waiting.contains("ok listeners"), "{waiting}");
+
+    let mut nats = NatsServer::start_on(port);
+    s.cluster_up().await;
+    let ready = readyz_until(&s, "ok nats connected").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    nats.kill();
+    let gone = readyz_until(&s, "waiting nats connected").await;
+    assert!(gone.starts_with("HTTP/1.1 503"), "{gone}");
+}
+
 /// A member sends and closes its connection at once, as the last member
 /// of the channel on its node: closing the channel's log there must not
 /// throw away its frames still on their way to the stream.

@@ -98,6 +98,23 @@ impl Witness {
         panic!("{channel}: {n} frames not stored in time (last seen: {last:?})");
     }
 
+    /// Waits until `channel` holds a frame with this payload.
+    async fn holds(&self, channel: &str, payload: &str) {
+        let deadline = std::time::Instant::now() + FAILOVER;
+        while std::time::Instant::now() < deadline {
+            if self
+                .contents(channel)
+                .await
+                .iter()
+                .any(|(_, p)| p == payload)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{channel}: {payload:?} not stored in time");
+    }
+
     /// Everything `channel` holds in the stream: (stream sequence, payload).
     async fn contents(&self, channel: &str) -> Vec<(u64, String)> {
         use async_nats::jetstream::consumer::pull::OrderedConfig;
@@ -409,10 +426,92 @@ async fn connect_url(url: &str) -> Client {
     Client { ws }
 }
 
-/// A node dies by SIGKILL: members elsewhere lose nothing, and its clients
-/// reconnect (same uids) to another node and get the full history.
+/// The uids of the next `n` frames, which must be join headers, in the order received.
+async fn header_uids(c: &mut Client, n: usize) -> Vec<String> {
+    let mut uids = Vec::new();
+    for _ in 0..n {
+        let t = recv_within(c, WAIT).await;
+        uids.push(header_uid(&t).unwrap_or_else(|| panic!("expected a join header, got {t:?}")));
+    }
+    uids
+}
+
+/// Frames each publisher sends at once before the node is killed; after
+/// them it sends one every [`PACE`], so the kill lands mid-stream.
+const KILL_POINT: usize = 20;
+const PACE: Duration = Duration::from_millis(5);
+
+/// Sends `{tag}-0`, `{tag}-1`, ... (`frames` of them; `None`: until its
+/// connection dies), saying so on `sent` after [`KILL_POINT`]; once `killed`
+/// is set and all are sent, sends `{tag}-end`. Meanwhile it collects what
+/// arrives, until `until` has arrived (or, without `frames`, until the
+/// connection dies). Returns what it received.
+async fn publish_through_a_crash(
+    mut c: Client,
+    tag: &'static str,
+    frames: Option<usize>,
+    sent: tokio::sync::mpsc::Sender<()>,
+    mut killed: tokio::sync::watch::Receiver<bool>,
+    until: Option<String>,
+) -> Vec<String> {
+    use futures_util::SinkExt;
+    let mut got = Vec::new();
+    let mut k = 0;
+    let mut ended = false;
+    let mut pace = tokio::time::interval(PACE);
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    loop {
+        if ended && until.as_ref().is_some_and(|u| got.contains(u)) {
+            return got;
+        }
+        let more = frames.is_none_or(|n| k < n);
+        let can_send = more || (!ended && *killed.borrow());
+        let eager = k < KILL_POINT;
+        let send = tokio::select! {
+            m = tokio::time::timeout_at(deadline, c.ws.next()) => {
+                match m {
+                    Ok(Some(Ok(Message::Text(t)))) => got.push(t.to_string()),
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                    // Its node died under it.
+                    Ok(_) if frames.is_none() => return got,
+                    other => panic!("{tag}: connection ended: {other:?}; got {got:?}"),
+                }
+                false
+            }
+            _ = std::future::ready(()), if can_send && eager => true,
+            _ = pace.tick(), if can_send && !eager => true,
+            _ = killed.changed(), if !*killed.borrow() => false,
+        };
+        if !send {
+            continue;
+        }
+        let text = if more {
+            format!("{tag}-{k}")
+        } else {
+            format!("{tag}-end")
+        };
+        if c.ws.send(Message::text(text)).await.is_err() {
+            assert!(frames.is_none(), "{tag}: its node is alive");
+            return got;
+        }
+        if more {
+            k += 1;
+            if k == KILL_POINT {
+                let _ = sent.send(()).await;
+            }
+        } else {
+            ended = true;
+        }
+    }
+}
+
+/// A node dies by SIGKILL while members on every node publish: the members
+/// on the other nodes lose nothing and agree on one order, and the dead
+/// node's clients reconnect (same uids) to other nodes and get the full
+/// history, which is what the stream holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_costs_nothing_but_a_reconnect() {
+    const FRAMES: usize = 60;
     let nats = NatsServer::start();
     let w = Witness::new(&nats.url).await;
     let urls = [nats.url.clone()];
@@ -421,36 +520,116 @@ async fn a_killed_node_costs_nothing_but_a_reconnect() {
     let doomed_url = format!("ws://{}/", doomed.addr);
 
     let (mut bob, _) = join_with_history(&w, &survivors[0], "bob", "crash", 0).await;
+    let (mut dave, _) = join_with_history(&w, &survivors[1], "dave", "crash", 1).await;
     let mut alice = connect_url(&doomed_url).await;
     alice.send_text(&header("alice", "crash")).await;
-    w.stored("crash", 2).await;
-    assert_eq!(
-        header_uid(&alice.recv_text().await).as_deref(),
-        Some("bob"),
-        "history"
-    );
-    assert_eq!(header_uid(&bob.recv_text().await).as_deref(), Some("alice"));
-    for k in 0..10 {
-        alice.send_text(&format!("a{k}")).await;
-    }
-    for k in 0..10 {
-        assert_eq!(bob.recv_text().await, format!("a{k}"));
-    }
+    w.stored("crash", 3).await;
+    let mut carol = connect_url(&doomed_url).await;
+    carol.send_text(&header("carol", "crash")).await;
+    w.stored("crash", 4).await;
+    // Everyone has seen every join before the load starts.
+    assert_eq!(header_uids(&mut bob, 3).await, ["dave", "alice", "carol"]);
+    assert_eq!(header_uids(&mut dave, 2).await, ["alice", "carol"]);
+    assert_eq!(header_uids(&mut alice, 3).await, ["bob", "dave", "carol"]);
+    assert_eq!(header_uids(&mut carol, 3).await, ["bob", "dave", "alice"]);
 
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel(3);
+    let (killed_tx, killed_rx) = tokio::sync::watch::channel(false);
+    let b = tokio::spawn(publish_through_a_crash(
+        bob,
+        "b",
+        Some(FRAMES),
+        sent_tx.clone(),
+        killed_rx.clone(),
+        Some("d-end".into()),
+    ));
+    let d = tokio::spawn(publish_through_a_crash(
+        dave,
+        "d",
+        Some(FRAMES),
+        sent_tx.clone(),
+        killed_rx.clone(),
+        Some("b-end".into()),
+    ));
+    // alice publishes until her node dies under her.
+    let a = tokio::spawn(publish_through_a_crash(
+        alice,
+        "a",
+        None,
+        sent_tx,
+        killed_rx.clone(),
+        None,
+    ));
+    for _ in 0..3 {
+        sent_rx
+            .recv()
+            .await
+            .expect("each publisher reaches the kill point");
+    }
+    // Some of alice's frames have reached the others before her node dies.
+    w.holds("crash", &format!("a-{}", KILL_POINT - 1)).await;
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
-    bob.send_text("after the crash").await;
-    // alice comes back on a survivor with the same uid: her old entry's node
-    // answers no probe, so she is let in, with everything in history.
-    let (mut alice, history) = join_with_history(&w, &survivors[1], "alice", "crash", 13).await;
-    assert_eq!(header_uid(&history[0]).as_deref(), Some("bob"));
-    assert_eq!(header_uid(&history[1]).as_deref(), Some("alice"));
-    let frames: Vec<String> = (0..10).map(|k| format!("a{k}")).collect();
-    assert_eq!(&history[2..12], &frames[..]);
-    assert_eq!(history[12], "after the crash");
-    assert_eq!(header_uid(&bob.recv_text().await).as_deref(), Some("alice"));
+    killed_tx.send_replace(true);
+    drop(carol);
+    let bob_got = b.await.unwrap();
+    let dave_got = d.await.unwrap();
+    let alice_got = a.await.unwrap();
+
+    // The survivors lose nothing of each other and agree on every frame's place.
+    let from = |got: &[String], tag: &str| -> Vec<String> {
+        got.iter().filter(|f| f.starts_with(tag)).cloned().collect()
+    };
+    let sent = |tag: &str| -> Vec<String> {
+        (0..FRAMES)
+            .map(|k| format!("{tag}-{k}"))
+            .chain([format!("{tag}-end")])
+            .collect()
+    };
+    assert_eq!(from(&bob_got, "d-"), sent("d"), "bob got all of dave's");
+    assert_eq!(from(&dave_got, "b-"), sent("b"), "dave got all of bob's");
+    let shared = |got: &[String]| from(got, "a-");
+    assert_eq!(
+        shared(&bob_got),
+        shared(&dave_got),
+        "one order for alice's frames"
+    );
+    let stored_a = shared(&bob_got);
+    let prefix: Vec<String> = (0..stored_a.len()).map(|k| format!("a-{k}")).collect();
+    assert_eq!(
+        stored_a, prefix,
+        "what was stored of alice's frames has no gap"
+    );
+    assert!(
+        stored_a.len() >= KILL_POINT,
+        "alice's frames before the kill"
+    );
+    assert!(
+        !alice_got.iter().any(|f| f.starts_with("a-")),
+        "alice never got her own frames"
+    );
+
+    // Her clients come back on the survivors with the same uids (their old
+    // entries' node answers no probe) and get the whole stream as history.
+    let stored = w.contents("crash").await;
+    let stored: Vec<String> = stored.into_iter().map(|(_, p)| p).collect();
+    let (mut alice, history) =
+        join_with_history(&w, &survivors[1], "alice", "crash", stored.len()).await;
+    assert_eq!(history, stored, "alice's history is the stream");
+    let (mut carol, history) =
+        join_with_history(&w, &survivors[0], "carol", "crash", stored.len() + 1).await;
+    assert_eq!(
+        history[..stored.len()],
+        stored[..],
+        "carol's history is the stream"
+    );
+    assert_eq!(header_uid(&history[stored.len()]).as_deref(), Some("alice"));
+    assert_eq!(
+        header_uid(&alice.recv_text().await).as_deref(),
+        Some("carol")
+    );
     alice.send_text("back").await;
-    assert_eq!(bob.recv_text().await, "back");
+    assert_eq!(carol.recv_text().await, "back");
 }
 
 /// Kill one NATS server of three (R3 stream) while members on three nodes

@@ -109,9 +109,10 @@ cluster() {
         urls+=(--url "ws://127.0.0.1:$port/")
         wait_port "$port"
     done
-    # Joins are refused until each node's link is up ("cluster link up" in its log).
+    # Joins are refused until each node's link is up ("cluster link up" in
+    # its log); a new NATS cluster takes up to half a minute to elect leaders.
     for i in 1 2 3; do
-        for _ in $(seq 200); do
+        for _ in $(seq 1200); do
             grep -q "cluster link up" "$OUT/mles$i-$scenario.log" && break
             sleep 0.05
         done

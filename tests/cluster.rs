@@ -29,6 +29,18 @@ async fn node(nats: &[String]) -> TestServer {
     s
 }
 
+/// [`node`] with more flags.
+async fn node_with(nats: &[String], extra: &[&str]) -> TestServer {
+    let mut args = vec!["--shards", "2"];
+    for url in nats {
+        args.extend(["--nats", url.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    let s = TestServer::start(&args);
+    s.cluster_up().await;
+    s
+}
+
 async fn nodes(nats: &[String], n: usize) -> Vec<TestServer> {
     let mut v = Vec::new();
     for _ in 0..n {
@@ -251,6 +263,61 @@ async fn ready_only_while_nats_is_connected() {
     nats.kill();
     let gone = readyz_until(&s, "waiting nats connected").await;
     assert!(gone.starts_with("HTTP/1.1 503"), "{gone}");
+}
+
+/// A node whose live feed falls further behind than the stream retains
+/// (here `--limit 2`, under a burst from another node) may have missed
+/// frames the stream dropped unread: its members are closed with 1013 and
+/// the reason, never left with a silent gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_behind_the_retention_tells_its_members() {
+    const FRAMES: usize = 3000;
+    let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
+    let urls = [nats.url.clone()];
+    let a = node_with(&urls, &["--limit", "2"]).await;
+    let b = node_with(&urls, &["--limit", "2"]).await;
+    let (mut sub, _) = join_with_history(&w, &a, "sub", "burst", 0).await;
+    let (mut publisher, _) = join_with_history(&w, &b, "pub", "burst", 1).await;
+    assert_eq!(header_uid(&sub.recv_text().await).as_deref(), Some("pub"));
+    let sender = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        for k in 0..FRAMES {
+            // Its own node may close it for the same reason: then stop.
+            if publisher
+                .ws
+                .send(Message::text(format!("f{k}")))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        publisher
+    });
+    let mut got = Vec::new();
+    let mut closed = None;
+    // One deadline for the lot: the server's pings must not restart it.
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    while got.len() < FRAMES {
+        match tokio::time::timeout_at(deadline, sub.ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => got.push(t.to_string()),
+            Ok(Some(Ok(Message::Close(f)))) => {
+                closed = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                break;
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("after {} frames: {other:?}", got.len()),
+        }
+    }
+    let _ = sender.await;
+    let prefix: Vec<String> = (0..got.len()).map(|k| format!("f{k}")).collect();
+    assert_eq!(got, prefix, "what arrived has no gap");
+    if got.len() < FRAMES {
+        let (code, reason) = closed.expect("a close frame");
+        assert_eq!(code, 1013, "{reason}");
+        assert!(reason.contains("behind"), "{reason}");
+    }
 }
 
 /// A member sends and closes its connection at once, as the last member

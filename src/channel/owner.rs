@@ -219,6 +219,40 @@ impl<Q: Sequencer> Owner<Q> {
         }
     }
 
+    /// The sequencer found this node's copy of channel `key` incomplete (a
+    /// cluster feed that fell behind what the shared log retains): every
+    /// member and waiting joiner is closed with `close`, and the channel is
+    /// forgotten with its history, so the next join loads it afresh.
+    pub fn forget(&mut self, key: ChannelKey, close: Close, out: &mut Vec<Action>) {
+        if channel_mut(&mut self.channels, key).is_none() {
+            return;
+        }
+        let slot = key as u32 as usize;
+        let mut ch = self.channels.remove(slot);
+        self.by_name.remove(&ch.name);
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        self.history_total -= ch.history.bytes();
+        for (id, m) in &ch.members {
+            let link = ch.links.remove(&m.session);
+            peering::link_gone(&mut self.tally, &mut self.unsynced, link);
+            self.sequencer.release(&ch.name, &id.1);
+            out.push(Action::Refused {
+                session: m.session,
+                close,
+            });
+        }
+        for p in ch.pending.values() {
+            if matches!(p.stage, Stage::Ordering) {
+                self.sequencer.release(&ch.name, &p.join.uid);
+            }
+            out.push(Action::Refused {
+                session: p.join.session,
+                close,
+            });
+        }
+        self.sequencer.expired(key);
+    }
+
     /// What was counted since the last call.
     pub fn take_tally(&mut self) -> Tally {
         std::mem::take(&mut self.tally)

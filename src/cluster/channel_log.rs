@@ -43,6 +43,10 @@ pub enum LogEvent {
     CaughtUp,
     /// A frame of `session` did not reach the stream: close that session.
     Lost { session: u64, error: PublishError },
+    /// The live feed fell so far behind that the stream may have dropped
+    /// frames (its per-channel retention) before this node read them: this
+    /// node's copy of the channel may have a gap. The feed has stopped.
+    Behind,
 }
 
 /// Where a log reports: its tag (the owner's name for the channel) and an event.
@@ -155,8 +159,20 @@ async fn follow(cluster: Cluster, subject: Subject, after: u64, events: Events) 
     if caught_up && !events.send(LogEvent::CaughtUp) {
         return;
     }
+    // The stream keeps `retained` frames per channel and drops the oldest.
+    // A live frame with that many left to read (itself included) was the
+    // oldest retained when sent: frames between it and the one before may
+    // have been dropped unread. (While the history loads, a drop only
+    // shortens the history, as on a node that opens the channel later.
+    // With one frame retained every live frame is the oldest: no telling.)
+    let retained = cluster.settings().history_frames as u64;
     loop {
         let d = feed.next().await;
+        if caught_up && retained > 1 && d.pending + 1 >= retained {
+            tracing::warn!(%subject, pending = d.pending, retained, "cluster feed fell behind the stream's retention; closing the channel's members here");
+            let _ = events.send(LogEvent::Behind);
+            return;
+        }
         let last_of_history = !caught_up && d.pending == 0;
         if !events.send(LogEvent::Frame(d)) {
             return;

@@ -127,6 +127,16 @@ pub(super) fn on_event(
         } => {}
         SeqEvent::Log {
             key,
+            event: LogEvent::Behind,
+        } => {
+            // Only if the event is from the channel's current log: an old
+            // log's events may still be queued after the channel was forgotten.
+            if cluster_sequencer(owner).is_some_and(|s| s.name(key).is_some()) {
+                owner.forget(key, close::CLUSTER_BEHIND, out);
+            }
+        }
+        SeqEvent::Log {
+            key,
             event: LogEvent::Lost { session, error },
         } => {
             let c = match error {

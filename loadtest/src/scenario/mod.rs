@@ -174,13 +174,15 @@ impl Sample {
         let server = if server_pids.is_empty() {
             None
         } else {
-            server_pids.iter().try_fold(ProcSample::default(), |sum, &p| {
-                let s = procstat::sample(p).ok()?;
-                Some(ProcSample {
-                    cpu_ns: sum.cpu_ns + s.cpu_ns,
-                    rss_kb: sum.rss_kb + s.rss_kb,
+            server_pids
+                .iter()
+                .try_fold(ProcSample::default(), |sum, &p| {
+                    let s = procstat::sample(p).ok()?;
+                    Some(ProcSample {
+                        cpu_ns: sum.cpu_ns + s.cpu_ns,
+                        rss_kb: sum.rss_kb + s.rss_kb,
+                    })
                 })
-            })
         };
         Sample {
             at_ns: now_ns(),

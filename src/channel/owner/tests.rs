@@ -932,3 +932,48 @@ fn an_abandoned_join_is_closed_and_its_claim_released() {
     o.abandon(key, sid(3, 9), close::TOO_BIG, &mut out);
     assert!(out.is_empty());
 }
+
+#[test]
+fn a_forgotten_channel_closes_its_members_and_starts_afresh() {
+    let mut o = Owner::new(0, 4, FRAMES, BYTES, Deferred::default());
+    let t = Instant::now();
+    let mut out = Vec::new();
+    o.join(client("a", sid(1, 1)), t, &mut out);
+    let (key, _, _) = o.sequencer.claims[0].clone();
+    o.claimed(key, &cid("a"), sid(1, 1), true, t, &mut out);
+    let (_, origin, frame) = o.sequencer.orders.pop().unwrap();
+    let o1 = Ordered {
+        seq: 1,
+        origin,
+        frame,
+    };
+    o.ordered(key, o1, t, &mut out);
+    // b is still claiming when the channel is forgotten.
+    o.join(client("b", sid(2, 1)), t, &mut out);
+    out.clear();
+    o.forget(key, close::CLUSTER_BEHIND, &mut out);
+    out.sort_by_key(|a| match a {
+        Action::Refused { session, .. } => *session,
+        _ => u64::MAX,
+    });
+    assert_eq!(
+        out,
+        [
+            Action::Refused {
+                session: sid(1, 1),
+                close: close::CLUSTER_BEHIND
+            },
+            Action::Refused {
+                session: sid(2, 1),
+                close: close::CLUSTER_BEHIND
+            }
+        ]
+    );
+    assert_eq!(o.sequencer.released, [Arc::<str>::from("a")]);
+    assert!(o.channel("ch").is_none(), "forgotten, history and all");
+    assert_eq!(o.total_history_bytes(), 0);
+    // A later join starts a new channel.
+    out.clear();
+    o.join(client("a", sid(1, 2)), t, &mut out);
+    assert_ne!(o.sequencer.claims.last().unwrap().0, key);
+}

@@ -10,7 +10,8 @@
 # (--server-pid per process), so "server ns/delivery" includes NATS.
 #
 #   scripts/cluster-bench.sh [label] [scenario...]
-#     scenarios: B1 B3 B3R3 A1 A3 A3R3 D1 D3 (letter: the load of BENCHMARKS.md;
+#     scenarios: B1 B3 B3R3 A1 A3 A3R3 L1 L3 L3R3 D1 D3 (letter: the load of
+#     BENCHMARKS.md, L: one channel, 3 subscribers, 100 frames/s;
 #     1: one plain node, 3: three nodes + one NATS, 3R3: three nodes + three NATS)
 #   DURATION=10 (measured seconds per fan-out run), MLES_ARGS="--limit N" (extra node flags)
 set -euo pipefail
@@ -134,6 +135,8 @@ load() { # scenario-args...
 B=(fanout --channels 10 --subs 100 --pubs 1 --size 64 --rate 100 --duration "$DURATION")
 A=(fanout --channels 10 --subs 100 --pubs 1 --size 64 --duration "$DURATION")
 D=(conns --conns 6000 --per-channel 100 --duration 8)
+# The path alone: one channel, three subscribers, 100 frames/s (no queueing).
+L=(fanout --channels 1 --subs 3 --pubs 1 --size 64 --rate 100 --duration "$DURATION")
 
 for scenario in "${scenarios[@]}"; do
     echo "== $scenario" >&2
@@ -145,6 +148,9 @@ for scenario in "${scenarios[@]}"; do
     A1) start_mles 1 && load "${A[@]}" ;;
     A3) cluster 1 && load "${A[@]}" ;;
     A3R3) cluster 3 && load "${A[@]}" ;;
+    L1) start_mles 1 && load "${L[@]}" ;;
+    L3) cluster 1 && load "${L[@]}" ;;
+    L3R3) cluster 3 && load "${L[@]}" ;;
     D1) start_mles 1 && load "${D[@]}" ;;
     D3) cluster 1 && load "${D[@]}" ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;

@@ -36,7 +36,9 @@ NATS=${MLES_NATS_SERVER:-${MLES_TEST_VENV:-$HOME/.cache/mles/venv}/bin/nats-serv
     exit 1
 }
 
-base=$((20000 + RANDOM % 20000))
+# Below the ephemeral range (32768+), where the load generator's own
+# connections would take ports a server is about to bind.
+base=$((10000 + RANDOM % 8000))
 pids=()
 work=$(mktemp -d)
 stop_all() {

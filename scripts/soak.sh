@@ -101,8 +101,13 @@ for _ in $(seq $(((ttl * 2 + 30) / every))); do
 done
 after=$(awk '/^VmRSS:/ { print $2 }' "/proc/$server/status")
 
-if python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib >/dev/null 2>&1; then
-    python3 scripts/soak_plot.py "$out/samples.csv" "$out/latency.csv" "$out/soak.png"
+# The plot needs matplotlib: the test venv (scripts/install-test-deps.sh) gets it
+# when missing; Debian's own python refuses pip installs.
+py=python3
+venv="${MLES_TEST_VENV:-$HOME/.cache/mles/venv}"
+[ -x "$venv/bin/python" ] && py="$venv/bin/python"
+if "$py" -c 'import matplotlib' 2>/dev/null || "$py" -m pip install -q matplotlib >/dev/null 2>&1; then
+    "$py" scripts/soak_plot.py "$out/samples.csv" "$out/latency.csv" "$out/soak.png"
     echo "plot: $out/soak.png"
 else
     echo "plot skipped: matplotlib not available"

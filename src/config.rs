@@ -134,8 +134,9 @@ pub struct Cli {
     /// Prefix of the cluster's stream, bucket and subjects (several deployments can share a NATS).
     #[arg(long = "nats-prefix", default_value = "mles")]
     pub nats_prefix: String,
-    /// Server-wide bound on incomplete frames and messages being reassembled;
-    /// past it the session that asks for more is closed with 1013 [default: half the RAM].
+    /// Server-wide bound on incomplete frames, messages being reassembled and
+    /// outbound queues; past it the session that asks for more, or the one
+    /// with the largest queue, is closed with 1013 [default: half the RAM].
     #[arg(long = "max-memory", value_parser = parse_size)]
     pub max_memory: Option<usize>,
     /// Most messages (pings included) one session may send per second,
@@ -224,7 +225,7 @@ pub struct Limits {
     pub inbox_limit: Option<usize>,
     /// `SO_SNDBUF` of every accepted socket (see [`send_buffer_for`]).
     pub send_buffer: usize,
-    /// Server-wide bound on partial frames and reassembly (`--max-memory`).
+    /// Server-wide bound on partial frames, reassembly and queues (`--max-memory`).
     pub max_memory: usize,
     /// Channels with no members forget their history after this (`--channel-ttl`).
     pub channel_ttl: Duration,

@@ -1,12 +1,15 @@
 //! The server-wide memory budget (`--max-memory`) for what clients make the
-//! server hold between reads: incomplete frames and messages being
-//! reassembled from fragments. Without it, every connection may hold up to
-//! `--max-message` of a frame it never finishes (issue 9, item 1).
+//! server hold: incomplete frames and messages being reassembled from
+//! fragments, and frames queued to sessions that do not read them. Without
+//! it, every connection may hold up to `--max-message` of a frame it never
+//! finishes, and every slow reader up to `--max-queue` (issue 9).
 //!
-//! One atomic shared by all shards, touched only when such a buffer grows or
-//! shrinks (a frame split across reads), never per relayed frame. When a
-//! growth would pass the limit it is refused, and the session that asked is
-//! closed with 1013; what others hold is untouched.
+//! One atomic shared by all shards, touched only when a partial buffer grows
+//! or shrinks (a frame split across reads) and once per shard tick for the
+//! shard's queues, never per relayed frame. A partial frame that would pass
+//! the limit is refused, and the session that asked is closed with 1013;
+//! queues past it close the sessions with the largest ones (1013). What
+//! others hold is untouched.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 

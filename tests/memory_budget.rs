@@ -107,3 +107,52 @@ async fn fragmented_messages_count_against_the_budget() {
     assert_eq!(code, 1013, "{why}");
     srv.metric_until("mles_partial_bytes", |v| v == 0).await;
 }
+
+/// Outbound queues count against `--max-memory` too: a member that stops
+/// reading is closed (1013, memory) once its queue passes what the budget
+/// allows, long before its own `--max-queue`, and its queue is freed; a
+/// member that reads gets every frame.
+#[tokio::test]
+async fn outbound_queues_count_against_the_budget() {
+    let srv = TestServer::start(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--max-memory",
+        "4MiB",
+        "--max-queue",
+        "256MiB",
+        "--max-message",
+        "256KiB",
+    ]);
+    // A small receive buffer of its own: loopback autotuning would let the
+    // kernel take up to 32 MiB (tcp_rmem) of what is sent to it.
+    let mut stuck = RawClient::connect_with_recv_buffer(srv.addr, 64 << 10).await;
+    stuck.join("stuck", "queues").await;
+    let mut reader = srv.join("reader", "queues").await;
+    let mut publisher = srv.join("publisher", "queues").await;
+    // The reader sees the publisher's join: all three are members.
+    while header_uid(&reader.recv_text().await).as_deref() != Some("publisher") {}
+    const FRAMES: usize = 160;
+    let chunk = vec![7u8; 200 << 10];
+    // 32 MiB: far more than the kernel's buffers on both ends of `stuck` hold.
+    let reading = tokio::spawn(async move {
+        for _ in 0..FRAMES {
+            assert_eq!(reader.recv_binary().await.len(), 200 << 10);
+        }
+    });
+    for _ in 0..FRAMES {
+        publisher.send_binary(&chunk).await;
+    }
+    reading.await.unwrap();
+    // `stuck` reads nothing until the budget has closed it (a reading
+    // client would drain its queue before the next tick settles it).
+    assert!(
+        srv.metric_until("mles_budget_refusals_total", |v| v >= 1)
+            .await
+            >= 1
+    );
+    let (code, why) = stuck.expect_close().await;
+    assert_eq!(code, 1013, "{why}");
+    assert!(why.contains("memory"), "{why}");
+    assert_eq!(srv.metric_until("mles_queued_bytes", |v| v == 0).await, 0);
+}

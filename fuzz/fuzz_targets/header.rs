@@ -59,20 +59,19 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// The value of `0x`-prefixed or plain hexadecimal of any length, written
-/// independently of the server's parser.
+/// The value of `0x`-prefixed or plain hexadecimal of any length: an oracle
+/// that works digit by digit, unlike the server's parser, which trims leading
+/// zeros and hands the rest to `from_str_radix`.
 fn hex_value(s: &str) -> Option<u64> {
     let s = s
         .strip_prefix("0x")
         .or_else(|| s.strip_prefix("0X"))
         .unwrap_or(s);
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if s.is_empty() {
         return None;
     }
-    let digits = s.trim_start_matches('0');
-    if digits.is_empty() {
-        Some(0)
-    } else {
-        u64::from_str_radix(digits, 16).ok()
-    }
+    s.chars().try_fold(0u64, |acc, c| {
+        let digit = u64::from(c.to_digit(16)?);
+        (acc >> 60 == 0).then_some(acc << 4 | digit)
+    })
 }

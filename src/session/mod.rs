@@ -367,8 +367,10 @@ impl Session {
             i.out.clear();
             i.out_bytes = 0;
         }
-        if c == close::SLOW_CONSUMER {
-            // Keep only a frame already partly written, so the stream stays well-formed.
+        if c == close::SLOW_CONSUMER || c == close::MEMORY_BUDGET {
+            // Its queue goes at once, so the memory is free now (not after
+            // the close linger). Keep only a frame already partly written, so
+            // the stream stays well-formed.
             let keep = if i.written > 0 {
                 i.replay.pop_front().or_else(|| i.out.pop_front())
             } else {

@@ -81,6 +81,9 @@ pub struct Shard {
     /// Set once a shard-level handler panicked: nothing more is handled.
     failed: Cell<bool>,
     next_session: Cell<u64>,
+    /// Bytes of this shard's outbound queues charged to `--max-memory`
+    /// at the last tick.
+    queues_charged: Cell<usize>,
     paused: Paused,
     shutdown: Shutdown,
     links: Links,
@@ -148,6 +151,7 @@ impl Shard {
             local: RefCell::default(),
             pumping: Cell::new(false),
             failed: Cell::new(false),
+            queues_charged: Cell::new(0),
             next_session: Cell::new(0),
             paused: Paused::default(),
             shutdown: Shutdown::default(),
@@ -390,6 +394,7 @@ impl Shard {
                 tracing::debug!(shard = self.id, channels = n, "idle channels dropped");
             }
         }
+        let queued = self.settle_queues(queued);
         let owner = self.owner.borrow();
         let c = self.counters();
         c.set(Gauge::Channels, owner.len() as i64);
@@ -404,6 +409,42 @@ impl Shard {
                 .shard(to)
                 .set(Gauge::InboxBacklog, backlog);
         }
+    }
+
+    /// Charges this shard's outbound queues (`queued` bytes now) to the
+    /// server-wide `--max-memory`, which partial frames share. Past it, the
+    /// sessions with the largest queues are closed (1013) until the rest
+    /// fits: the slowest readers go first, and nothing queued to others is
+    /// touched. Settled every tick, never per delivery; between ticks each
+    /// queue is still bounded by `--max-queue`. Returns the bytes kept.
+    fn settle_queues(&self, queued: usize) -> usize {
+        let memory = &self.mesh.memory;
+        let charged = self.queues_charged.get();
+        let mut keep = queued;
+        if keep > charged && !memory.try_grow(keep - charged) {
+            let mut largest: Vec<Rc<Session>> = self
+                .registry
+                .borrow()
+                .sessions()
+                .filter(|s| s.queued_bytes() > 0)
+                .cloned()
+                .collect();
+            largest.sort_unstable_by_key(|s| std::cmp::Reverse(s.queued_bytes()));
+            let c = self.counters();
+            for s in largest {
+                keep -= s.queued_bytes();
+                s.close(close::MEMORY_BUDGET);
+                c.budget_refusals.fetch_add(1, Ordering::Relaxed);
+                if keep <= charged || memory.try_grow(keep - charged) {
+                    break;
+                }
+            }
+        }
+        if keep < charged {
+            memory.shrink(charged - keep);
+        }
+        self.queues_charged.set(keep);
+        keep
     }
 
     /// Wakes the sessions paused on congestion whenever a congested inbox

@@ -280,52 +280,51 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> String {
 impl RawClient {
     /// Like [`RawClient::connect`], but None when the server resets or closes during the handshake.
     pub async fn try_connect(addr: SocketAddr) -> Option<RawClient> {
-        let mut tcp = TcpStream::connect(addr).await.ok()?;
-        let req = upgrade_request(addr, "Sec-WebSocket-Protocol: mles-websocket\r\n");
-        tcp.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-        };
-        if !buf.starts_with(b"HTTP/1.1 101") {
-            return None;
-        }
-        buf.drain(..end);
-        Some(RawClient { tcp, buf })
+        let tcp = TcpStream::connect(addr).await.ok()?;
+        Self::upgrade(tcp, addr).await.ok()
     }
 
     pub async fn connect(addr: SocketAddr) -> RawClient {
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        Self::upgrade(tcp, addr).await.unwrap()
+    }
+
+    /// Connects with a receive buffer fixed at `bytes` before the handshake
+    /// (no autotuning): a client that stops reading takes only that much.
+    pub async fn connect_with_recv_buffer(addr: SocketAddr, bytes: u32) -> RawClient {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(bytes).unwrap();
+        let tcp = sock.connect(addr).await.unwrap();
+        Self::upgrade(tcp, addr).await.unwrap()
+    }
+
+    /// The WebSocket upgrade over `tcp`; Err with what went wrong.
+    async fn upgrade(mut tcp: TcpStream, addr: SocketAddr) -> Result<RawClient, String> {
         let req = upgrade_request(addr, "Sec-WebSocket-Protocol: mles-websocket\r\n");
-        tcp.write_all(req.as_bytes()).await.unwrap();
+        tcp.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let end = loop {
             let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
                 .await
-                .expect("101 in time")
-                .unwrap();
-            assert!(n > 0, "connection closed during handshake");
+                .map_err(|_| "no 101 in time".to_string())?
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("connection closed during handshake".into());
+            }
             buf.extend_from_slice(&chunk[..n]);
             if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break p + 4;
             }
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        if !head.starts_with("HTTP/1.1 101") {
+            return Err(head);
+        }
         buf.drain(..end);
-        RawClient { tcp, buf }
+        Ok(RawClient { tcp, buf })
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {

@@ -266,7 +266,7 @@ async fn ready_only_while_nats_is_connected() {
 }
 
 /// A node whose live feed falls further behind than the stream retains
-/// (here `--limit 2`, under a burst from another node) may have missed
+/// (here `--limit 16`, under a burst from another node) may have missed
 /// frames the stream dropped unread: its members are closed with 1013 and
 /// the reason, never left with a silent gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,8 +275,8 @@ async fn a_feed_behind_the_retention_tells_its_members() {
     let nats = NatsServer::start();
     let w = Witness::new(&nats.url).await;
     let urls = [nats.url.clone()];
-    let a = node_with(&urls, &["--limit", "2"]).await;
-    let b = node_with(&urls, &["--limit", "2"]).await;
+    let a = node_with(&urls, &["--limit", "16"]).await;
+    let b = node_with(&urls, &["--limit", "16"]).await;
     let (mut sub, _) = join_with_history(&w, &a, "sub", "burst", 0).await;
     let (mut publisher, _) = join_with_history(&w, &b, "pub", "burst", 1).await;
     assert_eq!(header_uid(&sub.recv_text().await).as_deref(), Some("pub"));
@@ -311,6 +311,10 @@ async fn a_feed_behind_the_retention_tells_its_members() {
         }
     }
     let _ = sender.await;
+    eprintln!(
+        "sub got {} of {FRAMES} frames; closed: {closed:?}",
+        got.len()
+    );
     let prefix: Vec<String> = (0..got.len()).map(|k| format!("f{k}")).collect();
     assert_eq!(got, prefix, "what arrived has no gap");
     if got.len() < FRAMES {

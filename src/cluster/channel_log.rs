@@ -165,10 +165,13 @@ async fn follow(cluster: Cluster, subject: Subject, after: u64, events: Events) 
     // have been dropped unread. (While the history loads, a drop only
     // shortens the history, as on a node that opens the channel later.
     // With one frame retained every live frame is the oldest: no telling.)
+    // NATS counts `pending` as it sends, racing its own discards by a frame
+    // or so: an eighth of the retention is kept as a margin.
     let retained = cluster.settings().history_frames as u64;
+    let margin = retained / 8;
     loop {
         let d = feed.next().await;
-        if caught_up && retained > 1 && d.pending + 1 >= retained {
+        if caught_up && retained > 1 && d.pending + 1 + margin >= retained {
             tracing::warn!(%subject, pending = d.pending, retained, "cluster feed fell behind the stream's retention; closing the channel's members here");
             let _ = events.send(LogEvent::Behind);
             return;

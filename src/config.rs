@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::cluster::{ClusterSettings, SettingsError};
+
 /// The `mles` command line: the reference server's flags plus ours.
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -117,6 +119,21 @@ pub struct Cli {
     /// Size of the in-memory cache of compressed static files, in MB.
     #[arg(long = "compression-cache", default_value_t = 64)]
     pub compression_cache: usize,
+    /// Cluster mode: a NATS server (nats:// or tls://) of the shared JetStream log (repeatable).
+    #[arg(long = "nats", conflicts_with_all = ["peer", "dedup"])]
+    pub nats: Vec<String>,
+    /// NATS credentials file (user JWT and NKey seed) for cluster mode.
+    #[arg(long = "nats-creds", requires = "nats")]
+    pub nats_creds: Option<PathBuf>,
+    /// PEM root certificate(s) to trust for tls:// NATS servers [default: system roots].
+    #[arg(long = "nats-ca", requires = "nats")]
+    pub nats_ca: Option<PathBuf>,
+    /// Replicas of the cluster's stream and registry (3 on a 3-node NATS cluster).
+    #[arg(long = "nats-replicas", default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// Prefix of the cluster's stream, bucket and subjects (several deployments can share a NATS).
+    #[arg(long = "nats-prefix", default_value = "mles")]
+    pub nats_prefix: String,
     /// Server-wide bound on incomplete frames, messages being reassembled and
     /// outbound queues; past it the session that asks for more, or the one
     /// with the largest queue, is closed with 1013 [default: half the RAM].
@@ -255,6 +272,8 @@ pub struct Config {
     pub peer_key: Option<Vec<u8>>,
     /// Roots to trust for `wss://` peers instead of the public ones.
     pub peer_ca: Option<PathBuf>,
+    /// Cluster mode (`--nats`): where the shared log is.
+    pub cluster: Option<ClusterSettings>,
     /// Flags given but without effect in this mode, for the log at start.
     pub warnings: Vec<String>,
     /// How long an HTTP response write may make no progress.
@@ -308,6 +327,9 @@ pub enum ConfigError {
     /// A `--peer` that is not a ws:// or wss:// URL.
     #[error("--peer {0}: expected a ws:// or wss:// URL")]
     BadPeer(String),
+    /// A `--nats*` flag that cannot work.
+    #[error(transparent)]
+    Cluster(#[from] SettingsError),
 }
 
 impl Config {
@@ -403,6 +425,19 @@ impl Config {
         if cli.redirect && !secure {
             return Err(ConfigError::RedirectWithoutTls);
         }
+        let cluster = if cli.nats.is_empty() {
+            None
+        } else {
+            Some(ClusterSettings::new(
+                cli.nats.clone(),
+                cli.nats_creds.clone(),
+                cli.nats_ca.clone(),
+                cli.nats_replicas,
+                cli.nats_prefix.clone(),
+                cli.limit,
+                cli.max_message,
+            )?)
+        };
         let tls_port = listen.first().map(|a| a.port()).unwrap_or(port);
         let mut warnings = Vec::new();
         if matches!(tls, TlsChoice::Files { .. }) {
@@ -471,6 +506,7 @@ impl Config {
             peer_uid,
             peer_key: cli.peer_key.clone().or(mles_key).map(String::into_bytes),
             peer_ca: cli.peer_ca.clone(),
+            cluster,
             tls_port,
             connections: ConnectionSettings {
                 limits: crate::http::limits::ConnLimitSettings {
@@ -669,6 +705,44 @@ mod tests {
         ));
         assert!(matches!(cfg(&["-r"]), Err(ConfigError::RedirectWithoutTls)));
         assert!(Cli::try_parse_from(["mles", "--tls-cert", "a.pem"]).is_err());
+    }
+
+    #[test]
+    fn nats_flags() {
+        assert!(cfg(&[]).unwrap().cluster.is_none());
+        let c = cfg(&[
+            "--nats",
+            "nats://a:4222",
+            "--nats",
+            "tls://b:4443",
+            "--nats-replicas",
+            "3",
+            "-l",
+            "50",
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.servers, vec!["nats://a:4222", "tls://b:4443"]);
+        assert_eq!(
+            (c.replicas, c.history_frames, c.prefix.as_str()),
+            (3, 50, "mles")
+        );
+        assert!(matches!(
+            cfg(&["--nats", "a:4222"]),
+            Err(ConfigError::Cluster(SettingsError::BadUrl(_)))
+        ));
+        assert!(matches!(
+            cfg(&["--nats", "nats://a:1", "--nats-prefix", "a.b"]),
+            Err(ConfigError::Cluster(SettingsError::BadPrefix(_)))
+        ));
+        assert!(matches!(
+            cfg(&["--nats", "nats://a:1", "--nats-replicas", "0"]),
+            Err(ConfigError::Cluster(SettingsError::BadReplicas))
+        ));
+        // Cluster mode and peer links are two answers to one question: pick one.
+        assert!(Cli::try_parse_from(["mles", "--nats", "nats://a:1", "--peer", "ws://b"]).is_err());
+        assert!(Cli::try_parse_from(["mles", "--nats-creds", "x.creds"]).is_err());
     }
 
     #[test]

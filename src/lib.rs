@@ -15,6 +15,7 @@
 //! - [`background`]: the threads beside the shards (admin, redirect, ACME,
 //!   certificate watcher), each with its own runtime.
 //! - [`peer`]: links to peer servers (PROTOCOL.md §7).
+//! - [`cluster`]: cluster mode: order, history and uids shared through NATS JetStream.
 //! - [`protocol`]: sans-IO header parsing, auth, close codes, frame codec.
 //! - [`statics`]: static files per domain and the built-in web client.
 //! - [`tls`]: the shared rustls config: certificate files (with reload) or ACME.
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod background;
 pub mod channel;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod health;
 pub mod http;

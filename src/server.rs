@@ -25,6 +25,9 @@ pub enum StartError {
     /// A listen address is unusable (in use, not local, no permission).
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// Cluster mode could not start (credentials, CA, thread).
+    #[error("cluster mode: {0}")]
+    Cluster(crate::cluster::StartError),
     /// A shard thread or its runtime could not be created.
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
@@ -66,6 +69,8 @@ pub enum RunError {
 
 /// A running server.
 pub struct ServerHandle {
+    /// Cluster mode: the link to the shared log.
+    cluster: Option<crate::cluster::Cluster>,
     mesh: Arc<Mesh>,
     addrs: Vec<SocketAddr>,
     redirect_addr: Option<SocketAddr>,
@@ -104,6 +109,11 @@ impl ServerHandle {
         self.tls.as_ref()
     }
 
+    /// Cluster mode: the link to the shared log (its state, for readiness checks).
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_ref()
+    }
+
     /// The first shard failure, once one happened (the server is then stopping).
     pub fn failure(&self) -> Option<String> {
         self.mesh.failure.reason()
@@ -126,6 +136,10 @@ impl ServerHandle {
         }
         if let Some(tls) = &self.tls {
             tls.join();
+        }
+        // Last: the shards no longer use it.
+        if let Some(c) = &self.cluster {
+            c.shutdown();
         }
         let all = self.threads.iter().all(|t| t.is_finished());
         for t in self.threads {
@@ -191,6 +205,21 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let inbox_limit = config.limits.inbox_limit.unwrap_or(BACKLOG_LIMIT);
     let (mesh, inboxes) = Mesh::with_limit(config.shards, inbox_limit);
     mesh.memory.set_limit(config.limits.max_memory);
+    let cluster = match &config.cluster {
+        Some(settings) => {
+            let prober = Arc::new(crate::shard::ShardProber { mesh: mesh.clone() });
+            let c = crate::cluster::Cluster::start(settings.clone(), prober)
+                .map_err(StartError::Cluster)?;
+            tracing::info!(nats = ?settings.servers, node = %c.node(), "cluster mode: connecting to NATS");
+            // Without the shared log a node can take no joins: not ready.
+            let link = c.clone();
+            readiness.check("nats connected", move || {
+                link.state() == crate::cluster::LinkState::Up
+            });
+            Some(c)
+        }
+        None => None,
+    };
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics {
         let admin = crate::admin::Admin {
@@ -229,6 +258,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             frontend: frontend.clone(),
             links: links.clone(),
             sequencer: None,
+            cluster: cluster.clone(),
             shutdown: shutdown_rx.clone(),
         };
         match runtime::spawn(start, rt) {
@@ -242,6 +272,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     tracing::info!(shards = config.shards, addrs = ?addrs, "listening");
     listening.set(true);
     Ok(ServerHandle {
+        cluster,
         mesh,
         readiness,
         addrs,

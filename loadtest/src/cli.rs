@@ -99,9 +99,10 @@ pub struct Common {
     /// Worker threads, each with its own current-thread runtime.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
-    /// Server process to sample CPU time and RSS from (/proc/PID).
+    /// Server process to sample CPU time and RSS from (/proc/PID). Repeat
+    /// it to add up several (the nodes of one service, and their NATS).
     #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
     /// With an IPv4 loopback target, bind sockets to 127.0.0.1..127.0.0.N (1: no bind).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..))]
     pub source_addrs: u8,

@@ -166,6 +166,13 @@ impl<Q: Sequencer> Owner<Q> {
             .map(|&slot| &self.channels[slot as usize])
     }
 
+    /// The channel `key` names, if this owner still has it.
+    pub fn channel_by_key(&self, key: ChannelKey) -> Option<&OwnedChannel> {
+        self.channels
+            .get(key as u32 as usize)
+            .filter(|c| c.key == key)
+    }
+
     /// How many channels this owner holds.
     pub fn len(&self) -> usize {
         self.channels.len()
@@ -173,6 +180,77 @@ impl<Q: Sequencer> Owner<Q> {
 
     pub fn is_empty(&self) -> bool {
         self.channels.is_empty()
+    }
+
+    /// The sequencer, for the caller that feeds back what it answered later.
+    pub fn sequencer_mut(&mut self) -> &mut Q {
+        &mut self.sequencer
+    }
+
+    /// The sequencer could not carry out something for `session` (a claim
+    /// it could not ask, a frame or join header it could not order): its
+    /// join, if still pending, is dropped (a claim it already holds is
+    /// released), and the session is closed with `close` (a member then
+    /// leaves as usual).
+    pub fn abandon(
+        &mut self,
+        key: ChannelKey,
+        session: SessionId,
+        close: Close,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(ch) = channel_mut(&mut self.channels, key) else {
+            return;
+        };
+        let pending = ch
+            .pending
+            .iter()
+            .find(|(_, p)| p.join.session == session)
+            .map(|(id, _)| id.clone());
+        let member = ch.members.values().any(|m| m.session == session);
+        let was_pending = pending.is_some();
+        if let Some(p) = pending.and_then(|id| ch.pending.remove(&id))
+            && matches!(p.stage, Stage::Ordering)
+        {
+            self.sequencer.release(&ch.name, &p.join.uid);
+        }
+        if was_pending || member {
+            out.push(Action::Refused { session, close });
+        }
+    }
+
+    /// The sequencer found this node's copy of channel `key` incomplete (a
+    /// cluster feed that fell behind what the shared log retains): every
+    /// member and waiting joiner is closed with `close`, and the channel is
+    /// forgotten with its history, so the next join loads it afresh.
+    pub fn forget(&mut self, key: ChannelKey, close: Close, out: &mut Vec<Action>) {
+        if channel_mut(&mut self.channels, key).is_none() {
+            return;
+        }
+        let slot = key as u32 as usize;
+        let mut ch = self.channels.remove(slot);
+        self.by_name.remove(&ch.name);
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        self.history_total -= ch.history.bytes();
+        for (id, m) in &ch.members {
+            let link = ch.links.remove(&m.session);
+            peering::link_gone(&mut self.tally, &mut self.unsynced, link);
+            self.sequencer.release(&ch.name, &id.1);
+            out.push(Action::Refused {
+                session: m.session,
+                close,
+            });
+        }
+        for p in ch.pending.values() {
+            if matches!(p.stage, Stage::Ordering) {
+                self.sequencer.release(&ch.name, &p.join.uid);
+            }
+            out.push(Action::Refused {
+                session: p.join.session,
+                close,
+            });
+        }
+        self.sequencer.expired(key);
     }
 
     /// What was counted since the last call.
@@ -446,6 +524,7 @@ impl<Q: Sequencer> Owner<Q> {
                 self.by_name.remove(&ch.name);
                 self.generations[slot] = self.generations[slot].wrapping_add(1);
                 self.history_total -= ch.history.bytes();
+                self.sequencer.expired(ch.key);
             }
         }
         for &(_, idle, slot) in &by_age {
@@ -535,12 +614,14 @@ impl<Q: Sequencer> Owner<Q> {
         let before = self.channels.len();
         let (by_name, generations) = (&mut self.by_name, &mut self.generations);
         let total = &mut self.history_total;
+        let sequencer = &mut self.sequencer;
         self.channels.retain(|slot, ch| {
             let keep = !ch.expired(now, idle);
             if !keep {
                 by_name.remove(&ch.name);
                 generations[slot] = generations[slot].wrapping_add(1);
                 *total -= ch.history.bytes();
+                sequencer.expired(ch.key);
             }
             keep
         });

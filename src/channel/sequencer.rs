@@ -101,6 +101,16 @@ pub trait Sequencer {
 
     /// A member holding (channel, uid) left.
     fn release(&mut self, channel: &Arc<str>, uid: &Arc<str>);
+
+    /// The owner dropped the idle channel `key`: forget anything kept for it.
+    fn expired(&mut self, _key: ChannelKey) {}
+
+    /// The concrete sequencer, for the code on the owner shard that feeds
+    /// back what it answered later and needs its own methods to do so
+    /// (cluster mode). `None` for sequencers that answer at once.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }
 
 /// A boxed sequencer is one too, so a shard can hold whichever is configured.
@@ -128,6 +138,14 @@ impl<S: Sequencer + ?Sized> Sequencer for Box<S> {
 
     fn release(&mut self, channel: &Arc<str>, uid: &Arc<str>) {
         (**self).release(channel, uid)
+    }
+
+    fn expired(&mut self, key: ChannelKey) {
+        (**self).expired(key)
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        (**self).as_any_mut()
     }
 }
 

@@ -53,6 +53,11 @@ pub const HEADER_TOO_BIG: Close = Close::new(1009, "header frame over 8192 bytes
 pub const INTERNAL: Close = Close::new(1011, "internal error");
 /// The owner shard's channel table is full (over 4 billion channels).
 pub const TOO_MANY_CHANNELS: Close = Close::new(1013, "too many channels on this server");
+/// Cluster mode: NATS (the shared log) cannot be reached; try again later.
+pub const CLUSTER_UNAVAILABLE: Close = Close::new(1013, "cluster log unavailable; try again");
+/// Cluster mode: this node fell further behind the shared log than it
+/// retains, so frames may be missing here; rejoin to get the history whole.
+pub const CLUSTER_BEHIND: Close = Close::new(1013, "cluster feed fell behind; rejoin");
 pub const MEMORY_BUDGET: Close = Close::new(1013, "server memory budget reached, retry later");
 pub const SLOW_CONSUMER: Close = Close::new(1013, "slow consumer: outbound queue full");
 

@@ -85,6 +85,16 @@ pub enum ShardMsg {
     Control { session: SessionId, payload: Bytes },
     /// To a link member's shard: its peer synced; live frames may flow.
     OpenLink { session: SessionId },
+    /// To the owner, in cluster mode: what the shared log answered.
+    Cluster(crate::cluster::sequencer::SeqEvent),
+    /// To the owner, in cluster mode: another node asks whether `session`
+    /// still holds (channel, uid) here (PROTOCOL.md §4 across nodes).
+    RemoteProbe {
+        channel: Arc<str>,
+        uid: Arc<str>,
+        session: SessionId,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
 }
 
 impl ShardMsg {

@@ -16,6 +16,7 @@
 //! Handlers never hold a `RefCell` borrow across an await, and messages a
 //! shard posts to itself go through a local queue so no handler re-enters another.
 
+mod cluster;
 mod dispatch;
 mod host;
 pub mod listener;
@@ -44,6 +45,7 @@ use crate::config::Limits;
 use crate::metrics::{Counters, Gauge};
 use crate::protocol::close;
 use crate::session::{Host, Session, TickOutcome};
+pub use cluster::ShardProber;
 use mesh::{InboxRx, Mesh, ShardMsg};
 use registry::Registry;
 
@@ -73,6 +75,8 @@ pub struct Shard {
     scratch: RefCell<Box<[u8]>>,
     registry: RefCell<Registry>,
     owner: RefCell<Owner<Box<dyn Sequencer>>>,
+    /// Cluster mode: other nodes' probes waiting for an answer.
+    remote_probes: RefCell<Vec<cluster::RemoteProbe>>,
     local: RefCell<VecDeque<ShardMsg>>,
     pumping: Cell<bool>,
     /// Set once a shard-level handler panicked: nothing more is handled.
@@ -157,6 +161,7 @@ impl Shard {
             scratch: RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
             registry: RefCell::default(),
             owner: RefCell::new(owner),
+            remote_probes: RefCell::default(),
             local: RefCell::default(),
             pumping: Cell::new(false),
             failed: Cell::new(false),
@@ -314,6 +319,7 @@ impl Shard {
                 dedup,
             } => self.with_owner(|o, out| o.publish(key, origin, frame, dedup, now, out)),
             ShardMsg::Leave { key, id, session } => {
+                self.answer_remote_probes(key, session, false);
                 self.with_owner(|o, out| o.leave(key, &id, session, now, out))
             }
             ShardMsg::ProbeResult {
@@ -321,7 +327,17 @@ impl Shard {
                 id,
                 session,
                 alive,
-            } => self.with_owner(|o, out| o.probe_result(key, &id, session, alive, now, out)),
+            } => {
+                self.answer_remote_probes(key, session, alive);
+                self.with_owner(|o, out| o.probe_result(key, &id, session, alive, now, out))
+            }
+            ShardMsg::Cluster(e) => self.with_owner(|o, out| cluster::on_event(o, e, now, out)),
+            ShardMsg::RemoteProbe {
+                channel,
+                uid,
+                session,
+                reply,
+            } => self.on_remote_probe(channel, uid, session, reply),
             ShardMsg::LinkControl {
                 key,
                 session,

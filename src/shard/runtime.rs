@@ -46,6 +46,8 @@ pub struct ShardStart {
     pub links: Option<LinkStarter>,
     /// Where channel order comes from; the shard itself when `None`.
     pub sequencer: Option<SequencerFactory>,
+    /// Cluster mode: the node's link to the shared log.
+    pub cluster: Option<crate::cluster::Cluster>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -105,6 +107,7 @@ async fn run(start: ShardStart) {
         frontend,
         links,
         sequencer,
+        cluster,
         mut shutdown,
         ..
     } = start;
@@ -116,6 +119,13 @@ async fn run(start: ShardStart) {
     };
     shard.set_link_starter(links);
     let mut tasks = Vec::new();
+    if let Some(cluster) = cluster {
+        let events = shard.enable_cluster(cluster);
+        let s = shard.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            s.run_cluster(events).await
+        }));
+    }
     let s = shard.clone();
     tasks.push(tokio::task::spawn_local(
         async move { s.run_inbox(inbox).await },

@@ -3,6 +3,8 @@
 //! framing tests. Every wait has a timeout.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -53,6 +55,19 @@ impl TestServer {
             addr: handle.local_addrs()[0],
             handle: Some(handle),
         }
+    }
+
+    /// Waits until the node's cluster link is up (started with `--nats`).
+    pub async fn cluster_up(&self) {
+        let c = self
+            .handle
+            .as_ref()
+            .unwrap()
+            .cluster()
+            .expect("started with --nats");
+        tokio::time::timeout(nats::NATS_READY * 2, c.up())
+            .await
+            .expect("cluster link up in time");
     }
 
     /// The metrics listener, when started with `--metrics`.

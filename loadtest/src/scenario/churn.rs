@@ -105,7 +105,7 @@ pub fn run(args: &ChurnArgs) -> Result<Report> {
 
     let mut failures = Vec::new();
     let mut ticker = Ticker::new("churn", common.quiet);
-    let pid = common.server_pid;
+    let pid = &common.server_pid;
     let (a, b) = rt.block_on(async {
         let mut tick = |name: &str| {
             ticker.tick(

@@ -38,8 +38,8 @@ struct Shared {
 /// Server memory and CPU for the sessions.
 #[derive(Debug, Serialize)]
 pub struct ServerMemory {
-    /// The process sampled.
-    pub pid: u32,
+    /// The processes sampled (figures are their sums).
+    pub pids: Vec<u32>,
     /// RSS before the first connection, KiB.
     pub rss_kb_before: u64,
     /// RSS when the last session had joined, KiB.
@@ -99,7 +99,7 @@ pub fn run(args: &ConnsArgs) -> Result<Report> {
     let channels: Vec<String> = (0..n.div_ceil(per))
         .map(|i| super::channel_name(common, &run_id, "c", i))
         .collect();
-    let pid = common.server_pid;
+    let pid = &common.server_pid;
     let before = Sample::take(pid);
     let (phase, _) = watch::channel(Phase::Join);
     let sh = Arc::new(Shared {
@@ -132,7 +132,7 @@ pub fn run(args: &ConnsArgs) -> Result<Report> {
 
     let mut failures = Vec::new();
     let mut ticker = Ticker::new("conns", common.quiet);
-    let start = Sample::take(None);
+    let start = Sample::take(&[]);
     let samples = rt.block_on(async {
         let mut tick = |name: &str| {
             ticker.tick(
@@ -189,11 +189,11 @@ pub fn run(args: &ConnsArgs) -> Result<Report> {
     let join_wall_s = joined_s.at_ns.saturating_sub(start.at_ns) as f64 / 1e9;
     let (server_hold, harness) = super::figures(common, &a, &b);
     let warnings = super::figure_warnings(common, &harness, &server_hold);
-    let server_memory = match (pid, before.server, joined_s.server, b.server) {
-        (Some(pid), Some(s0), Some(s1), Some(s2)) => {
+    let server_memory = match (before.server, joined_s.server, b.server) {
+        (Some(s0), Some(s1), Some(s2)) => {
             let join_cpu_s = s1.cpu_ns.saturating_sub(s0.cpu_ns) as f64 / 1e9;
             Some(ServerMemory {
-                pid,
+                pids: pid.clone(),
                 rss_kb_before: s0.rss_kb,
                 rss_kb_joined: s1.rss_kb,
                 rss_kb_end: s2.rss_kb,

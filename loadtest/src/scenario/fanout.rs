@@ -534,7 +534,7 @@ async fn coordinate(
     ticker: &mut Ticker,
     failures: &mut Vec<String>,
 ) -> (Sample, Sample) {
-    let pid = sh.args.common.server_pid;
+    let pid = &sh.args.common.server_pid;
     let c = sh.args.channels as usize;
     let total_subs = c * sh.args.subs as usize;
     let total_pubs = c * sh.args.pubs as usize;

@@ -168,11 +168,25 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Samples now; a vanished server process becomes `None`.
-    pub fn take(server_pid: Option<u32>) -> Sample {
+    /// Samples now: the sum over the server processes, `None` when there
+    /// are none or one has vanished.
+    pub fn take(server_pids: &[u32]) -> Sample {
+        let server = if server_pids.is_empty() {
+            None
+        } else {
+            server_pids
+                .iter()
+                .try_fold(ProcSample::default(), |sum, &p| {
+                    let s = procstat::sample(p).ok()?;
+                    Some(ProcSample {
+                        cpu_ns: sum.cpu_ns + s.cpu_ns,
+                        rss_kb: sum.rss_kb + s.rss_kb,
+                    })
+                })
+        };
         Sample {
             at_ns: now_ns(),
-            server: server_pid.and_then(|p| procstat::sample(p).ok()),
+            server,
             self_cpu_ns: procstat::self_cpu_ns(),
             self_rss_kb: procstat::self_rss_kb(),
         }
@@ -182,8 +196,8 @@ impl Sample {
 /// The server's figures over an interval.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerFigures {
-    /// The process sampled.
-    pub pid: u32,
+    /// The processes sampled (figures are their sums).
+    pub pids: Vec<u32>,
     /// CPU seconds (utime + stime) used in the interval.
     pub cpu_s: f64,
     /// CPU seconds per wall second (1.0 = one core busy).
@@ -213,11 +227,11 @@ pub struct HarnessFigures {
 /// Figures between two samples.
 pub fn figures(common: &Common, a: &Sample, b: &Sample) -> (Option<ServerFigures>, HarnessFigures) {
     let wall = (b.at_ns.saturating_sub(a.at_ns)).max(1) as f64 / 1e9;
-    let server = match (common.server_pid, a.server, b.server) {
-        (Some(pid), Some(sa), Some(sb)) => {
+    let server = match (a.server, b.server) {
+        (Some(sa), Some(sb)) => {
             let cpu_s = sb.cpu_ns.saturating_sub(sa.cpu_ns) as f64 / 1e9;
             Some(ServerFigures {
-                pid,
+                pids: common.server_pid.clone(),
                 cpu_s,
                 cpu_cores: cpu_s / wall,
                 rss_kb_start: sa.rss_kb,
@@ -251,8 +265,8 @@ pub fn figure_warnings(
             harness.cpu_cores, harness.threads
         ));
     }
-    if let (Some(pid), None) = (common.server_pid, server) {
-        w.push(format!("could not sample /proc/{pid}"));
+    if !common.server_pid.is_empty() && server.is_none() {
+        w.push(format!("could not sample /proc/{:?}", common.server_pid));
     }
     w
 }

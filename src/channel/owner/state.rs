@@ -90,6 +90,19 @@ impl OwnedChannel {
         &self.name
     }
 
+    /// The key the owner numbers this channel by.
+    pub fn key(&self) -> ChannelKey {
+        self.key
+    }
+
+    /// The member id of the join of `session` waiting to be admitted, if any.
+    pub fn pending_id(&self, session: SessionId) -> Option<MemberId> {
+        self.pending
+            .iter()
+            .find(|(_, p)| p.join.session == session)
+            .map(|(id, _)| id.clone())
+    }
+
     pub fn history(&self) -> &History {
         &self.history
     }

@@ -880,3 +880,100 @@ fn a_synced_link_from_a_peer_starts_our_links_and_its_leave_ends_them() {
         close: close::CHANNEL_EMPTY
     }));
 }
+
+#[test]
+fn an_abandoned_join_is_closed_and_its_claim_released() {
+    let mut o = Owner::new(0, 4, FRAMES, BYTES, Deferred::default());
+    let t = Instant::now();
+    let mut out = Vec::new();
+    // Abandoned while claiming: closed, nothing to release, the uid is free again.
+    o.join(client("a", sid(1, 1)), t, &mut out);
+    let (key, _, _) = o.sequencer.claims[0].clone();
+    o.abandon(key, sid(1, 1), close::CLUSTER_UNAVAILABLE, &mut out);
+    assert_eq!(
+        out,
+        [Action::Refused {
+            session: sid(1, 1),
+            close: close::CLUSTER_UNAVAILABLE
+        }]
+    );
+    assert!(o.sequencer.released.is_empty());
+    out.clear();
+    // Abandoned once claimed, its header never ordered: the claim is released.
+    o.join(client("a", sid(1, 2)), t, &mut out);
+    o.claimed(key, &cid("a"), sid(1, 2), true, t, &mut out);
+    o.abandon(key, sid(1, 2), close::CLUSTER_UNAVAILABLE, &mut out);
+    assert_eq!(o.sequencer.released, [Arc::<str>::from("a")]);
+    out.clear();
+    // A member is closed and leaves as usual; a stranger changes nothing.
+    o.join(client("b", sid(1, 3)), t, &mut out);
+    o.claimed(key, &cid("b"), sid(1, 3), true, t, &mut out);
+    let (_, origin, frame) = o.sequencer.orders.pop().unwrap();
+    o.ordered(
+        key,
+        Ordered {
+            seq: 1,
+            origin,
+            frame,
+        },
+        t,
+        &mut out,
+    );
+    out.clear();
+    o.abandon(key, sid(1, 3), close::TOO_BIG, &mut out);
+    assert_eq!(
+        out,
+        [Action::Refused {
+            session: sid(1, 3),
+            close: close::TOO_BIG
+        }]
+    );
+    out.clear();
+    o.abandon(key, sid(3, 9), close::TOO_BIG, &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_forgotten_channel_closes_its_members_and_starts_afresh() {
+    let mut o = Owner::new(0, 4, FRAMES, BYTES, Deferred::default());
+    let t = Instant::now();
+    let mut out = Vec::new();
+    o.join(client("a", sid(1, 1)), t, &mut out);
+    let (key, _, _) = o.sequencer.claims[0].clone();
+    o.claimed(key, &cid("a"), sid(1, 1), true, t, &mut out);
+    let (_, origin, frame) = o.sequencer.orders.pop().unwrap();
+    let o1 = Ordered {
+        seq: 1,
+        origin,
+        frame,
+    };
+    o.ordered(key, o1, t, &mut out);
+    // b is still claiming when the channel is forgotten.
+    o.join(client("b", sid(2, 1)), t, &mut out);
+    out.clear();
+    o.forget(key, close::CLUSTER_BEHIND, &mut out);
+    out.sort_by_key(|a| match a {
+        Action::Refused { session, .. } => *session,
+        _ => u64::MAX,
+    });
+    assert_eq!(
+        out,
+        [
+            Action::Refused {
+                session: sid(1, 1),
+                close: close::CLUSTER_BEHIND
+            },
+            Action::Refused {
+                session: sid(2, 1),
+                close: close::CLUSTER_BEHIND
+            }
+        ]
+    );
+    assert_eq!(o.sequencer.released, [Arc::<str>::from("a")]);
+    assert!(o.channel("ch").is_none(), "forgotten, history and all");
+    assert_eq!(o.total_history_bytes(), 0);
+    // A later join starts a new channel.
+    out.clear();
+    o.join(client("a", sid(1, 2)), t, &mut out);
+    assert_ne!(o.sequencer.claims.last().unwrap().0, key);
+}

@@ -1,0 +1,259 @@
+//! One channel as this node sees the shared log: its frames in stream order
+//! (the retained history first, then live), and a pipeline that stores the
+//! frames of this node's members.
+//!
+//! A [`ChannelLog`] is opened with a channel's first local member and dropped
+//! with its last, so a node consumes only the channels it has members on. It
+//! reports through [`LogEvent`]s on a channel the owner drains; it never
+//! touches sessions itself.
+//!
+//! The publish pipeline keeps up to [`WINDOW`] frames in flight on the one
+//! NATS connection (the connection keeps their order) and settles their acks
+//! in order. When an ack fails (a NATS failover), the frames still in flight
+//! are retried one by one with their message ids, so none is stored twice and
+//! none is lost silently: a frame that still fails by the deadline is
+//! reported as [`LogEvent::Lost`] for its sender to be closed. Closing the
+//! log does not cut the pipeline short: what it was given is still stored.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_nats::Subject;
+use async_nats::jetstream::context::PublishAckFuture;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::envelope::{Delivery, Kind, Origin, Outgoing};
+use super::link::{Cluster, LinkState, PublishError};
+
+/// Frames in flight per channel. Enough to keep a channel's publishes
+/// streaming over a loopback or LAN round trip; more only adds retries after
+/// a failover.
+pub const WINDOW: usize = 256;
+
+/// What the log tells the channel's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEvent {
+    /// The next frame in the channel's one order.
+    Frame(Delivery),
+    /// Every frame stored before the log opened has been delivered: the
+    /// history is loaded and joiners may be admitted.
+    CaughtUp,
+    /// A frame of `session` did not reach the stream: close that session.
+    Lost { session: u64, error: PublishError },
+    /// The live feed fell so far behind that the stream may have dropped
+    /// frames (its per-channel retention) before this node read them: this
+    /// node's copy of the channel may have a gap. The feed has stopped.
+    Behind,
+}
+
+/// Where a log reports: its tag (the owner's name for the channel) and an event.
+pub type LogSink = mpsc::UnboundedSender<(u64, LogEvent)>;
+
+/// A channel's feed and publish pipeline. Dropping it stops the feed at
+/// once (events already sent stay in the sink); the pipeline first stores
+/// what it was given, then ends: a member that sends and leaves (the last
+/// one closing the log) still has its frames stored.
+pub struct ChannelLog {
+    cluster: Cluster,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    queued: Arc<AtomicUsize>,
+    feed: JoinHandle<()>,
+}
+
+impl Drop for ChannelLog {
+    fn drop(&mut self) {
+        self.feed.abort();
+        // The pipeline ends by itself once `tx` is gone and its queue is settled.
+    }
+}
+
+impl ChannelLog {
+    /// Opens `channel` and follows it after stream sequence `after` (0: load
+    /// the whole retained history). Spawns two tasks on the current runtime;
+    /// their events go to `sink`, tagged with `tag`, in order.
+    pub fn open(
+        cluster: &Cluster,
+        channel: &str,
+        after: u64,
+        tag: u64,
+        sink: LogSink,
+    ) -> ChannelLog {
+        let subject = cluster.subject(channel);
+        let events = Events { tag, sink };
+        let (tx, frames) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let feed = tokio::spawn(follow(
+            cluster.clone(),
+            subject.clone(),
+            after,
+            events.clone(),
+        ));
+        tokio::spawn(pipeline(
+            cluster.clone(),
+            subject,
+            frames,
+            events,
+            queued.clone(),
+        ));
+        ChannelLog {
+            cluster: cluster.clone(),
+            tx,
+            queued,
+            feed,
+        }
+    }
+
+    /// Queues a frame of `session` for the stream.
+    pub fn publish(&self, session: u64, kind: Kind, payload: Bytes) {
+        self.queued.fetch_add(payload.len(), Ordering::Relaxed);
+        let frame = Outgoing {
+            origin: Origin {
+                node: self.cluster.node().clone(),
+                session,
+            },
+            kind,
+            serial: self.cluster.next_serial(),
+            payload,
+        };
+        // The receiver lives until `self` is dropped and the queue drained.
+        let _ = self.tx.send(frame);
+    }
+
+    /// Payload bytes queued or in flight, not yet acknowledged (for backpressure).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// A sink with its tag.
+#[derive(Clone)]
+struct Events {
+    tag: u64,
+    sink: LogSink,
+}
+
+impl Events {
+    /// False once nobody listens any more.
+    fn send(&self, e: LogEvent) -> bool {
+        self.sink.send((self.tag, e)).is_ok()
+    }
+}
+
+async fn follow(cluster: Cluster, subject: Subject, after: u64, events: Events) {
+    let mut pause = std::time::Duration::from_millis(50);
+    let mut feed = loop {
+        cluster.up().await;
+        match cluster.follow(&subject, after).await {
+            Ok(f) => break f,
+            Err(e) => {
+                tracing::debug!(%subject, error = %e, "cluster: cannot open channel feed yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+        }
+    };
+    let mut caught_up = feed.initial_pending() == 0;
+    if caught_up && !events.send(LogEvent::CaughtUp) {
+        return;
+    }
+    // The stream keeps `retained` frames per channel and drops the oldest.
+    // A live frame with that many left to read (itself included) was the
+    // oldest retained when sent: frames between it and the one before may
+    // have been dropped unread. (While the history loads, a drop only
+    // shortens the history, as on a node that opens the channel later.
+    // With one frame retained every live frame is the oldest: no telling.)
+    // NATS counts `pending` as it sends, racing its own discards by a frame
+    // or so: an eighth of the retention is kept as a margin.
+    let retained = cluster.settings().history_frames as u64;
+    let margin = retained / 8;
+    loop {
+        let d = feed.next().await;
+        if caught_up && retained > 1 && d.pending + 1 + margin >= retained {
+            tracing::warn!(%subject, pending = d.pending, retained, "cluster feed fell behind the stream's retention; closing the channel's members here");
+            let _ = events.send(LogEvent::Behind);
+            return;
+        }
+        let last_of_history = !caught_up && d.pending == 0;
+        if !events.send(LogEvent::Frame(d)) {
+            return;
+        }
+        if last_of_history {
+            caught_up = true;
+            if !events.send(LogEvent::CaughtUp) {
+                return;
+            }
+        }
+    }
+}
+
+async fn pipeline(
+    cluster: Cluster,
+    subject: Subject,
+    mut frames: mpsc::UnboundedReceiver<Outgoing>,
+    events: Events,
+    queued: Arc<AtomicUsize>,
+) {
+    let mut in_flight: VecDeque<(Outgoing, Option<PublishAckFuture>)> = VecDeque::new();
+    loop {
+        // Fill the window with whatever is queued (waiting only when idle).
+        if in_flight.is_empty() {
+            match frames.recv().await {
+                Some(f) => in_flight.push_back(send(&cluster, &subject, f).await),
+                None => return,
+            }
+        }
+        while in_flight.len() < WINDOW {
+            match frames.try_recv() {
+                Ok(f) => in_flight.push_back(send(&cluster, &subject, f).await),
+                Err(_) => break,
+            }
+        }
+        // Settle the oldest.
+        let Some((frame, ack)) = in_flight.pop_front() else {
+            continue;
+        };
+        let failed = match ack {
+            Some(ack) => ack.await.err().map(|e| e.to_string()),
+            None => Some(String::from("not sent")),
+        };
+        let Some(failed) = failed else {
+            queued.fetch_sub(frame.payload.len(), Ordering::Relaxed);
+            continue;
+        };
+        tracing::debug!(%subject, error = %failed, in_flight = in_flight.len() + 1, "cluster: publish failed; retrying what is in flight");
+        // A failover (or NATS down): retry this and every frame in flight, in
+        // order, each until the deadline. Message ids keep them stored once.
+        in_flight.push_front((frame, None));
+        for (frame, _) in std::mem::take(&mut in_flight) {
+            queued.fetch_sub(frame.payload.len(), Ordering::Relaxed);
+            if let Err(error) = cluster.publish(&subject, &frame).await {
+                tracing::warn!(%subject, session = frame.origin.session, %error, "frame not stored");
+                let lost = LogEvent::Lost {
+                    session: frame.origin.session,
+                    error,
+                };
+                if !events.send(lost) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sends without waiting for the ack; `None` if it could not even be sent
+/// (the pipeline then retries it like a failed ack).
+async fn send(
+    cluster: &Cluster,
+    subject: &Subject,
+    frame: Outgoing,
+) -> (Outgoing, Option<PublishAckFuture>) {
+    if cluster.state() != LinkState::Up {
+        return (frame, None);
+    }
+    let headers = frame.headers();
+    let ack = cluster.send(subject, &frame, &headers).await.ok();
+    (frame, ack)
+}

@@ -1,0 +1,27 @@
+//! Cluster mode (PROTOCOL.md §9): several mles nodes share one order and one
+//! history per channel through a NATS JetStream stream.
+//!
+//! - [`settings`]: the `--nats*` flags, validated.
+//! - [`subject`]: channel -> subject and (channel, uid) -> key encodings (sans-IO).
+//! - [`envelope`]: a stored frame's kind, origin and message id (sans-IO).
+//! - [`link`]: the connection, its state, the stream, publishes and channel feeds.
+//! - [`channel_log`]: one channel's feed and publish pipeline, as events for its owner.
+//! - [`registry`]: the cluster-wide (channel, uid) registry with cross-node probes.
+//! - [`sequencer`]: the channel owner's [`Sequencer`](crate::channel::Sequencer) in cluster mode.
+//!
+//! This module knows NATS and nothing of shards or sessions: the channel
+//! owner drives it through [`Cluster`].
+
+pub mod channel_log;
+pub mod envelope;
+pub mod link;
+pub mod registry;
+pub mod sequencer;
+pub mod settings;
+pub mod subject;
+
+pub use channel_log::{ChannelLog, LogEvent, LogSink};
+pub use envelope::{Delivery, Kind, NodeId, Origin, Outgoing};
+pub use link::{Cluster, Feed, FollowError, LinkState, PublishError, StartError};
+pub use registry::{Claim, Prober, Registry, RegistryError};
+pub use settings::{ClusterSettings, SettingsError};

@@ -1,0 +1,180 @@
+//! Cluster-mode settings (`--nats*` flags), validated without touching the network.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::subject::valid_prefix;
+
+/// Where the shared log lives and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// Seed list of NATS servers (`nats://` or `tls://`); the client learns the rest.
+    pub servers: Vec<String>,
+    /// A NATS credentials file (user JWT and NKey seed).
+    pub creds: Option<PathBuf>,
+    /// PEM roots to trust for `tls://` servers instead of the system ones.
+    pub ca: Option<PathBuf>,
+    /// Stream (and KV bucket) replicas: 1, or 3 on a 3-node NATS cluster.
+    pub replicas: usize,
+    /// Prefix of the stream, buckets and subjects, so deployments can share a NATS.
+    pub prefix: String,
+    /// Frames kept per channel: the stream's `max_msgs_per_subject` (`--limit`).
+    pub history_frames: usize,
+    /// Largest client message (`--max-message`), checked against NATS `max_payload`.
+    pub max_message: usize,
+    /// How long a publish may keep retrying (NATS failover) before its sender is told.
+    pub publish_deadline: Duration,
+}
+
+/// JetStream refuses more replicas than this.
+pub const MAX_REPLICAS: usize = 5;
+
+/// A `--nats*` flag that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    /// A `--nats` value that is not a NATS URL.
+    #[error("--nats {0}: expected a nats:// or tls:// URL, e.g. nats://127.0.0.1:4222")]
+    BadUrl(String),
+    /// `--nats-replicas` outside what JetStream accepts.
+    #[error("--nats-replicas must be between 1 and {MAX_REPLICAS}")]
+    BadReplicas,
+    /// A prefix NATS would not accept as a stream name and subject token.
+    #[error("--nats-prefix {0:?}: use 1 to 32 of A-Z a-z 0-9 _ -")]
+    BadPrefix(String),
+}
+
+impl ClusterSettings {
+    /// Checks the flags; `history_frames` and `max_message` come from `--limit` and `--max-message`.
+    pub fn new(
+        servers: Vec<String>,
+        creds: Option<PathBuf>,
+        ca: Option<PathBuf>,
+        replicas: usize,
+        prefix: String,
+        history_frames: usize,
+        max_message: usize,
+    ) -> Result<ClusterSettings, SettingsError> {
+        if let Some(bad) = servers.iter().find(|s| !valid_url(s)) {
+            return Err(SettingsError::BadUrl(bad.clone()));
+        }
+        if !(1..=MAX_REPLICAS).contains(&replicas) {
+            return Err(SettingsError::BadReplicas);
+        }
+        if !valid_prefix(&prefix) {
+            return Err(SettingsError::BadPrefix(prefix));
+        }
+        Ok(ClusterSettings {
+            servers,
+            creds,
+            ca,
+            replicas,
+            prefix,
+            history_frames,
+            max_message,
+            publish_deadline: DEFAULT_PUBLISH_DEADLINE,
+        })
+    }
+
+    /// The stream that holds every channel of this deployment.
+    pub fn stream_name(&self) -> String {
+        format!("{}-channels", self.prefix)
+    }
+
+    /// The KV bucket of the cluster-wide (channel, uid) registry.
+    pub fn members_bucket(&self) -> String {
+        format!("{}-members", self.prefix)
+    }
+
+    /// The subject a node answers half-open probes on.
+    pub fn probe_subject(&self, node: &str) -> String {
+        format!("{}.node.{node}.probe", self.prefix)
+    }
+}
+
+/// A NATS leader election after a server dies takes a few seconds (2-5 s in
+/// the 3-node tests); 15 s rides out one election with room to spare and still
+/// tells a publisher well within a client's patience.
+pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(15);
+
+fn valid_url(s: &str) -> bool {
+    (s.starts_with("nats://") || s.starts_with("tls://"))
+        && async_nats::ServerAddr::from_str(s).is_ok_and(|a| !a.host().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(servers: &[&str], replicas: usize, prefix: &str) -> Result<(), SettingsError> {
+        ClusterSettings::new(
+            servers.iter().map(|s| s.to_string()).collect(),
+            None,
+            None,
+            replicas,
+            prefix.to_string(),
+            200,
+            1 << 20,
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn accepts_nats_and_tls_urls() {
+        assert_eq!(
+            settings(
+                &["nats://127.0.0.1:4222", "tls://nats.example:4443"],
+                3,
+                "mles"
+            ),
+            Ok(())
+        );
+        assert_eq!(settings(&["nats://user:pw@host:4222"], 1, "mles"), Ok(()));
+    }
+
+    #[test]
+    fn refuses_what_cannot_work() {
+        for bad in [
+            "127.0.0.1:4222",
+            "http://host:4222",
+            "ws://host",
+            "nats://",
+            "nats://ho st:1",
+        ] {
+            assert_eq!(
+                settings(&[bad], 1, "mles"),
+                Err(SettingsError::BadUrl(bad.to_string())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            settings(&["nats://h:1"], 0, "mles"),
+            Err(SettingsError::BadReplicas)
+        );
+        assert_eq!(
+            settings(&["nats://h:1"], 6, "mles"),
+            Err(SettingsError::BadReplicas)
+        );
+        assert_eq!(
+            settings(&["nats://h:1"], 1, "a.b"),
+            Err(SettingsError::BadPrefix("a.b".into()))
+        );
+    }
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let s = ClusterSettings::new(
+            vec!["nats://h:1".into()],
+            None,
+            None,
+            1,
+            "eu".into(),
+            200,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(s.stream_name(), "eu-channels");
+        assert_eq!(s.members_bucket(), "eu-members");
+        assert_eq!(s.probe_subject("n1"), "eu.node.n1.probe");
+    }
+}

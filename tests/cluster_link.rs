@@ -1,0 +1,644 @@
+//! The NATS side of cluster mode against real nats-server processes: the
+//! link's state, publishes, channel feeds (history then live, one order),
+//! retention, message-id de-duplication, the (channel, uid) registry with
+//! cross-node probes, and a NATS server killed under an R3 stream.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::nats::{NatsCluster, NatsServer, free_port};
+use mles::cluster::link::BoxFuture;
+use mles::cluster::{
+    ChannelLog, Claim, Cluster, ClusterSettings, Delivery, Kind, LinkState, LogEvent, Origin,
+    Outgoing, Prober, PublishError,
+};
+
+/// Generous: a NATS failover (leader election, feed re-creation) takes seconds.
+const LONG: Duration = Duration::from_secs(60);
+
+/// Answers probes from a table: (channel, uid, session) -> alive; absent = gone.
+#[derive(Default)]
+struct TableProber(Mutex<HashMap<(String, String, u64), bool>>);
+
+impl TableProber {
+    fn set(&self, channel: &str, uid: &str, session: u64, alive: bool) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert((channel.into(), uid.into(), session), alive);
+    }
+}
+
+impl Prober for TableProber {
+    fn probe(&self, channel: String, uid: String, session: u64) -> BoxFuture<bool> {
+        let alive = self
+            .0
+            .lock()
+            .unwrap()
+            .get(&(channel, uid, session))
+            .copied()
+            .unwrap_or(false);
+        Box::pin(async move { alive })
+    }
+}
+
+fn settings(urls: Vec<String>, replicas: usize, limit: usize) -> ClusterSettings {
+    ClusterSettings::new(urls, None, None, replicas, "t".into(), limit, 1 << 20).unwrap()
+}
+
+fn link(urls: Vec<String>, replicas: usize, limit: usize) -> (Cluster, Arc<TableProber>) {
+    // RUST_LOG=mles=debug,async_nats=debug cargo test ... shows what the link did.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let prober = Arc::new(TableProber::default());
+    let c = Cluster::start(settings(urls, replicas, limit), prober.clone()).expect("link starts");
+    (c, prober)
+}
+
+async fn up(c: &Cluster) {
+    tokio::time::timeout(LONG, c.up())
+        .await
+        .expect("link up in time");
+}
+
+fn frame(c: &Cluster, session: u64, serial: u64, kind: Kind, payload: &str) -> Outgoing {
+    Outgoing {
+        origin: Origin {
+            node: c.node().clone(),
+            session,
+        },
+        kind,
+        serial,
+        payload: Bytes::from(payload.to_string()),
+    }
+}
+
+async fn next(feed: &mut mles::cluster::Feed) -> Delivery {
+    tokio::time::timeout(LONG, feed.next())
+        .await
+        .expect("a frame in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_then_live_in_one_order_with_origins() {
+    let nats = NatsServer::start();
+    let (a, _) = link(vec![nats.url.clone()], 1, 200);
+    let (b, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&a).await;
+    up(&b).await;
+    let subject = a.subject("room 1");
+
+    // Frames from two nodes, interleaved.
+    let mut seqs = Vec::new();
+    for i in 0..6u64 {
+        let (node, kind) = if i % 2 == 0 {
+            (&a, Kind::Text)
+        } else {
+            (&b, Kind::Binary)
+        };
+        let f = frame(node, 1, i, kind, &format!("m{i}"));
+        seqs.push(node.publish(&subject, &f).await.expect("publish"));
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    // A feed opened now loads the history first (pending counts down to 0)...
+    let mut feed = b.follow(&b.subject("room 1"), 0).await.expect("follow");
+    assert_eq!(feed.initial_pending(), 6);
+    for i in 0..6u64 {
+        let d = next(&mut feed).await;
+        assert_eq!(d.seq, seqs[i as usize]);
+        assert_eq!(d.pending, 5 - i);
+        assert_eq!(d.payload, format!("m{i}").as_bytes());
+        let from_a = i % 2 == 0;
+        assert_eq!(d.kind, if from_a { Kind::Text } else { Kind::Binary });
+        assert!(d.is_from(if from_a { a.node() } else { b.node() }, 1));
+        assert!(!d.is_from(if from_a { b.node() } else { a.node() }, 1));
+    }
+    // ...then live frames, and a join header keeps its kind.
+    let seq = a
+        .publish(
+            &subject,
+            &frame(&a, 2, 0, Kind::Join, r#"{"uid":"x","channel":"room 1"}"#),
+        )
+        .await
+        .unwrap();
+    let d = next(&mut feed).await;
+    assert_eq!((d.seq, d.kind, d.pending), (seq, Kind::Join, 0));
+
+    // A feed opened after a known sequence gets only what follows it.
+    let mut later = a.follow(&subject, seqs[3]).await.unwrap();
+    assert_eq!(later.initial_pending(), 3);
+    assert_eq!(next(&mut later).await.seq, seqs[4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_are_separate_for_any_name() {
+    let nats = NatsServer::start();
+    let (c, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&c).await;
+    let names = [
+        "a", "a.b", "a b", "*", ">", "a.*", "日本", "_2E", "a_2Eb", "tab\t",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let f = frame(&c, 1, i as u64, Kind::Text, name);
+        c.publish(&c.subject(name), &f)
+            .await
+            .expect("any channel name publishes");
+    }
+    for name in names {
+        let mut feed = c.follow(&c.subject(name), 0).await.unwrap();
+        assert_eq!(
+            feed.initial_pending(),
+            1,
+            "{name:?} sees only its own frame"
+        );
+        assert_eq!(next(&mut feed).await.payload, name.as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_is_the_history_limit_and_retries_are_stored_once() {
+    let nats = NatsServer::start();
+    let (c, _) = link(vec![nats.url.clone()], 1, 5);
+    up(&c).await;
+    let subject = c.subject("bounded");
+    for i in 0..8u64 {
+        c.publish(&subject, &frame(&c, 1, i, Kind::Text, &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    // The same frame again (a retry after a failover) is not stored twice...
+    let retry = frame(&c, 1, 7, Kind::Text, "m7");
+    let first_seq = 8;
+    assert_eq!(c.publish(&subject, &retry).await.unwrap(), first_seq);
+    // ...but identical bytes from another sender are a new frame.
+    let other = frame(&c, 2, 7, Kind::Text, "m7");
+    assert_eq!(c.publish(&subject, &other).await.unwrap(), 9);
+
+    let mut feed = c.follow(&subject, 0).await.unwrap();
+    assert_eq!(feed.initial_pending(), 5);
+    let got: Vec<Bytes> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(next(&mut feed).await.payload);
+        }
+        v
+    };
+    assert_eq!(got, ["m4", "m5", "m6", "m7", "m7"].map(Bytes::from));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_at_start_refuses_then_recovers_without_restart() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut s = settings(vec![url], 1, 200);
+    s.publish_deadline = Duration::from_millis(300);
+    let c = Cluster::start(s, Arc::new(TableProber::default())).expect("starts without NATS");
+    match c.state() {
+        LinkState::Down(reason) => assert!(!reason.is_empty()),
+        LinkState::Up => panic!("up without NATS"),
+    }
+    let subject = c.subject("x");
+    let err = c
+        .publish(&subject, &frame(&c, 1, 0, Kind::Text, "lost?"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PublishError::Unavailable(_)), "{err:?}");
+    assert!(c.registry().claim("x", "alice", 1).await.is_err());
+
+    let _nats = NatsServer::start_on(port);
+    up(&c).await;
+    assert_eq!(
+        c.publish(&subject, &frame(&c, 1, 1, Kind::Text, "now"))
+            .await,
+        Ok(1)
+    );
+    assert_eq!(
+        c.registry().claim("x", "alice", 1).await,
+        Ok(Claim::Claimed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goes_down_when_nats_dies_and_back_up_when_it_returns() {
+    let port = free_port();
+    let mut nats = NatsServer::start_on(port);
+    let (c, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&c).await;
+    let mut state = c.watch_state();
+    nats.kill();
+    tokio::time::timeout(LONG, state.wait_for(|s| *s != LinkState::Up))
+        .await
+        .expect("noticed in time")
+        .unwrap();
+    let _nats = NatsServer::start_on(port);
+    up(&c).await;
+    c.publish(&c.subject("x"), &frame(&c, 1, 0, Kind::Text, "back"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_is_held_once_across_nodes_and_freed_by_probe_or_death() {
+    let nats = NatsServer::start();
+    let (a, a_prober) = link(vec![nats.url.clone()], 1, 200);
+    let (b, b_prober) = link(vec![nats.url.clone()], 1, 200);
+    up(&a).await;
+    up(&b).await;
+
+    assert_eq!(
+        a.registry().claim("ch", "alice", 7).await,
+        Ok(Claim::Claimed)
+    );
+    assert_eq!(a.registry().held(), 1);
+    // A live holder on node a keeps it.
+    a_prober.set("ch", "alice", 7, true);
+    let taken_by_a = Ok(Claim::Taken {
+        node: a.node().to_string(),
+    });
+    assert_eq!(b.registry().claim("ch", "alice", 1).await, taken_by_a);
+    // Other uids and channels are independent.
+    assert_eq!(b.registry().claim("ch", "bob", 1).await, Ok(Claim::Claimed));
+    assert_eq!(
+        b.registry().claim("ch2", "alice", 1).await,
+        Ok(Claim::Claimed)
+    );
+
+    // The holder's session went half-open and failed its probe: taken over.
+    a_prober.set("ch", "alice", 7, false);
+    assert_eq!(
+        b.registry().claim("ch", "alice", 2).await,
+        Ok(Claim::Claimed)
+    );
+    b_prober.set("ch", "alice", 2, true);
+    // a's late release does not free b's claim.
+    a.registry().release("ch", "alice").await;
+    assert_eq!(a.registry().held(), 0);
+    assert_eq!(
+        a.registry().claim("ch", "alice", 3).await,
+        Ok(Claim::Taken {
+            node: b.node().to_string()
+        })
+    );
+    // b's release does.
+    b.registry().release("ch", "alice").await;
+    assert_eq!(
+        a.registry().claim("ch", "alice", 3).await,
+        Ok(Claim::Claimed)
+    );
+
+    // A node that dies holding a uid frees it at once: nobody answers its probes.
+    a_prober.set("ch", "alice", 3, true);
+    assert_eq!(b.registry().claim("ch", "alice", 4).await, taken_by_a);
+    a.shutdown();
+    assert_eq!(
+        b.registry().claim("ch", "alice", 4).await,
+        Ok(Claim::Claimed)
+    );
+}
+
+/// Two racing claims for one pair: exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_claims_have_one_winner() {
+    let nats = NatsServer::start();
+    let (a, a_prober) = link(vec![nats.url.clone()], 1, 200);
+    let (b, b_prober) = link(vec![nats.url.clone()], 1, 200);
+    up(&a).await;
+    up(&b).await;
+    for round in 0..20u64 {
+        let uid = format!("u{round}");
+        a_prober.set("race", &uid, round, true);
+        b_prober.set("race", &uid, round, true);
+        let (ra, rb) = tokio::join!(
+            a.registry().claim("race", &uid, round),
+            b.registry().claim("race", &uid, round)
+        );
+        let wins = [ra.unwrap(), rb.unwrap()]
+            .iter()
+            .filter(|c| **c == Claim::Claimed)
+            .count();
+        assert_eq!(wins, 1, "round {round}");
+    }
+}
+
+/// An R3 stream on three NATS servers; the server the publisher is connected
+/// to is killed mid-stream. Every frame is acknowledged (retries included),
+/// and a follower on another server gets each exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_stream_survives_a_nats_server_killed_mid_stream() {
+    let mut nats = NatsCluster::start(3);
+    let urls = nats.urls();
+    let (publisher, _) = link(vec![urls[0].clone(), urls[1].clone()], 3, 1000);
+    let (follower, _) = link(vec![urls[2].clone(), urls[1].clone()], 3, 1000);
+    up(&publisher).await;
+    up(&follower).await;
+    let subject = publisher.subject("r3");
+    let mut feed = follower.follow(&follower.subject("r3"), 0).await.unwrap();
+
+    const N: u64 = 300;
+    const KILL_AT: u64 = 100;
+    let mut acked = Vec::new();
+    for i in 0..N {
+        if i == KILL_AT {
+            let connected = publisher.client().server_info().port;
+            let victim = nats
+                .by_addr(&connected.to_string())
+                .expect("the publisher's server is one of ours");
+            victim.kill();
+        }
+        let f = frame(&publisher, 1, i, Kind::Text, &format!("m{i}"));
+        acked.push(
+            publisher
+                .publish(&subject, &f)
+                .await
+                .expect("acknowledged despite the kill"),
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < N as usize {
+        let d = next(&mut feed).await;
+        got.push((d.seq, d.payload));
+    }
+    let expected: Vec<(u64, Bytes)> = acked
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, Bytes::from(format!("m{i}"))))
+        .collect();
+    assert_eq!(got, expected, "no loss, no duplicate, no reorder");
+}
+
+type Events = tokio::sync::mpsc::UnboundedReceiver<(u64, LogEvent)>;
+
+/// Opens a log on its own event channel (tag 7).
+fn open_log(c: &Cluster, channel: &str, after: u64) -> (ChannelLog, Events) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (ChannelLog::open(c, channel, after, 7, tx), rx)
+}
+
+async fn event(rx: &mut Events) -> LogEvent {
+    let (tag, e) = tokio::time::timeout(LONG, rx.recv())
+        .await
+        .expect("an event in time")
+        .expect("log open");
+    assert_eq!(tag, 7);
+    e
+}
+
+/// Two nodes publish into one channel through their pipelines at once: both
+/// see every frame once, in the same order; a log opened later loads the
+/// same sequence as history and then says it caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_logs_on_two_nodes_see_one_order() {
+    let nats = NatsServer::start();
+    let (a, _) = link(vec![nats.url.clone()], 1, 1000);
+    let (b, _) = link(vec![nats.url.clone()], 1, 1000);
+    up(&a).await;
+    up(&b).await;
+    let (log_a, mut rx_a) = open_log(&a, "shared room", 0);
+    let (log_b, mut rx_b) = open_log(&b, "shared room", 0);
+    assert_eq!(event(&mut rx_a).await, LogEvent::CaughtUp, "empty channel");
+    assert_eq!(event(&mut rx_b).await, LogEvent::CaughtUp);
+
+    const N: usize = 200;
+    for i in 0..N {
+        log_a.publish(1, Kind::Text, Bytes::from(format!("a{i}")));
+        log_b.publish(1, Kind::Binary, Bytes::from(format!("b{i}")));
+    }
+    let mut seen_a = Vec::new();
+    let mut seen_b = Vec::new();
+    while seen_a.len() < 2 * N {
+        match event(&mut rx_a).await {
+            LogEvent::Frame(d) => seen_a.push(d),
+            other => panic!("{other:?}"),
+        }
+    }
+    while seen_b.len() < 2 * N {
+        match event(&mut rx_b).await {
+            LogEvent::Frame(d) => seen_b.push(d),
+            other => panic!("{other:?}"),
+        }
+    }
+    // `pending` is each consumer's own count; the order is what must match.
+    let order = |v: &[Delivery]| -> Vec<(u64, Bytes)> {
+        v.iter().map(|d| (d.seq, d.payload.clone())).collect()
+    };
+    assert!(order(&seen_a) == order(&seen_b), "one order on both nodes");
+    for (who, node) in [("a", &a), ("b", &b)] {
+        let mine: Vec<String> = seen_a
+            .iter()
+            .filter(|d| d.is_from(node.node(), 1))
+            .map(|d| String::from_utf8(d.payload.to_vec()).unwrap())
+            .collect();
+        let sent: Vec<String> = (0..N).map(|i| format!("{who}{i}")).collect();
+        assert_eq!(mine, sent, "each sender's frames once, in its order");
+    }
+    assert_eq!(log_a.queued_bytes(), 0);
+
+    let (_late, mut rx_late) = open_log(&a, "shared room", 0);
+    let mut history = Vec::new();
+    loop {
+        match event(&mut rx_late).await {
+            LogEvent::Frame(d) => history.push(d.seq),
+            LogEvent::CaughtUp => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(history, seen_a.iter().map(|d| d.seq).collect::<Vec<_>>());
+
+    // Re-opened after a known frame, a log resumes right after it.
+    let (_resumed, mut rx_resumed) = open_log(&b, "shared room", seen_a[2 * N - 3].seq);
+    let mut tail = Vec::new();
+    loop {
+        match event(&mut rx_resumed).await {
+            LogEvent::Frame(d) => tail.push(d.seq),
+            LogEvent::CaughtUp => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(tail, [seen_a[2 * N - 2].seq, seen_a[2 * N - 1].seq]);
+}
+
+/// With NATS gone past the deadline, a queued frame is reported lost for its
+/// sender, never dropped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_cannot_be_stored_is_reported() {
+    let mut nats = NatsServer::start();
+    let mut s = settings(vec![nats.url.clone()], 1, 200);
+    s.publish_deadline = Duration::from_millis(500);
+    let c = Cluster::start(s, Arc::new(TableProber::default())).unwrap();
+    up(&c).await;
+    let (log, mut rx) = open_log(&c, "doomed", 0);
+    assert_eq!(event(&mut rx).await, LogEvent::CaughtUp);
+    let mut state = c.watch_state();
+    nats.kill();
+    tokio::time::timeout(LONG, state.wait_for(|s| *s != LinkState::Up))
+        .await
+        .unwrap()
+        .unwrap();
+    log.publish(9, Kind::Text, Bytes::from_static(b"into the void"));
+    match event(&mut rx).await {
+        LogEvent::Lost { session, error } => {
+            assert_eq!(session, 9);
+            assert!(matches!(error, PublishError::Unavailable(_)), "{error:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn seq_event(
+    events: &mut mles::cluster::sequencer::SeqEvents,
+) -> mles::cluster::sequencer::SeqEvent {
+    tokio::time::timeout(LONG, events.next())
+        .await
+        .expect("an event in time")
+        .expect("open")
+}
+
+/// The owner's sequencer in cluster mode: it follows a channel only while
+/// someone holds a claim on it, maps origins (own sessions are local), and a
+/// log opened again resumes without handing over a frame twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequencer_follows_only_held_channels_and_resumes_exactly() {
+    use mles::channel::{Origin as OwnerOrigin, Sequencer};
+    use mles::cluster::sequencer::{ClaimOutcome, ClusterSequencer, SeqEvent};
+    use mles::protocol::frame::{self, OP_TEXT};
+
+    let nats = NatsServer::start();
+    let (c, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&c).await;
+    let (mut seq, mut events) = ClusterSequencer::new(c.clone());
+    let (key, ch, uid): (u64, Arc<str>, Arc<str>) = (1, "room".into(), "a".into());
+
+    assert_eq!(seq.following(), 0);
+    assert_eq!(seq.claim(key, &ch, &uid, 5), None, "answered later");
+    assert_eq!(seq.following(), 1, "the first claim opens the log");
+    let outcome = loop {
+        if let SeqEvent::Claimed {
+            outcome, session, ..
+        } = seq_event(&mut events).await
+        {
+            assert_eq!(session, 5);
+            break outcome;
+        }
+    };
+    assert_eq!(outcome, ClaimOutcome::Free);
+    seq.settled(key, &outcome);
+
+    let hi = frame::encode(OP_TEXT, b"hi");
+    assert!(
+        seq.order(key, &ch, 0, OwnerOrigin::local(5), hi.clone())
+            .is_none()
+    );
+    let d = loop {
+        if let SeqEvent::Log {
+            event: LogEvent::Frame(d),
+            ..
+        } = seq_event(&mut events).await
+        {
+            break d;
+        }
+    };
+    let o = seq.ordered(key, d.clone(), 1).expect("new frame");
+    assert_eq!((o.seq, o.origin, o.frame), (1, OwnerOrigin::local(5), hi));
+    assert!(seq.ordered(key, d, 2).is_none(), "never handed over twice");
+
+    seq.release(&ch, &uid);
+    assert_eq!(seq.following(), 0, "the last holder closes the log");
+
+    // Another node's frame while nobody here follows, then a new claim: the
+    // log resumes after "hi", with the other node's frame and nothing older.
+    let (other, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&other).await;
+    other
+        .publish(
+            &other.subject("room"),
+            &frame(&other, 9, 0, Kind::Text, "while away"),
+        )
+        .await
+        .unwrap();
+    seq.claim(key, &ch, &"b".into(), 6);
+    let d = loop {
+        if let SeqEvent::Log {
+            event: LogEvent::Frame(d),
+            ..
+        } = seq_event(&mut events).await
+        {
+            break d;
+        }
+    };
+    let o = seq.ordered(key, d, 2).expect("new frame");
+    assert_eq!(o.frame, frame::encode(OP_TEXT, b"while away"));
+    assert_ne!(
+        o.origin.local_session(),
+        Some(9),
+        "another node's session is not ours"
+    );
+}
+
+/// The NATS server a follower is connected to dies: its feed moves to
+/// another server and goes on where it stopped, nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_survives_the_death_of_its_own_nats_server() {
+    let mut nats = NatsCluster::start(3);
+    let urls = nats.urls();
+    let (publisher, _) = link(vec![urls[1].clone()], 3, 1000);
+    let (follower, _) = link(vec![urls[0].clone(), urls[2].clone()], 3, 1000);
+    up(&publisher).await;
+    up(&follower).await;
+    let subject = publisher.subject("moving");
+    let mut feed = follower
+        .follow(&follower.subject("moving"), 0)
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for i in 0..10u64 {
+        let f = frame(&publisher, 1, i, Kind::Text, &format!("m{i}"));
+        acked.push(publisher.publish(&subject, &f).await.unwrap());
+    }
+    for s in &acked {
+        assert_eq!(next(&mut feed).await.seq, *s);
+    }
+    let connected = follower.client().server_info().port;
+    nats.by_addr(&connected.to_string())
+        .expect("one of ours")
+        .kill();
+    for i in 10..20u64 {
+        let f = frame(&publisher, 1, i, Kind::Text, &format!("m{i}"));
+        acked.push(publisher.publish(&subject, &f).await.unwrap());
+    }
+    for s in &acked[10..] {
+        assert_eq!(next(&mut feed).await.seq, *s);
+    }
+}
+
+/// A channel's last local member sends and leaves at once: closing the log
+/// must not throw away its frames still queued or in flight; they are
+/// stored, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_log_still_stores_what_was_queued() {
+    let nats = NatsServer::start();
+    let (a, _) = link(vec![nats.url.clone()], 1, 1000);
+    let (b, _) = link(vec![nats.url.clone()], 1, 1000);
+    up(&a).await;
+    up(&b).await;
+    const N: usize = 300;
+    let (log, _rx) = open_log(&a, "parting words", 0);
+    for i in 0..N {
+        log.publish(1, Kind::Text, Bytes::from(format!("p{i}")));
+    }
+    drop(log);
+    let mut feed = b.follow(&b.subject("parting words"), 0).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..N {
+        let d = next(&mut feed).await;
+        got.push(String::from_utf8(d.payload.to_vec()).unwrap());
+    }
+    let sent: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
+    assert_eq!(got, sent);
+}

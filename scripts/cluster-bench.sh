@@ -13,7 +13,8 @@
 #     scenarios: B1 B3 B3R3 A1 A3 A3R3 L1 L3 L3R3 D1 D3 (letter: the load of
 #     BENCHMARKS.md, L: one channel, 3 subscribers, 100 frames/s;
 #     1: one plain node, 3: three nodes + one NATS, 3R3: three nodes + three NATS)
-#   DURATION=10 (measured seconds per fan-out run), MLES_ARGS="--limit N" (extra node flags)
+#   DURATION=10 (measured seconds per fan-out run), MLES_ARGS="--limit N" (extra node flags),
+#   D_PER_CHANNEL=100 (sessions per channel in D1/D3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 label=${1:-cluster}
@@ -131,12 +132,12 @@ load() { # scenario-args...
     local sp=()
     for p in "${pids[@]}"; do sp+=(--server-pid "$p"); done
     # A failed check (loss, order) is in the report; go on with the next run.
-    taskset -c "$LOAD_CPUS" "$LT" "$@" "${urls[@]}" "${sp[@]}" --json --quiet >"$OUT/$scenario.json" || true
+    taskset -c "$LOAD_CPUS" "$LT" "$@" "${urls[@]}" "${sp[@]}" --json --quiet >"$OUT/$scenario.json" 2>"$OUT/$scenario.err" || true
 }
 
 B=(fanout --channels 10 --subs 100 --pubs 1 --size 64 --rate 100 --duration "$DURATION")
 A=(fanout --channels 10 --subs 100 --pubs 1 --size 64 --duration "$DURATION")
-D=(conns --conns 6000 --per-channel 100 --duration 8)
+D=(conns --conns 6000 --per-channel "${D_PER_CHANNEL:-100}" --duration 8)
 # The path alone: one channel, three subscribers, 100 frames/s (no queueing).
 L=(fanout --channels 1 --subs 3 --pubs 1 --size 64 --rate 100 --duration "$DURATION")
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::nats::{NatsCluster, NatsServer, free_port};
-use mles::cluster::link::BoxFuture;
+use mles::cluster::link::{BoxFuture, STREAM_MAX_CONSUMERS};
 use mles::cluster::{
     ChannelLog, Claim, Cluster, ClusterSettings, Delivery, Kind, LinkState, LogEvent, Origin,
     Outgoing, Prober, PublishError,
@@ -641,4 +641,20 @@ async fn a_closed_log_still_stores_what_was_queued() {
     }
     let sent: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
     assert_eq!(got, sent);
+}
+
+/// nats-server 2.15 allows a stream 1,000 consumers unless the stream sets
+/// its own limit, and every node follows every channel it has members on
+/// with a consumer: the stream carries a limit of its own (joins stopped
+/// at 1,000 channel-node pairs before).
+#[tokio::test]
+async fn the_stream_allows_a_consumer_per_channel_and_node() {
+    let nats = NatsServer::start();
+    let (c, _) = link(vec![nats.url.clone()], 1, 100);
+    up(&c).await;
+    let js = async_nats::jetstream::new(c.client().clone());
+    let name = settings(vec![nats.url.clone()], 1, 100).stream_name();
+    let mut stream = js.get_stream(&name).await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.max_consumers, STREAM_MAX_CONSUMERS);
 }

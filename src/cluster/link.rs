@@ -102,6 +102,13 @@ impl Drop for Inner {
 /// idle channel a pull request that often.
 const FEED_EXPIRES: Duration = Duration::from_secs(10);
 
+/// The stream's consumer limit. Each node follows each channel it has
+/// members on with a consumer of its own, so a stream needs channels × nodes
+/// of them; nats-server 2.15 gives a stream that sets none a limit of 1,000
+/// (and takes -1 for its default, not for unlimited), which stopped joins
+/// at 1,000 channel-node pairs. An account limit, where set, still applies.
+pub const STREAM_MAX_CONSUMERS: i32 = 1 << 30;
+
 /// First and largest pause between tries of a failing publish or setup.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
@@ -641,6 +648,7 @@ impl Supervisor {
             storage: stream::StorageType::File,
             num_replicas: s.replicas,
             allow_direct: true,
+            max_consumers: STREAM_MAX_CONSUMERS,
             ..Default::default()
         };
         self.js

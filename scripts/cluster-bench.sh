@@ -162,39 +162,4 @@ for scenario in "${scenarios[@]}"; do
     rm -rf "${work:?}"/*
 done
 
-python3 - "$OUT" "${scenarios[@]}" <<'PY'
-import json, sys, os
-out, names = sys.argv[1], sys.argv[2:]
-def flat(d, p=""):
-    r = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            r.update(flat(v, p + k + "."))
-        else:
-            r[p + k] = v
-    return r
-cols = [
-    ("deliveries/s", "delivered_per_s", 1), ("server ns/delivery", "server_cpu_ns_per_delivery", 1),
-    ("server cores", "server.cpu_cores", 1), ("p50 ms", "latency.p50_us", 1e-3), ("p99 ms", "latency.p99_us", 1e-3),
-    ("B/conn", "server_memory.bytes_per_conn", 1), ("lost", "lost", 1), ("dup", "duplicates", 1),
-    ("echoed", "echoed", 1), ("order diverged", "order_divergent", 1), ("harness cores", "harness.cpu_cores", 1), ("pass", "passed", None),
-]
-print("| scenario | " + " | ".join(c[0] for c in cols) + " |")
-print("|---" * (len(cols) + 1) + "|")
-for n in names:
-    p = os.path.join(out, n + ".json")
-    if not os.path.exists(p):
-        continue
-    d = json.load(open(p))
-    f = flat(d.get("results", {}))
-    f["passed"] = d.get("passed")
-    row = []
-    for _, k, scale in cols:
-        v = f.get(k, "")
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and scale:
-            v = v * scale
-            row.append(f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
-        else:
-            row.append(str(v))
-    print(f"| {n} | " + " | ".join(row) + " |")
-PY
+python3 scripts/bench_table.py cluster "$OUT" "${scenarios[@]}"

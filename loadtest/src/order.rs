@@ -76,7 +76,7 @@ impl OrderLog {
         // the content, so swapping two entries changes it.
         self.chain = mix(self.chain.rotate_left(17) ^ entry);
         self.len += 1;
-        if self.len % self.every == 0 {
+        if self.len.is_multiple_of(self.every) {
             self.checkpoints.push(self.chain);
         }
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{FakeServer, Fault, cli};
+use common::{FakeServer, Fault, cli, run_fanout_binary};
 use mles_loadtest::Report;
 
 fn fanout(url: &str, extra: &[&str]) -> Report {
@@ -114,35 +114,7 @@ fn refused_upgrade_is_an_error() {
 
 #[test]
 fn binary_exit_status_follows_the_checks() {
-    let bin = env!("CARGO_BIN_EXE_mles-loadtest");
-    let run = |url: &str| {
-        std::process::Command::new(bin)
-            .args([
-                "fanout",
-                "--url",
-                url,
-                "--channels",
-                "1",
-                "--subs",
-                "2",
-                "--pubs",
-                "1",
-                "--rate",
-                "300",
-                "--warmup",
-                "0.1",
-                "--duration",
-                "0.5",
-                "--drain",
-                "2",
-                "--deadline",
-                "8",
-                "--json",
-                "--quiet",
-            ])
-            .output()
-            .unwrap()
-    };
+    let run = |url: &str| run_fanout_binary(&[url], "8");
     let bad = FakeServer::start(Fault::Duplicate(10));
     let out = run(&bad.url);
     assert_eq!(

@@ -8,7 +8,7 @@
 mod common;
 
 use common::mles::Mles;
-use common::{FakeServer, Fault, cli};
+use common::{FakeServer, Fault, cli, run_fanout_binary};
 use mles_loadtest::Report;
 
 fn fanout(urls: &[&str], extra: &[&str]) -> Report {
@@ -76,35 +76,7 @@ fn two_servers_that_share_nothing_fail() {
 #[test]
 fn binary_exits_1_with_a_summary_when_servers_disagree() {
     let (a, b) = (Mles::start(&[]), Mles::start(&[]));
-    let bin = env!("CARGO_BIN_EXE_mles-loadtest");
-    let run = |urls: &[&str]| {
-        let mut cmd = std::process::Command::new(bin);
-        cmd.arg("fanout");
-        for u in urls {
-            cmd.args(["--url", u]);
-        }
-        cmd.args([
-            "--channels",
-            "1",
-            "--subs",
-            "2",
-            "--pubs",
-            "1",
-            "--rate",
-            "300",
-            "--warmup",
-            "0.1",
-            "--duration",
-            "0.5",
-            "--drain",
-            "2",
-            "--deadline",
-            "15",
-            "--json",
-            "--quiet",
-        ]);
-        cmd.output().unwrap()
-    };
+    let run = |urls: &[&str]| run_fanout_binary(urls, "15");
     let out = run(&[&a.url, &b.url]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

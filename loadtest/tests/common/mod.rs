@@ -317,3 +317,35 @@ pub fn cli(args: &[&str]) -> mles_loadtest::Cli {
     argv.extend_from_slice(args);
     mles_loadtest::Cli::try_parse_from(argv).unwrap()
 }
+
+/// Runs the `mles-loadtest` binary's short `fanout` (one channel, two
+/// subscribers, one publisher at 300/s for half a second, JSON on stdout)
+/// against `urls`, giving up after `deadline` seconds.
+pub fn run_fanout_binary(urls: &[&str], deadline: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mles-loadtest"));
+    cmd.arg("fanout");
+    for u in urls {
+        cmd.args(["--url", u]);
+    }
+    cmd.args([
+        "--channels",
+        "1",
+        "--subs",
+        "2",
+        "--pubs",
+        "1",
+        "--rate",
+        "300",
+        "--warmup",
+        "0.1",
+        "--duration",
+        "0.5",
+        "--drain",
+        "2",
+        "--deadline",
+        deadline,
+        "--json",
+        "--quiet",
+    ]);
+    cmd.output().unwrap()
+}

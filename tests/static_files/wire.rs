@@ -267,27 +267,12 @@ async fn domains_over_http() {
 
 #[tokio::test]
 async fn open_files_are_limited_over_http() {
-    let site = Site::new();
-    site.write("small.txt", "small");
-    // Sparse: far larger than what the socket buffers of both ends hold,
-    // so a reader that stops reading keeps the server's file open.
-    let big = std::fs::File::create(site.www.join("big.bin")).unwrap();
-    big.set_len(1 << 30).unwrap();
+    let site = site_with_big_file();
     let mut args = www_args(&site);
     args.extend(["-f".to_string(), "1".to_string()]);
     let srv = start(&args);
 
-    let mut stalled = TcpStream::connect(srv.addr).await.unwrap();
-    stalled
-        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut first = [0u8; 16];
-    tokio::time::timeout(WAIT, stalled.read_exact(&mut first))
-        .await
-        .expect("the big response starts")
-        .unwrap();
-    assert!(first.starts_with(b"HTTP/1.1 200"));
+    let stalled = start_big_download(srv.addr).await;
 
     let started = Instant::now();
     let r = fetch(srv.addr, "GET", "/small.txt", &[]).await;
@@ -312,10 +297,7 @@ async fn open_files_are_limited_over_http() {
 
 #[tokio::test]
 async fn a_stalled_download_gives_its_file_slot_back() {
-    let site = Site::new();
-    site.write("small.txt", "small");
-    let big = std::fs::File::create(site.www.join("big.bin")).unwrap();
-    big.set_len(1 << 30).unwrap();
+    let site = site_with_big_file();
     let mut args = www_args(&site);
     args.extend(
         [
@@ -332,16 +314,7 @@ async fn a_stalled_download_gives_its_file_slot_back() {
 
     // A client that asks for the big file and then never reads: once the
     // socket buffers are full, the server's writes make no progress.
-    let mut stalled = TcpStream::connect(srv.addr).await.unwrap();
-    stalled
-        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut first = [0u8; 16];
-    tokio::time::timeout(WAIT, stalled.read_exact(&mut first))
-        .await
-        .expect("the big response starts")
-        .unwrap();
+    let stalled = start_big_download(srv.addr).await;
     assert_eq!(fetch(srv.addr, "GET", "/small.txt", &[]).await.status, 503);
 
     // Still connected, still not reading: the write timeout ends the
@@ -481,4 +454,31 @@ async fn web_client_over_http() {
     assert!(js.contains("mles-websocket"));
     let r = fetch(srv.addr, "GET", "/other", &[]).await;
     assert_eq!(r.status, 404);
+}
+
+/// A site with `small.txt` and a sparse 1 GiB `big.bin`: far larger than
+/// what the socket buffers of both ends hold, so a reader that stops
+/// reading keeps the server's file open.
+fn site_with_big_file() -> Site {
+    let site = Site::new();
+    site.write("small.txt", "small");
+    let big = std::fs::File::create(site.www.join("big.bin")).unwrap();
+    big.set_len(1 << 30).unwrap();
+    site
+}
+
+/// Asks for `big.bin` and reads only the start of the 200 response.
+async fn start_big_download(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 16];
+    tokio::time::timeout(WAIT, stalled.read_exact(&mut first))
+        .await
+        .expect("the big response starts")
+        .unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    stalled
 }

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::nats::{NatsCluster, NatsServer, free_port};
+use common::nats::{NatsCluster, NatsServer};
 use common::*;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;

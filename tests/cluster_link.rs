@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::nats::{NatsCluster, NatsServer, free_port};
+use common::free_port;
+use common::nats::{NatsCluster, NatsServer};
 use mles::cluster::link::{BoxFuture, STREAM_MAX_CONSUMERS};
 use mles::cluster::{
     ChannelLog, Claim, Cluster, ClusterSettings, Delivery, Kind, LinkState, LogEvent, Origin,

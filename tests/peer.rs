@@ -13,25 +13,6 @@ use common::*;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A free loopback port for a server that others must name before it
-/// starts. Taken below the kernel's ephemeral range (32768 and up), so no
-/// outgoing connection can take it between this check and the server's
-/// bind, and never handed out twice in this process.
-fn free_port() -> u16 {
-    use std::hash::{BuildHasher, RandomState};
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    let random = RandomState::new();
-    for i in 0u64.. {
-        let port = 10_000 + (random.hash_one(i) % 22_000) as u16;
-        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
-        }
-    }
-    unreachable!()
-}
-
 /// A server with metrics, its own peer uid, and `peers`. Its history holds
 /// every frame of a test: a member admitted after frames began to pass (its
 /// join still on its way) gets them from history instead of live.

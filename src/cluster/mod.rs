@@ -4,7 +4,9 @@
 //! - [`settings`]: the `--nats*` flags, validated.
 //! - [`subject`]: channel -> subject and (channel, uid) -> key encodings (sans-IO).
 //! - [`envelope`]: a stored frame's kind, origin and message id (sans-IO).
-//! - [`link`]: the connection, its state, the stream, publishes and channel feeds.
+//! - [`link`]: the connection, its state, the stream and publishes.
+//! - [`cursor`]: what a channel feed handed out, gaps and drops (sans-IO).
+//! - [`feed`]: one channel's frames in stream order, live with catch-ups from the stream.
 //! - [`channel_log`]: one channel's feed and publish pipeline, as events for its owner.
 //! - [`registry`]: the cluster-wide (channel, uid) registry with cross-node probes.
 //! - [`sequencer`]: the channel owner's [`Sequencer`](crate::channel::Sequencer) in cluster mode.
@@ -13,7 +15,9 @@
 //! owner drives it through [`Cluster`].
 
 pub mod channel_log;
+pub mod cursor;
 pub mod envelope;
+pub mod feed;
 pub mod link;
 pub mod registry;
 pub mod sequencer;
@@ -22,6 +26,7 @@ pub mod subject;
 
 pub use channel_log::{ChannelLog, LogEvent, LogSink};
 pub use envelope::{Delivery, Kind, NodeId, Origin, Outgoing};
-pub use link::{Cluster, Feed, FollowError, LinkState, PublishError, StartError};
+pub use feed::{Feed, Next};
+pub use link::{Cluster, FollowError, LinkState, PublishError, StartError};
 pub use registry::{Claim, Prober, Registry, RegistryError};
 pub use settings::{ClusterSettings, SettingsError};

@@ -25,6 +25,9 @@ pub struct ClusterSettings {
     pub max_message: usize,
     /// How long a publish may keep retrying (NATS failover) before its sender is told.
     pub publish_deadline: Duration,
+    /// Messages one NATS subscription (a followed channel) may hold unread
+    /// before the client drops them; its feed then reads them from the stream.
+    pub feed_buffer: usize,
 }
 
 /// JetStream refuses more replicas than this.
@@ -73,6 +76,7 @@ impl ClusterSettings {
             history_frames,
             max_message,
             publish_deadline: DEFAULT_PUBLISH_DEADLINE,
+            feed_buffer: DEFAULT_FEED_BUFFER,
         })
     }
 
@@ -96,6 +100,10 @@ impl ClusterSettings {
 /// the 3-node tests); 15 s rides out one election with room to spare and still
 /// tells a publisher well within a client's patience.
 pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(15);
+
+/// The NATS client's own default: a burst this long on one channel, unread
+/// by a busy node, stays in memory; a longer one is read again from the stream.
+pub const DEFAULT_FEED_BUFFER: usize = 64 * 1024;
 
 fn valid_url(s: &str) -> bool {
     (s.starts_with("nats://") || s.starts_with("tls://"))

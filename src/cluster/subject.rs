@@ -28,6 +28,21 @@ pub fn all_channels(prefix: &str) -> String {
     format!("{prefix}.ch.*")
 }
 
+/// Where the stream republishes every frame of every channel:
+/// `<prefix>.live.<encoded>` for `<prefix>.ch.<encoded>`.
+pub fn live_channels(prefix: &str) -> String {
+    format!("{prefix}.live.{{{{wildcard(1)}}}}")
+}
+
+/// The live subject of a channel's stream subject (see [`live_channels`]).
+pub fn live_subject(prefix: &str, channel_subject: &str) -> String {
+    let token = channel_subject
+        .strip_prefix(prefix)
+        .and_then(|t| t.strip_prefix(".ch."))
+        .unwrap_or(channel_subject);
+    format!("{prefix}.live.{token}")
+}
+
 /// Encodes bytes as one valid subject token (see the module doc).
 pub fn encode_token(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len());
@@ -142,6 +157,16 @@ mod tests {
         !t.is_empty()
             && t.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'.' && b != b'*' && b != b'>')
+    }
+
+    #[test]
+    fn a_channel_is_republished_under_its_own_token() {
+        assert_eq!(live_channels("mles"), "mles.live.{{wildcard(1)}}");
+        for name in ["general", "a.b c", ""] {
+            let stored = channel_subject("mles", name);
+            let token = stored.strip_prefix("mles.ch.").unwrap();
+            assert_eq!(live_subject("mles", &stored), format!("mles.live.{token}"));
+        }
     }
 
     const AWKWARD: &[&str] = &[

@@ -153,8 +153,8 @@ impl Feed {
             // republishes: look at the stream again once it is quiet.
             quiet_armed: true,
         };
-        if feed.newer_stored().await? {
-            let (catch_up, pending) = feed.open_catch_up(false).await?;
+        if Box::pin(feed.newer_stored()).await? {
+            let (catch_up, pending) = Box::pin(feed.open_catch_up(false)).await?;
             feed.initial_pending = pending;
             if pending > 0 {
                 feed.catch_up = Some(catch_up);
@@ -305,10 +305,10 @@ impl Feed {
     async fn start_catch_up(&mut self, want: Want) -> Result<(), FollowError> {
         self.cluster.up().await;
         self.state.borrow_and_update();
-        if want == Want::Tail && !self.newer_stored().await? {
+        if want == Want::Tail && !Box::pin(self.newer_stored()).await? {
             return Ok(());
         }
-        let (catch_up, pending) = self.open_catch_up(true).await?;
+        let (catch_up, pending) = Box::pin(self.open_catch_up(true)).await?;
         tracing::debug!(subject = %self.subject, ?want, after = self.cursor.last(), pending, "cluster feed catching up");
         if pending > 0 {
             self.catch_up = Some(catch_up);

@@ -17,12 +17,13 @@ use super::sequencer::{Ordered, Origin, Sequencer};
 use super::{ChannelKey, MemberId, MemberKind, SessionId};
 use crate::protocol::close::{self, Close};
 
+mod members;
 mod peering;
 mod state;
 
 pub use peering::LinkState;
 pub use state::OwnedChannel;
-use state::{Member, Pending, Stage};
+use state::{Pending, Stage};
 
 /// Most channels one shard may own at once: a slot must fit the key's 32 bits.
 const MAX_CHANNELS: usize = u32::MAX as usize;
@@ -207,7 +208,7 @@ impl<Q: Sequencer> Owner<Q> {
             .iter()
             .find(|(_, p)| p.join.session == session)
             .map(|(id, _)| id.clone());
-        let member = ch.members.values().any(|m| m.session == session);
+        let member = ch.members.iter().any(|(_, _, s)| s == session);
         let was_pending = pending.is_some();
         if let Some(p) = pending.and_then(|id| ch.pending.remove(&id))
             && matches!(p.stage, Stage::Ordering)
@@ -232,14 +233,11 @@ impl<Q: Sequencer> Owner<Q> {
         self.by_name.remove(&ch.name);
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         self.history_total -= ch.history.bytes();
-        for (id, m) in &ch.members {
-            let link = ch.links.remove(&m.session);
+        for (_, uid, session) in ch.members.iter() {
+            let link = ch.links.remove(&session);
             peering::link_gone(&mut self.tally, &mut self.unsynced, link);
-            self.sequencer.release(&ch.name, &id.1);
-            out.push(Action::Refused {
-                session: m.session,
-                close,
-            });
+            self.sequencer.release(&ch.name, uid);
+            out.push(Action::Refused { session, close });
         }
         for p in ch.pending.values() {
             if matches!(p.stage, Stage::Ordering) {
@@ -295,15 +293,13 @@ impl<Q: Sequencer> Owner<Q> {
                 close: close::DUPLICATE,
             });
         }
-        if let Some(&m) = ch.members.get(&id) {
+        if let Some(incumbent) = ch.members.get(&id) {
             out.push(Action::Probe {
-                session: m.session,
+                session: incumbent,
                 key: ch.key,
                 id: id.clone(),
             });
-            let stage = Stage::Probing {
-                incumbent: m.session,
-            };
+            let stage = Stage::Probing { incumbent };
             ch.pending.insert(id, Pending { stage, join: j });
             return;
         }
@@ -412,11 +408,7 @@ impl<Q: Sequencer> Owner<Q> {
                 .push(h.frame, self.history_frames, self.history_bytes);
             self.history_total = self.history_total + ch.history.bytes() - before;
         }
-        let member = Member {
-            session: j.session,
-            kind: j.kind,
-        };
-        ch.add_member((j.kind, j.uid.clone()), member);
+        ch.add_member((j.kind, j.uid.clone()), j.session);
         ch.last_activity = now;
         self.tally.joins += 1;
         out.push(Action::Joined {
@@ -557,7 +549,7 @@ impl<Q: Sequencer> Owner<Q> {
             .links
             .get(&session)
             .is_some_and(LinkState::routes_through);
-        let Some((m, link)) = ch.remove_member(id, session) else {
+        let Some(link) = ch.remove_member(id, session) else {
             return;
         };
         peering::link_gone(&mut self.tally, &mut self.unsynced, link);
@@ -571,7 +563,7 @@ impl<Q: Sequencer> Owner<Q> {
         if let Some(p) = ch.take_pending(id, |p| p.probes(session)) {
             return self.claim(slot, p.join, now, out);
         }
-        if m.kind != MemberKind::OwnLink {
+        if id.0 != MemberKind::OwnLink {
             self.update_links(slot, out);
         }
     }
@@ -593,13 +585,13 @@ impl<Q: Sequencer> Owner<Q> {
         let Some(p) = ch.take_pending(id, |p| p.probes(incumbent)) else {
             return;
         };
-        if alive && ch.members.get(id).map(|m| m.session) == Some(incumbent) {
+        if alive && ch.members.get(id) == Some(incumbent) {
             return out.push(Action::Refused {
                 session: p.join.session,
                 close: close::DUPLICATE,
             });
         }
-        if let Some((_, link)) = ch.remove_member(id, incumbent) {
+        if let Some(link) = ch.remove_member(id, incumbent) {
             peering::link_gone(&mut self.tally, &mut self.unsynced, link);
             self.sequencer.release(&ch.name, &id.1);
         }

@@ -1,14 +1,19 @@
 //! A shard's sessions and its local members of each channel.
 //!
-//! Members are kept in a slab per channel, so a member's place is a stable
-//! key that the registry itself records next to the session: removing one
-//! member moves no other, and sessions hold no index into shard state.
+//! Members are kept at stable places per channel ([`Places`]), so a
+//! member's place is a key that the registry itself records next to the
+//! session: removing one member moves no other, and sessions hold no index
+//! into shard state.
+//!
+//! One connection costs a 16-byte session entry (the session's id is read
+//! from the session, not stored beside it) and an 8-byte place.
 
 use std::rc::Rc;
 
-use ahash::AHashMap;
+use ahash::{AHashMap, RandomState};
 use bytes::Bytes;
-use slab::Slab;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as Slot;
 
 use crate::channel::{ChannelKey, MemberKind, SessionId};
 use crate::session::{Offered, Session};
@@ -16,7 +21,7 @@ use crate::session::{Offered, Session};
 /// `Entry::place` of a session that is no channel's member.
 const NO_PLACE: u32 = u32::MAX;
 
-/// A session and, once it joined, its place in its channel's member slab
+/// A session and, once it joined, its place in its channel's [`Places`]
 /// and how it was admitted (16 bytes: one per connection).
 struct Entry {
     session: Rc<Session>,
@@ -24,24 +29,82 @@ struct Entry {
     kind: MemberKind,
 }
 
+/// A channel's local members, each at a place that does not change while
+/// it is a member; a vacated place is reused by a later member. 8 bytes a
+/// place (`slab::Slab` takes 16: its vacant slots hold the next free one).
+#[derive(Default)]
+struct Places {
+    slots: Vec<Option<Rc<Session>>>,
+    /// Vacant places, the last vacated reused first.
+    free: Vec<u32>,
+}
+
+impl Places {
+    fn insert(&mut self, session: Rc<Session>) -> u32 {
+        if let Some(place) = self.free.pop() {
+            self.slots[place as usize] = Some(session);
+            return place;
+        }
+        self.slots.push(Some(session));
+        u32::try_from(self.slots.len() - 1)
+            .ok()
+            .filter(|&p| p != NO_PLACE)
+            .expect("fewer than 4 billion members of one channel")
+    }
+
+    fn remove(&mut self, place: u32) {
+        if let Some(slot) = self.slots.get_mut(place as usize)
+            && slot.take().is_some()
+        {
+            self.free.push(place);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.len() == self.free.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Rc<Session>> {
+        self.slots.iter().flatten()
+    }
+}
+
 #[derive(Default)]
 pub struct Registry {
-    sessions: AHashMap<SessionId, Entry>,
-    members: AHashMap<ChannelKey, Slab<Rc<Session>>>,
+    /// Entries by their session's id.
+    sessions: HashTable<Entry>,
+    hasher: RandomState,
+    members: AHashMap<ChannelKey, Places>,
 }
 
 impl Registry {
     pub fn insert(&mut self, session: Rc<Session>) {
+        let id = session.id;
         let entry = Entry {
-            session: session.clone(),
+            session,
             place: NO_PLACE,
             kind: MemberKind::Client,
         };
-        self.sessions.insert(session.id, entry);
+        let hasher = &self.hasher;
+        match self.sessions.entry(
+            hasher.hash_one(id),
+            |e| e.session.id == id,
+            |e| hasher.hash_one(e.session.id),
+        ) {
+            Slot::Occupied(mut o) => *o.get_mut() = entry,
+            Slot::Vacant(v) => {
+                v.insert(entry);
+            }
+        }
     }
 
     pub fn get(&self, id: SessionId) -> Option<&Rc<Session>> {
-        self.sessions.get(&id).map(|e| &e.session)
+        self.entry(id).map(|e| &e.session)
+    }
+
+    fn entry(&self, id: SessionId) -> Option<&Entry> {
+        let hash = self.hasher.hash_one(id);
+        self.sessions.find(hash, |e| e.session.id == id)
     }
 
     pub fn len(&self) -> usize {
@@ -54,20 +117,20 @@ impl Registry {
 
     /// Every session, for shutdown and timers.
     pub fn sessions(&self) -> impl Iterator<Item = &Rc<Session>> {
-        self.sessions.values().map(|e| &e.session)
+        self.sessions.iter().map(|e| &e.session)
     }
 
     /// Records `session` as a local member of `key`; false when it is gone.
     pub fn add_member(&mut self, session: SessionId, key: ChannelKey, kind: MemberKind) -> bool {
-        let Some(e) = self.sessions.get_mut(&session) else {
+        let hash = self.hasher.hash_one(session);
+        let Some(e) = self.sessions.find_mut(hash, |e| e.session.id == session) else {
             return false;
         };
-        let place = self
+        e.place = self
             .members
             .entry(key)
             .or_default()
             .insert(e.session.clone());
-        e.place = u32::try_from(place).expect("fewer than 4 billion members of one channel");
         e.kind = kind;
         true
     }
@@ -75,10 +138,15 @@ impl Registry {
     /// Forgets session `id`, a member of `key` if it joined; returns how it
     /// was admitted when it was a member.
     pub fn remove(&mut self, id: SessionId, key: Option<ChannelKey>) -> Option<MemberKind> {
-        let e = self.sessions.remove(&id)?;
+        let hash = self.hasher.hash_one(id);
+        let (e, _) = self
+            .sessions
+            .find_entry(hash, |e| e.session.id == id)
+            .ok()?
+            .remove();
         let key = key.filter(|_| e.place != NO_PLACE)?;
         if let Some(list) = self.members.get_mut(&key) {
-            list.try_remove(e.place as usize);
+            list.remove(e.place);
             if list.is_empty() {
                 self.members.remove(&key);
             }
@@ -99,7 +167,7 @@ impl Registry {
         flush: &mut Vec<Rc<Session>>,
     ) -> (u64, u64) {
         let (mut n, mut slow) = (0, 0);
-        for (_, m) in self.members.get(&key).into_iter().flatten() {
+        for m in self.members.get(&key).into_iter().flat_map(Places::iter) {
             if Some(m.id) != skip {
                 match m.offer(frame.clone(), max_queue) {
                     Offered::Queued => {}
@@ -147,7 +215,25 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_small() {
+    fn vacated_places_are_reused() {
+        let mut p = Places::default();
+        let s = |id| Rc::new(Session::new(id, 0));
+        assert_eq!((p.insert(s(1)), p.insert(s(2)), p.insert(s(3))), (0, 1, 2));
+        p.remove(1);
+        p.remove(1);
+        assert_eq!(p.iter().map(|s| s.id).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(p.insert(s(4)), 1, "the vacated place, once");
+        assert_eq!(p.insert(s(5)), 3);
+        for place in 0..4 {
+            p.remove(place);
+        }
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_connection_costs_a_16_byte_entry_and_an_8_byte_place() {
+        // A session map bucket is the entry alone (BENCHMARKS.md, "Per-session memory").
         assert_eq!(std::mem::size_of::<Entry>(), 16);
+        assert_eq!(std::mem::size_of::<Option<Rc<Session>>>(), 8);
     }
 }

@@ -5,17 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::members::Members;
 use super::{Action, Join, LinkState};
 use crate::channel::history::History;
 use crate::channel::sequencer::Ordered;
 use crate::channel::{ChannelKey, MemberId, MemberKind, SessionId, shard_of};
 use ahash::AHashMap;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Member {
-    pub(super) session: SessionId,
-    pub(super) kind: MemberKind,
-}
 
 /// Where a join that is not yet admitted waits.
 #[derive(Debug)]
@@ -47,7 +42,7 @@ pub struct OwnedChannel {
     pub(super) name: Arc<str>,
     pub(super) key: ChannelKey,
     pub(super) history: History,
-    pub(super) members: AHashMap<MemberId, Member>,
+    pub(super) members: Members,
     /// Joins not yet admitted: they count for the duplicate check.
     pub(super) pending: AHashMap<MemberId, Pending>,
     /// Routing and resync state of the link members, by session.
@@ -57,7 +52,6 @@ pub struct OwnedChannel {
     /// Members per shard, and the shards with at least one, for fan-out.
     pub(super) shard_counts: Vec<u32>,
     pub(super) member_shards: Vec<u16>,
-    pub(super) clients: usize,
     pub(super) last_activity: Instant,
     /// This server's peer links were started for the channel.
     pub(super) linked: bool,
@@ -74,13 +68,12 @@ impl OwnedChannel {
             name,
             key,
             history: History::default(),
-            members: AHashMap::new(),
+            members: Members::default(),
             pending: AHashMap::new(),
             links: AHashMap::new(),
             cycle_logged: false,
             shard_counts: vec![0; shards],
             member_shards: Vec::new(),
-            clients: 0,
             last_activity: now,
             linked: false,
         }
@@ -114,14 +107,12 @@ impl OwnedChannel {
 
     /// Members that are clients.
     pub fn clients(&self) -> usize {
-        self.clients
+        self.members.clients()
     }
 
     /// The client session holding `uid`, if any.
     pub fn holder(&self, uid: &str) -> Option<SessionId> {
-        self.members
-            .get(&(MemberKind::Client, uid.into()))
-            .map(|m| m.session)
+        self.members.client(uid)
     }
 
     /// The links' state, by session.
@@ -134,34 +125,32 @@ impl OwnedChannel {
         &self.member_shards
     }
 
-    pub(super) fn add_member(&mut self, id: MemberId, m: Member) {
-        let s = shard_of(m.session) as usize;
-        self.clients += usize::from(m.kind == MemberKind::Client);
-        self.members.insert(id, m);
+    pub(super) fn add_member(&mut self, id: MemberId, session: SessionId) {
+        let s = shard_of(session) as usize;
+        self.members.insert(id, session);
         self.shard_counts[s] += 1;
         if self.shard_counts[s] == 1 {
             self.member_shards.push(s as u16);
         }
     }
 
-    /// Removes `id` if `session` holds it; with a link, its state.
+    /// Removes `id` if `session` holds it; `Some` with a link's state, if any.
     pub(super) fn remove_member(
         &mut self,
         id: &MemberId,
         session: SessionId,
-    ) -> Option<(Member, Option<LinkState>)> {
-        if self.members.get(id)?.session != session {
+    ) -> Option<Option<LinkState>> {
+        if self.members.get(id)? != session {
             return None;
         }
-        let m = self.members.remove(id).expect("looked up above");
+        self.members.remove(id);
         let link = self.links.remove(&session);
-        self.clients -= usize::from(m.kind == MemberKind::Client);
         let s = shard_of(session) as usize;
         self.shard_counts[s] -= 1;
         if self.shard_counts[s] == 0 {
             self.member_shards.retain(|&x| x as usize != s);
         }
-        Some((m, link))
+        Some(link)
     }
 
     /// Takes the join pending for `id` if `ours` says it is the one meant
@@ -192,17 +181,14 @@ impl OwnedChannel {
     /// This server's own links among the members (the sessions to end when
     /// no client is left).
     pub(super) fn own_links(&self) -> impl Iterator<Item = SessionId> + '_ {
-        self.members
-            .values()
-            .filter(|m| m.kind == MemberKind::OwnLink)
-            .map(|m| m.session)
+        self.members.links_of(MemberKind::OwnLink)
     }
 
     /// Whether this server's own links should be up for the channel: it has
     /// clients, or a synced link from another server whose frames must go on
     /// along a chain (A->B->C with no client on B).
     pub(super) fn wants_links(&self) -> bool {
-        self.clients > 0 || self.links.values().any(|l| l.carries_in())
+        self.members.clients() > 0 || self.links.values().any(|l| l.carries_in())
     }
 
     /// Whether the owner may forget this channel: no members, nothing

@@ -10,11 +10,14 @@
 # (--server-pid per process), so "server ns/delivery" includes NATS.
 #
 #   scripts/cluster-bench.sh [label] [scenario...]
-#     scenarios: B1 B3 B3R3 A1 A3 A3R3 L1 L3 L3R3 D1 D3 (letter: the load of
+#     scenarios: B1 B3 B3R3 A1 A3 A3R3 L1 L3 L3R3 D1 D3 K1 KC (letter: the load of
 #     BENCHMARKS.md, L: one channel, 3 subscribers, 100 frames/s;
-#     1: one plain node, 3: three nodes + one NATS, 3R3: three nodes + three NATS)
+#     1: one plain node, 3: three nodes + one NATS, 3R3: three nodes + three NATS;
+#     K1 / KC: 10,000 idle sessions on 10,000 channels on one plain node /
+#     one cluster node on one NATS: what following many channels costs)
 #   DURATION=10 (measured seconds per fan-out run), MLES_ARGS="--limit N" (extra node flags),
-#   D_PER_CHANNEL=100 (sessions per channel in D1/D3)
+#   D_PER_CHANNEL=100 (sessions per channel in D1/D3),
+#   MEASURE=nodes (CPU and RSS of the mles nodes alone; default: NATS too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 label=${1:-cluster}
@@ -41,11 +44,13 @@ NATS=${MLES_NATS_SERVER:-${MLES_TEST_VENV:-$HOME/.cache/mles/venv}/bin/nats-serv
 # connections would take ports a server is about to bind.
 base=$((10000 + RANDOM % 8000))
 pids=()
+node_pids=()
 work=$(mktemp -d)
 stop_all() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     pids=()
+    node_pids=()
 }
 trap 'stop_all; rm -rf "$work"' EXIT
 
@@ -92,31 +97,34 @@ start_mles() {
         taskset -c "$SERVER_CPUS" "$MLES" --listen "127.0.0.1:$port" --shards 1 $MLES_ARGS "$@" \
             >"$OUT/mles$i-$scenario.log" 2>&1 &
         pids+=($!)
+        node_pids+=($!)
         urls+=(--url "ws://127.0.0.1:$port/")
         wait_port "$port"
     done
 }
 
-# cluster N_NATS: three nodes on N_NATS NATS servers, each node with its own seed first.
+# cluster N_NATS [N_NODES]: N_NODES (3) nodes on N_NATS NATS servers, each
+# node with its own seed first.
 cluster() {
-    local n=$1 i args=()
+    local n=$1 nodes=${2:-3} i args=()
     start_nats "$n"
     local replicas=1
     [ "$n" -gt 1 ] && replicas=3
     urls=()
-    for i in 1 2 3; do
+    for i in $(seq "$nodes"); do
         local port=$((base + 200 + i)) seed=${nats_urls[$(((i - 1) % n))]}
         args=(--nats "$seed")
         for u in "${nats_urls[@]}"; do [ "$u" = "$seed" ] || args+=(--nats "$u"); done
         taskset -c "$SERVER_CPUS" "$MLES" --listen "127.0.0.1:$port" --shards 1 $MLES_ARGS \
             --nats-replicas "$replicas" "${args[@]}" >"$OUT/mles$i-$scenario.log" 2>&1 &
         pids+=($!)
+        node_pids+=($!)
         urls+=(--url "ws://127.0.0.1:$port/")
         wait_port "$port"
     done
     # Joins are refused until each node's link is up ("cluster link up" in
     # its log); a new NATS cluster takes up to half a minute to elect leaders.
-    for i in 1 2 3; do
+    for i in $(seq "$nodes"); do
         for _ in $(seq 1200); do
             grep -q "cluster link up" "$OUT/mles$i-$scenario.log" && break
             sleep 0.05
@@ -129,8 +137,9 @@ cluster() {
 }
 
 load() { # scenario-args...
-    local sp=()
-    for p in "${pids[@]}"; do sp+=(--server-pid "$p"); done
+    local sp=() measured=("${pids[@]}")
+    [ "${MEASURE:-all}" = nodes ] && measured=("${node_pids[@]}")
+    for p in "${measured[@]}"; do sp+=(--server-pid "$p"); done
     # A failed check (loss, order) is in the report; go on with the next run.
     taskset -c "$LOAD_CPUS" "$LT" "$@" "${urls[@]}" "${sp[@]}" --json --quiet >"$OUT/$scenario.json" 2>"$OUT/$scenario.err" || true
 }
@@ -138,6 +147,7 @@ load() { # scenario-args...
 B=(fanout --channels 10 --subs 100 --pubs 1 --size 64 --rate 100 --duration "$DURATION")
 A=(fanout --channels 10 --subs 100 --pubs 1 --size 64 --duration "$DURATION")
 D=(conns --conns 6000 --per-channel "${D_PER_CHANNEL:-100}" --duration 8)
+K=(conns --conns 10000 --per-channel 1 --duration 8)
 # The path alone: one channel, three subscribers, 100 frames/s (no queueing).
 L=(fanout --channels 1 --subs 3 --pubs 1 --size 64 --rate 100 --duration "$DURATION")
 
@@ -156,6 +166,8 @@ for scenario in "${scenarios[@]}"; do
     L3R3) cluster 3 && load "${L[@]}" ;;
     D1) start_mles 1 && load "${D[@]}" ;;
     D3) cluster 1 && load "${D[@]}" ;;
+    K1) start_mles 1 && load "${K[@]}" ;;
+    KC) cluster 1 1 && load "${K[@]}" ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
     stop_all

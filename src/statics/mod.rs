@@ -38,6 +38,9 @@ pub(crate) mod response;
 mod validators;
 mod webclient;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use http::{Method, Request, Response};
 
 use crate::config::StaticSettings;
@@ -81,6 +84,15 @@ impl StaticFiles {
             Site::Files(f) => f.serve(req).await,
             Site::Client(c) => c.serve(req),
         }
+    }
+}
+
+impl crate::http::Pages for StaticFiles {
+    fn serve<'a>(
+        &'a self,
+        req: &'a Request<hyper::body::Incoming>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + 'a>> {
+        Box::pin(StaticFiles::serve(self, req))
     }
 }
 

@@ -2,7 +2,8 @@
 //! built-in web client when no `wwwroot` is configured.
 //!
 //! The hyper service hands every non-upgrade request to
-//! [`StaticFiles::serve`]; WebSocket upgrades never come here. One
+//! [`StaticFiles::serve`], through the `http::Pages` it implements (so
+//! `http` never names this module); WebSocket upgrades never come here. One
 //! `StaticFiles` is shared by all shards (`Arc`), so everything in it is
 //! `Send + Sync`; file system work runs on the blocking pool.
 //!

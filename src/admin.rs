@@ -24,6 +24,7 @@ use crate::health::Readiness;
 use crate::http::response::{method_not_allowed, plain, text_response};
 use crate::http::{Body, Frontend};
 use crate::shard::mesh::Mesh;
+use crate::statics::StaticFiles;
 
 /// A scrape must send its request head within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,8 +35,10 @@ const PROMETHEUS_TEXT: header::HeaderValue =
 /// What the admin listener reports on.
 pub struct Admin {
     pub mesh: Arc<Mesh>,
-    /// TLS and static files, for their metrics.
+    /// TLS, for its metrics.
     pub frontend: Arc<Frontend>,
+    /// Static files, for their metrics.
+    pub statics: Arc<StaticFiles>,
     pub readiness: Arc<Readiness>,
 }
 
@@ -95,7 +98,7 @@ impl Admin {
         if let Some(tls) = &self.frontend.tls {
             tls.render_metrics(&mut out);
         }
-        self.frontend.statics.render_metrics(&mut out);
+        self.statics.render_metrics(&mut out);
         out
     }
 }

@@ -24,7 +24,9 @@
 //!
 //! Dependencies run one way: `server` → `shard` → `session` → `protocol`,
 //! with `channel` (sans-IO) used by `shard`; `peer` and `http` sit beside
-//! `shard` and use it; nothing below points back up.
+//! `shard` and use it; `statics` builds on `http`, which knows it only as
+//! the `http::Pages` that answer ordinary requests; nothing below points
+//! back up.
 
 pub mod admin;
 pub mod background;

@@ -156,7 +156,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let nofile = listener::raise_nofile_limit();
     tracing::debug!(nofile, "open-file limit");
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let statics = crate::statics::StaticFiles::new(&config.statics).map_err(StartError::Statics)?;
+    let statics =
+        Arc::new(crate::statics::StaticFiles::new(&config.statics).map_err(StartError::Statics)?);
     let (mut by_shard, addrs) = listener::bind_all(&config.listen, config.shards)?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -185,7 +186,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         threads.push(thread);
     }
     let frontend = Arc::new(Frontend::new(
-        statics,
+        statics.clone(),
         tls.clone(),
         &config.connections,
         config.write_timeout,
@@ -225,6 +226,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         let admin = crate::admin::Admin {
             mesh: mesh.clone(),
             frontend: frontend.clone(),
+            statics: statics.clone(),
             readiness: readiness.clone(),
         };
         let (bound, thread) = crate::admin::start(addr, admin, shutdown_rx.clone())

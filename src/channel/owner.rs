@@ -5,9 +5,16 @@
 //! and appends [`Action`]s for the caller to carry out, in order. Time is an
 //! argument. The order of the inputs a channel's owner handles, as numbered
 //! by its [`Sequencer`], is the channel's total order.
+//!
+//! Here: the actions, the table of channels (names, slots, generations)
+//! and publishing. The rest, each an `impl Owner` of its own:
+//! - `join`: joins, probes, claims, admission, leaving
+//! - `retention`: the history budget, expiry, forgetting a channel
+//! - `peering`: peer links' sync, resync, routes and cycles
+//! - `state`, `members`: one channel's state and its members
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ahash::AHashMap;
 use bytes::Bytes;
@@ -15,15 +22,17 @@ use slab::Slab;
 
 use super::sequencer::{Ordered, Origin, Sequencer};
 use super::{ChannelKey, MemberId, MemberKind, SessionId};
-use crate::protocol::close::{self, Close};
+use crate::protocol::close::Close;
 
+mod join;
 mod members;
 mod peering;
+mod retention;
 mod state;
 
 pub use peering::LinkState;
 pub use state::OwnedChannel;
-use state::{Pending, Stage};
+use state::Stage;
 
 /// Most channels one shard may own at once: a slot must fit the key's 32 bits.
 const MAX_CHANNELS: usize = u32::MAX as usize;
@@ -188,69 +197,6 @@ impl<Q: Sequencer> Owner<Q> {
         &mut self.sequencer
     }
 
-    /// The sequencer could not carry out something for `session` (a claim
-    /// it could not ask, a frame or join header it could not order): its
-    /// join, if still pending, is dropped (a claim it already holds is
-    /// released), and the session is closed with `close` (a member then
-    /// leaves as usual).
-    pub fn abandon(
-        &mut self,
-        key: ChannelKey,
-        session: SessionId,
-        close: Close,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(ch) = channel_mut(&mut self.channels, key) else {
-            return;
-        };
-        let pending = ch
-            .pending
-            .iter()
-            .find(|(_, p)| p.join.session == session)
-            .map(|(id, _)| id.clone());
-        let member = ch.members.iter().any(|(_, _, s)| s == session);
-        let was_pending = pending.is_some();
-        if let Some(p) = pending.and_then(|id| ch.pending.remove(&id))
-            && matches!(p.stage, Stage::Ordering)
-        {
-            self.sequencer.release(&ch.name, &p.join.uid);
-        }
-        if was_pending || member {
-            out.push(Action::Refused { session, close });
-        }
-    }
-
-    /// The sequencer found this node's copy of channel `key` incomplete (a
-    /// cluster feed that fell behind what the shared log retains): every
-    /// member and waiting joiner is closed with `close`, and the channel is
-    /// forgotten with its history, so the next join loads it afresh.
-    pub fn forget(&mut self, key: ChannelKey, close: Close, out: &mut Vec<Action>) {
-        if channel_mut(&mut self.channels, key).is_none() {
-            return;
-        }
-        let slot = key as u32 as usize;
-        let mut ch = self.channels.remove(slot);
-        self.by_name.remove(&ch.name);
-        self.generations[slot] = self.generations[slot].wrapping_add(1);
-        self.history_total -= ch.history.bytes();
-        for (_, uid, session) in ch.members.iter() {
-            let link = ch.links.remove(&session);
-            peering::link_gone(&mut self.tally, &mut self.unsynced, link);
-            self.sequencer.release(&ch.name, uid);
-            out.push(Action::Refused { session, close });
-        }
-        for p in ch.pending.values() {
-            if matches!(p.stage, Stage::Ordering) {
-                self.sequencer.release(&ch.name, &p.join.uid);
-            }
-            out.push(Action::Refused {
-                session: p.join.session,
-                close,
-            });
-        }
-        self.sequencer.expired(key);
-    }
-
     /// What was counted since the last call.
     pub fn take_tally(&mut self) -> Tally {
         std::mem::take(&mut self.tally)
@@ -274,154 +220,6 @@ impl<Q: Sequencer> Owner<Q> {
         entry.insert(OwnedChannel::new(name.clone(), key, self.shards, now));
         self.by_name.insert(name.clone(), slot as u32);
         Some(slot)
-    }
-
-    /// A session asks to join (§4): refused as a duplicate, held while the
-    /// incumbent is probed, or admitted.
-    pub fn join(&mut self, j: Join, now: Instant, out: &mut Vec<Action>) {
-        let Some(slot) = self.slot(&j.channel, now) else {
-            return out.push(Action::Refused {
-                session: j.session,
-                close: close::TOO_MANY_CHANNELS,
-            });
-        };
-        let ch = &mut self.channels[slot];
-        let id = (j.kind, j.uid.clone());
-        if ch.pending.contains_key(&id) {
-            return out.push(Action::Refused {
-                session: j.session,
-                close: close::DUPLICATE,
-            });
-        }
-        if let Some(incumbent) = ch.members.get(&id) {
-            out.push(Action::Probe {
-                session: incumbent,
-                key: ch.key,
-                id: id.clone(),
-            });
-            let stage = Stage::Probing { incumbent };
-            ch.pending.insert(id, Pending { stage, join: j });
-            return;
-        }
-        self.claim(slot, j, now, out);
-    }
-
-    /// The uid is free on this owner: claim it beyond, then order the header.
-    fn claim(&mut self, slot: usize, j: Join, now: Instant, out: &mut Vec<Action>) {
-        let ch = &mut self.channels[slot];
-        match self.sequencer.claim(ch.key, &ch.name, &j.uid, j.session) {
-            Some(true) => self.order_join(slot, j, now, out),
-            Some(false) => out.push(Action::Refused {
-                session: j.session,
-                close: close::DUPLICATE,
-            }),
-            None => {
-                let p = Pending {
-                    stage: Stage::Claiming,
-                    join: j,
-                };
-                ch.pending.insert((p.join.kind, p.join.uid.clone()), p);
-            }
-        }
-    }
-
-    /// The sequencer's answer to a claim it could not give at once.
-    pub fn claimed(
-        &mut self,
-        key: ChannelKey,
-        id: &MemberId,
-        session: SessionId,
-        free: bool,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(ch) = channel_mut(&mut self.channels, key) else {
-            return;
-        };
-        let ours = |p: &Pending| matches!(p.stage, Stage::Claiming) && p.join.session == session;
-        let Some(p) = ch.take_pending(id, ours) else {
-            return;
-        };
-        if free {
-            let slot = key as u32 as usize;
-            self.order_join(slot, p.join, now, out);
-        } else {
-            out.push(Action::Refused {
-                session,
-                close: close::DUPLICATE,
-            });
-        }
-    }
-
-    /// Sends a client's header through the sequencer; a link is admitted at once.
-    fn order_join(&mut self, slot: usize, j: Join, now: Instant, out: &mut Vec<Action>) {
-        let ch = &mut self.channels[slot];
-        if j.kind == MemberKind::OwnLink {
-            if !ch.wants_links() {
-                // Every client (and link passing frames on) left while this link was connecting.
-                return out.push(Action::Refused {
-                    session: j.session,
-                    close: close::CHANNEL_EMPTY,
-                });
-            }
-            return self.admit(slot, j, None, now, out);
-        }
-        if j.kind == MemberKind::Link {
-            // Another server's link: no header to relay or store.
-            return self.admit(slot, j, None, now, out);
-        }
-        let last = ch.history.last_seq();
-        let origin = Origin::local(j.session);
-        match self
-            .sequencer
-            .order(ch.key, &ch.name, last, origin, j.header.clone())
-        {
-            Some(o) => self.admit(slot, j, Some(o), now, out),
-            None => {
-                let p = Pending {
-                    stage: Stage::Ordering,
-                    join: j,
-                };
-                ch.pending.insert((p.join.kind, p.join.uid.clone()), p);
-            }
-        }
-    }
-
-    /// Makes `j` a member: its header (once ordered) to the members, the
-    /// history to the joiner, then the header into history (§4 steps 2–5).
-    fn admit(
-        &mut self,
-        slot: usize,
-        j: Join,
-        header: Option<Ordered>,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        let ch = &mut self.channels[slot];
-        if let Some(h) = &header {
-            ch.fan_out(h, out);
-        }
-        let history = ch.history.snapshot();
-        if let Some(h) = header {
-            let before = ch.history.bytes();
-            ch.history
-                .push(h.frame, self.history_frames, self.history_bytes);
-            self.history_total = self.history_total + ch.history.bytes() - before;
-        }
-        ch.add_member((j.kind, j.uid.clone()), j.session);
-        ch.last_activity = now;
-        self.tally.joins += 1;
-        out.push(Action::Joined {
-            session: j.session,
-            key: ch.key,
-            id: (j.kind, j.uid),
-            history,
-        });
-        if j.kind.is_link() {
-            self.link_admitted(slot, j.session, j.kind, now, out);
-        }
-        self.update_links(slot, out);
-        self.enforce_history_budget();
     }
 
     /// A member published `frame`: dropped if `dedup` finds it in history,
@@ -483,141 +281,6 @@ impl<Q: Sequencer> Owner<Q> {
         self.history_total = self.history_total + ch.history.bytes() - before;
         ch.last_activity = now;
         self.enforce_history_budget();
-    }
-
-    /// Brings the history of all channels back under the budget (to 90% of
-    /// it, so a steady stream does not trim on every frame): idle channels
-    /// go first, whole, least recently active first; then live channels
-    /// lose their oldest frames, least recently active first. Runs only
-    /// when over budget, so the scans cost nothing in normal operation.
-    fn enforce_history_budget(&mut self) {
-        if self.history_total <= self.history_budget {
-            return;
-        }
-        let target = self.history_budget - self.history_budget / 10;
-        let mut by_age: Vec<(Instant, bool, usize)> = self
-            .channels
-            .iter()
-            .map(|(slot, c)| {
-                (
-                    c.last_activity,
-                    c.members.is_empty() && c.pending.is_empty(),
-                    slot,
-                )
-            })
-            .collect();
-        by_age.sort_unstable();
-        for &(_, idle, slot) in &by_age {
-            if self.history_total <= target {
-                return;
-            }
-            if idle {
-                let ch = self.channels.remove(slot);
-                self.by_name.remove(&ch.name);
-                self.generations[slot] = self.generations[slot].wrapping_add(1);
-                self.history_total -= ch.history.bytes();
-                self.sequencer.expired(ch.key);
-            }
-        }
-        for &(_, idle, slot) in &by_age {
-            let over = self.history_total.saturating_sub(target);
-            if over == 0 {
-                return;
-            }
-            if !idle {
-                let h = &mut self.channels[slot].history;
-                let keep = h.bytes().saturating_sub(over);
-                self.history_total -= h.trim_to(keep);
-            }
-        }
-    }
-
-    /// A member's session ended. A join waiting on it as the probed
-    /// incumbent proceeds now; the last client's leaving ends this server's links.
-    pub fn leave(
-        &mut self,
-        key: ChannelKey,
-        id: &MemberId,
-        session: SessionId,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(ch) = channel_mut(&mut self.channels, key) else {
-            return;
-        };
-        let routed = ch
-            .links
-            .get(&session)
-            .is_some_and(LinkState::routes_through);
-        let Some(link) = ch.remove_member(id, session) else {
-            return;
-        };
-        peering::link_gone(&mut self.tally, &mut self.unsynced, link);
-        ch.last_activity = now;
-        self.sequencer.release(&ch.name, &id.1);
-        let slot = key as u32 as usize;
-        if routed {
-            self.advertise(slot, out);
-        }
-        let ch = &mut self.channels[slot];
-        if let Some(p) = ch.take_pending(id, |p| p.probes(session)) {
-            return self.claim(slot, p.join, now, out);
-        }
-        if id.0 != MemberKind::OwnLink {
-            self.update_links(slot, out);
-        }
-    }
-
-    /// The probed incumbent answered (or failed to): the waiting newcomer is
-    /// refused if it is alive, else it replaces it. Stale answers are ignored.
-    pub fn probe_result(
-        &mut self,
-        key: ChannelKey,
-        id: &MemberId,
-        incumbent: SessionId,
-        alive: bool,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(ch) = channel_mut(&mut self.channels, key) else {
-            return;
-        };
-        let Some(p) = ch.take_pending(id, |p| p.probes(incumbent)) else {
-            return;
-        };
-        if alive && ch.members.get(id) == Some(incumbent) {
-            return out.push(Action::Refused {
-                session: p.join.session,
-                close: close::DUPLICATE,
-            });
-        }
-        if let Some(link) = ch.remove_member(id, incumbent) {
-            peering::link_gone(&mut self.tally, &mut self.unsynced, link);
-            self.sequencer.release(&ch.name, &id.1);
-        }
-        self.tally.probe_replaced += 1;
-        let slot = key as u32 as usize;
-        self.claim(slot, p.join, now, out);
-    }
-
-    /// Drops channels with no members, nothing pending and no activity for
-    /// `idle`; returns how many.
-    pub fn expire(&mut self, now: Instant, idle: Duration) -> usize {
-        let before = self.channels.len();
-        let (by_name, generations) = (&mut self.by_name, &mut self.generations);
-        let total = &mut self.history_total;
-        let sequencer = &mut self.sequencer;
-        self.channels.retain(|slot, ch| {
-            let keep = !ch.expired(now, idle);
-            if !keep {
-                by_name.remove(&ch.name);
-                generations[slot] = generations[slot].wrapping_add(1);
-                *total -= ch.history.bytes();
-                sequencer.expired(ch.key);
-            }
-            keep
-        });
-        before - self.channels.len()
     }
 }
 

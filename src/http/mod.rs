@@ -1,5 +1,5 @@
 //! The HTTP side of a connection: TLS (if configured), HTTP/1.1 through
-//! hyper, then either the WebSocket upgrade into a [`SessionTask`] or an
+//! hyper, then either the WebSocket upgrade into a `SessionTask` or an
 //! ordinary HTTP response.
 //!
 //! Before any of that, a connection is admitted ([`limits`]) under its
@@ -13,8 +13,9 @@
 //! - `stall`: the write timeout of HTTP responses
 //! - `upgrade`: the WebSocket upgrade
 //!
-//! Nothing here depends on `statics` but the [`Frontend`] that holds it;
-//! `statics` builds on `response` and `host`.
+//! Nothing here depends on `statics`: it builds on `response` and `host`,
+//! and the [`Frontend`] knows it only as the [`Pages`] that answer every
+//! request that is not an upgrade.
 
 pub mod host;
 pub mod limits;
@@ -25,7 +26,9 @@ pub mod upgrade;
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +44,6 @@ use tokio::net::TcpStream;
 use self::stall::{Arming, WriteStall};
 use crate::config::ConnectionSettings;
 use crate::session::{Host, Session};
-use crate::statics::StaticFiles;
 use crate::tls::Tls;
 use limits::{ConnGuard, ConnLimits};
 
@@ -53,10 +55,21 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r
 Retry-After: 10\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\n\
 too many connections\n";
 
+/// What answers every request that is not a WebSocket upgrade: the static
+/// files or the web client (`statics::StaticFiles`, which builds on this
+/// module, so it stays out of it).
+pub trait Pages: Send + Sync {
+    /// The response to `req`.
+    fn serve<'a>(
+        &'a self,
+        req: &'a Request<Incoming>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + 'a>>;
+}
+
 /// What every shard's HTTP side shares: TLS, static files, admission.
 pub struct Frontend {
     /// Answers every request that is not a WebSocket upgrade.
-    pub statics: StaticFiles,
+    pub pages: Arc<dyn Pages>,
     /// TLS for every connection, when configured.
     pub tls: Option<Arc<Tls>>,
     /// Open connections against `--max-connections*`.
@@ -72,13 +85,13 @@ pub struct Frontend {
 
 impl Frontend {
     pub fn new(
-        statics: StaticFiles,
+        pages: Arc<dyn Pages>,
         tls: Option<Arc<Tls>>,
         c: &ConnectionSettings,
         write_timeout: Duration,
     ) -> Frontend {
         Frontend {
-            statics,
+            pages,
             tls,
             write_timeout,
             conns: ConnLimits::new(c.limits),
@@ -213,5 +226,5 @@ where
         }
         return res;
     }
-    frontend.statics.serve(&req).await
+    frontend.pages.serve(&req).await
 }

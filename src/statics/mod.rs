@@ -2,7 +2,8 @@
 //! built-in web client when no `wwwroot` is configured.
 //!
 //! The hyper service hands every non-upgrade request to
-//! [`StaticFiles::serve`]; WebSocket upgrades never come here. One
+//! [`StaticFiles::serve`], through the `http::Pages` it implements (so
+//! `http` never names this module); WebSocket upgrades never come here. One
 //! `StaticFiles` is shared by all shards (`Arc`), so everything in it is
 //! `Send + Sync`; file system work runs on the blocking pool.
 //!
@@ -37,6 +38,9 @@ mod range;
 pub(crate) mod response;
 mod validators;
 mod webclient;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use http::{Method, Request, Response};
 
@@ -81,6 +85,15 @@ impl StaticFiles {
             Site::Files(f) => f.serve(req).await,
             Site::Client(c) => c.serve(req),
         }
+    }
+}
+
+impl crate::http::Pages for StaticFiles {
+    fn serve<'a>(
+        &'a self,
+        req: &'a Request<hyper::body::Incoming>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + 'a>> {
+        Box::pin(StaticFiles::serve(self, req))
     }
 }
 

@@ -12,10 +12,11 @@
 //! and the feed reads what it missed from the stream with a short-lived
 //! ordered consumer (a *catch-up*) before it goes on. A catch-up also loads
 //! the history when the feed opens, and runs whenever a loss could have
-//! left nothing behind it to show: after a reconnect, after a slow-consumer
-//! event or a stream leader election (both bump [`Cluster::resync`]), and
-//! once a channel has been quiet for [`QUIET`] after a frame (the frame
-//! after it may have been lost with no later frame to reveal the gap).
+//! left nothing behind it to show: after a reconnect, after a stream leader
+//! election (which bumps [`Cluster::resync`]), and once a channel has been
+//! quiet for [`QUIET`] after a frame (the frame after it may have been lost,
+//! say by a subscription that overflowed, with no later frame to reveal the
+//! gap).
 //!
 //! The rules (what a live frame means, when a catch-up may follow a drop)
 //! are sans-IO, in [`cursor`](super::cursor).

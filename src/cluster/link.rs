@@ -153,7 +153,7 @@ impl Cluster {
                     };
                     runtime.block_on(async move {
                         let (conn_tx, conn_rx) = watch::channel(ConnEvent::Waiting);
-                        let made = connect(&settings, &node, conn_tx, resync.clone()).await;
+                        let made = connect(&settings, &node, conn_tx).await;
                         let (client, js, registry) = match made {
                             Ok(client) => {
                                 let js = jetstream::new(client.clone());
@@ -326,7 +326,7 @@ impl Cluster {
     }
 
     /// Bumped when live frames may have been lost without a gap to show it
-    /// (a slow-consumer event, a stream leader election): feeds check the
+    /// (a stream leader election): feeds check the
     /// stream for frames they missed.
     pub fn resync(&self) -> watch::Receiver<u64> {
         self.inner.resync.clone()
@@ -369,7 +369,6 @@ async fn connect(
     settings: &ClusterSettings,
     node: &NodeId,
     conn: watch::Sender<ConnEvent>,
-    resync: Arc<watch::Sender<u64>>,
 ) -> Result<Client, StartError> {
     let servers: Vec<async_nats::ServerAddr> = settings
         .servers
@@ -379,7 +378,7 @@ async fn connect(
                 .map_err(|e: std::io::Error| StartError::Client(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    connect_options(settings, node, conn, resync)
+    connect_options(settings, node, conn)
         .await?
         .connect(servers)
         .await
@@ -390,7 +389,6 @@ async fn connect_options(
     settings: &ClusterSettings,
     node: &NodeId,
     conn: watch::Sender<ConnEvent>,
-    resync: Arc<watch::Sender<u64>>,
 ) -> Result<ConnectOptions, StartError> {
     let mut options = match &settings.creds {
         Some(path) => ConnectOptions::with_credentials_file(path)
@@ -421,7 +419,6 @@ async fn connect_options(
         .subscription_capacity(settings.feed_buffer)
         .event_callback(move |event| {
             let conn = conn.clone();
-            let resync = resync.clone();
             async move {
                 match event {
                     Event::Connected => {
@@ -444,11 +441,11 @@ async fn connect_options(
                     Event::ClientError(e) => {
                         tracing::warn!(error = %e, "NATS client error");
                     }
-                    Event::SlowConsumer(sid) => {
-                        // Live frames were dropped: feeds check the stream.
-                        tracing::debug!(sid, "NATS slow consumer; feeds catch up");
-                        resync.send_modify(|n| *n += 1);
-                    }
+                    // A subscription overflowed: its feed finds the gap at
+                    // its next frame or its quiet check. Not a resync of
+                    // every feed: on a loaded node that would be a request
+                    // per followed channel.
+                    Event::SlowConsumer(sid) => tracing::debug!(sid, "NATS slow consumer"),
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
             }

@@ -17,7 +17,6 @@
 //! session only: its task ends and the host forgets it (`Host::ended`).
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -30,7 +29,7 @@ use crate::protocol::close::{self, Close};
 use crate::protocol::frame::{self, OP_CLOSE, OP_PING};
 use crate::protocol::header::Header;
 use probe::Probe;
-use queue::Replay;
+use queue::Queue;
 
 /// What a session asks of the shard it lives on.
 pub trait Host {
@@ -90,13 +89,8 @@ pub enum Phase {
 
 struct Inner {
     phase: Phase,
-    /// Live frames waiting to be written, and their bytes (bounded by `--max-queue`).
-    out: VecDeque<Bytes>,
-    out_bytes: usize,
-    /// History being replayed, written before `out`; paced by the socket.
-    replay: Replay,
-    /// Bytes of the front frame (of `replay`, else `out`) already written.
-    written: usize,
+    /// History being replayed, then live frames (bounded by `--max-queue`).
+    q: Queue,
     waker: Option<Waker>,
     /// Set to end the task at once (close linger over, or shutdown deadline).
     kill: bool,
@@ -150,10 +144,7 @@ impl Session {
             id,
             inner: RefCell::new(Inner {
                 phase: Phase::Header,
-                out: VecDeque::new(),
-                out_bytes: 0,
-                replay: Replay::default(),
-                written: 0,
+                q: Queue::default(),
                 waker: None,
                 kill: false,
                 held: false,
@@ -214,7 +205,7 @@ impl Session {
 
     /// Bytes of live frames waiting to be written (history replay excluded).
     pub fn queued_bytes(&self) -> usize {
-        self.inner.borrow().out_bytes
+        self.inner.borrow().q.live_bytes()
     }
 
     /// The close code this session sent (1005 if it ended without one).
@@ -235,13 +226,8 @@ impl Session {
     /// write would. For in-process harnesses and benches that have no socket.
     pub fn take_queued(&self) -> Vec<Bytes> {
         let mut i = self.inner.borrow_mut();
-        let mut v = i.replay.take();
-        if !i.held {
-            v.extend(i.out.drain(..));
-            i.out_bytes = 0;
-        }
-        i.written = 0;
-        v
+        let held = i.held;
+        i.q.take(held)
     }
 
     /// Queues a live frame and has it written; over `max_queue` bytes the
@@ -265,9 +251,7 @@ impl Session {
         if i.phase == Phase::Closing {
             return Offered::Queued;
         }
-        i.out_bytes += frame.len();
-        i.out.push_back(frame);
-        if i.out_bytes > max_queue {
+        if i.q.push_counted(frame) > max_queue {
             drop(i);
             self.close(close::SLOW_CONSUMER);
             return Offered::Closed;
@@ -306,9 +290,9 @@ impl Session {
     pub fn push_control(&self, frame: Bytes) {
         let mut i = self.inner.borrow_mut();
         if i.held {
-            i.replay.push_back(frame);
+            i.q.push_replay(frame);
         } else {
-            i.out.push_back(frame);
+            i.q.push_live(frame);
         }
         if let Some(w) = i.waker.take() {
             w.wake();
@@ -346,26 +330,14 @@ impl Session {
         i.since = clock::now();
         if std::mem::take(&mut i.held) {
             // A link closed before it was open: what waited is not sent.
-            i.out.clear();
-            i.out_bytes = 0;
+            i.q.clear_live();
         }
         if c == close::SLOW_CONSUMER || c == close::MEMORY_BUDGET {
             // Its queue goes at once, so the memory is free now (not after
-            // the close linger). Keep only a frame already partly written, so
-            // the stream stays well-formed.
-            let keep = if i.written > 0 {
-                i.replay.pop_front().or_else(|| i.out.pop_front())
-            } else {
-                None
-            };
-            i.replay.clear();
-            i.out.clear();
-            i.out_bytes = 0;
-            if let Some(f) = keep {
-                i.out.push_back(f);
-            }
+            // the close linger).
+            i.q.clear_unwritten();
         }
-        i.out.push_back(close_frame);
+        i.q.push_live(close_frame);
         if let Some(w) = i.waker.take() {
             w.wake();
         }
@@ -391,7 +363,7 @@ impl Session {
         i.phase = Phase::Member;
         i.joined = Some((key, uid));
         i.held = hold;
-        i.replay.set(history);
+        i.q.set_replay(history);
         if let Some(w) = i.waker.take() {
             w.wake();
         }

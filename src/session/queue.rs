@@ -10,72 +10,188 @@ use bytes::Bytes;
 
 use super::{Inner, MAX_IOV, NO_SOCKET, socket};
 
-/// History being replayed to a joiner. Boxed and present only while frames
-/// remain, so an idle session pays 8 bytes for it rather than a whole queue.
+/// The frames waiting to be written. Boxed and present only while there
+/// are some (`None` exactly when nothing is queued), so an idle session pays
+/// 8 bytes for its queues instead of 56: that keeps `Session` in a smaller
+/// allocation (BENCHMARKS.md, "Per-session memory"), for one more
+/// allocation when a burst of frames finds the queue empty.
 #[derive(Default)]
-#[allow(clippy::box_collection)] // the box is the point: 8 bytes when idle instead of 32
-pub(super) struct Replay(Option<Box<VecDeque<Bytes>>>);
+pub(super) struct Queue(Option<Box<Frames>>);
 
-impl Replay {
-    pub(super) fn push_back(&mut self, frame: Bytes) {
-        self.0.get_or_insert_with(Default::default).push_back(frame);
+#[derive(Default)]
+struct Frames {
+    /// History being replayed, written before `live`; paced by the socket.
+    replay: VecDeque<Bytes>,
+    /// Live frames (and control frames) waiting to be written.
+    live: VecDeque<Bytes>,
+    /// Bytes of live frames counted against `--max-queue`.
+    live_bytes: usize,
+    /// Bytes of the front frame (of `replay`, else `live`) already written.
+    written: usize,
+}
+
+impl Queue {
+    fn frames(&mut self) -> &mut Frames {
+        self.0.get_or_insert_with(Default::default)
     }
 
-    pub(super) fn set(&mut self, frames: Vec<Bytes>) {
-        self.0 = (!frames.is_empty()).then(|| Box::new(frames.into()));
+    /// Gives the box back once nothing is left in it.
+    fn settle(&mut self) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|f| f.replay.is_empty() && f.live.is_empty())
+        {
+            self.0 = None;
+        }
     }
 
+    /// Nothing is queued, history or live.
     pub(super) fn is_empty(&self) -> bool {
         self.0.is_none()
     }
 
-    pub(super) fn front(&self) -> Option<&Bytes> {
-        self.0.as_ref().and_then(|q| q.front())
+    pub(super) fn has_replay(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| !f.replay.is_empty())
     }
 
-    pub(super) fn pop_front(&mut self) -> Option<Bytes> {
-        let q = self.0.as_mut()?;
-        let f = q.pop_front();
-        if q.is_empty() {
-            self.0 = None;
+    pub(super) fn has_live(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| !f.live.is_empty())
+    }
+
+    /// Bytes of live frames counted against `--max-queue`.
+    pub(super) fn live_bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |f| f.live_bytes)
+    }
+
+    /// Bytes of the front frame already written.
+    pub(super) fn written(&self) -> usize {
+        self.0.as_ref().map_or(0, |f| f.written)
+    }
+
+    /// Queues a live frame counted against `--max-queue`; returns the bytes
+    /// counted now.
+    pub(super) fn push_counted(&mut self, frame: Bytes) -> usize {
+        let f = self.frames();
+        f.live_bytes += frame.len();
+        f.live.push_back(frame);
+        f.live_bytes
+    }
+
+    /// Queues a frame behind the live ones, not counted (control, Close).
+    pub(super) fn push_live(&mut self, frame: Bytes) {
+        self.frames().live.push_back(frame);
+    }
+
+    /// Queues a frame behind the history, ahead of the live frames.
+    pub(super) fn push_replay(&mut self, frame: Bytes) {
+        self.frames().replay.push_back(frame);
+    }
+
+    /// Replaces the history to replay.
+    pub(super) fn set_replay(&mut self, frames: Vec<Bytes>) {
+        if frames.is_empty() {
+            if let Some(f) = self.0.as_mut() {
+                f.replay.clear();
+            }
+            self.settle();
+        } else {
+            self.frames().replay = frames.into();
         }
-        f
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = &Bytes> {
-        self.0.iter().flat_map(|q| q.iter())
+    /// Drops the live frames (what waited on a held link).
+    pub(super) fn clear_live(&mut self) {
+        if let Some(f) = self.0.as_mut() {
+            f.live.clear();
+            f.live_bytes = 0;
+        }
+        self.settle();
     }
 
-    pub(super) fn take(&mut self) -> Vec<Bytes> {
-        self.0.take().map(|q| Vec::from(*q)).unwrap_or_default()
+    /// Drops everything but a frame already partly written, so the stream
+    /// stays well-formed; it is kept as a live frame.
+    pub(super) fn clear_unwritten(&mut self) {
+        let Some(mut f) = self.0.take() else { return };
+        let keep = if f.written > 0 {
+            f.replay.pop_front().or_else(|| f.live.pop_front())
+        } else {
+            None
+        };
+        if let Some(frame) = keep {
+            f.replay.clear();
+            f.live.clear();
+            f.live.push_back(frame);
+            f.live_bytes = 0;
+            self.0 = Some(f);
+        }
     }
 
-    pub(super) fn clear(&mut self) {
-        self.0 = None;
+    /// Takes the history and, unless `held`, the live frames.
+    pub(super) fn take(&mut self, held: bool) -> Vec<Bytes> {
+        let Some(f) = self.0.as_mut() else {
+            return Vec::new();
+        };
+        let mut v = Vec::from(std::mem::take(&mut f.replay));
+        if !held {
+            v.extend(f.live.drain(..));
+            f.live_bytes = 0;
+        }
+        f.written = 0;
+        self.settle();
+        v
+    }
+
+    /// The frames to write next, history first; live ones unless `held`.
+    fn iter(&self, held: bool) -> impl Iterator<Item = &Bytes> {
+        self.0.iter().flat_map(move |f| {
+            let live = (!held).then_some(&f.live);
+            f.replay.iter().chain(live.into_iter().flatten())
+        })
+    }
+
+    /// Drops `n` written bytes from the front of the replay and live frames.
+    fn advance(&mut self, n: usize) {
+        let Some(f) = self.0.as_mut() else { return };
+        let mut n = n + f.written;
+        f.written = 0;
+        while n > 0 {
+            let (len, live) = if let Some(b) = f.replay.front() {
+                (b.len(), false)
+            } else if let Some(b) = f.live.front() {
+                (b.len(), true)
+            } else {
+                break;
+            };
+            if n < len {
+                f.written = n;
+                break;
+            }
+            n -= len;
+            if live {
+                f.live.pop_front();
+                f.live_bytes = f.live_bytes.saturating_sub(len);
+            } else {
+                f.replay.pop_front();
+            }
+        }
+        // An idle session keeps no queue memory: drained queues give theirs back.
+        self.settle();
     }
 }
 
 impl Inner {
     /// Whether something may be written now.
     pub(super) fn writable(&self) -> bool {
-        !self.replay.is_empty() || (!self.held && !self.out.is_empty())
-    }
-
-    /// The frames to write next, history first; live ones unless held.
-    pub(super) fn to_write(&self) -> impl Iterator<Item = &Bytes> {
-        let live = if self.held {
-            None
-        } else {
-            Some(self.out.iter())
-        };
-        self.replay.iter().chain(live.into_iter().flatten())
+        self.q.has_replay() || (!self.held && self.q.has_live())
     }
 
     /// Fills `iov` with the frames to write next; returns how many.
     pub(super) fn gather<'a>(&'a self, iov: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+        let written = self.q.written();
         let mut k = 0;
-        for f in self.to_write().take(MAX_IOV) {
-            iov[k] = IoSlice::new(if k == 0 { &f[self.written..] } else { &f[..] });
+        for f in self.q.iter(self.held).take(MAX_IOV) {
+            iov[k] = IoSlice::new(if k == 0 { &f[written..] } else { &f[..] });
             k += 1;
         }
         k
@@ -91,34 +207,9 @@ impl Inner {
         (self.fd != NO_SOCKET).then_some(self.fd)
     }
 
-    /// Drops `n` written bytes from the front of the replay and live queues.
+    /// Drops `n` written bytes from the front of the queues.
     pub(super) fn advance(&mut self, n: usize) {
-        let mut n = n + self.written;
-        self.written = 0;
-        while n > 0 {
-            let (len, from_out) = if let Some(f) = self.replay.front() {
-                (f.len(), false)
-            } else if let Some(f) = self.out.front() {
-                (f.len(), true)
-            } else {
-                break;
-            };
-            if n < len {
-                self.written = n;
-                break;
-            }
-            n -= len;
-            if from_out {
-                self.out.pop_front();
-                self.out_bytes = self.out_bytes.saturating_sub(len);
-            } else {
-                self.replay.pop_front();
-            }
-        }
-        // An idle session keeps no queue memory: drained queues give theirs back.
-        if self.out.is_empty() && self.out.capacity() > 0 {
-            self.out = VecDeque::new();
-        }
+        self.q.advance(n);
     }
 
     /// Writes what is queued to the plain socket `fd` until it is all out

@@ -4,12 +4,56 @@ use super::*;
 
 #[test]
 fn idle_session_state_stays_small() {
-    // Every idle connection pays for this (BENCHMARKS.md: 144 bytes).
+    // Every idle connection pays for this (BENCHMARKS.md, "Per-session
+    // memory"): in an `Rc`, 16 + 96 bytes fill jemalloc's 112-byte class.
     assert!(
-        std::mem::size_of::<Session>() <= 144,
+        std::mem::size_of::<Session>() <= 96,
         "{}",
         std::mem::size_of::<Session>()
     );
+}
+
+#[test]
+fn drained_queues_give_their_memory_back() {
+    let s = Session::new(1, 0);
+    s.begin_join();
+    assert!(s.joined(7, "u".into(), vec![Bytes::from_static(b"hist")], false));
+    s.push(Bytes::from_static(b"live"), 1 << 20);
+    assert_eq!(s.queued_bytes(), 4);
+    {
+        let mut i = s.inner.borrow_mut();
+        i.advance(6); // "hist" and "li"
+        assert_eq!(i.q.written(), 2);
+        assert!(!i.q.has_replay() && i.q.has_live());
+        i.advance(2);
+        assert!(i.q.is_empty(), "no box left once drained");
+        assert_eq!(i.q.written(), 0);
+    }
+    assert_eq!(s.queued_bytes(), 0);
+    assert!(!s.has_queued());
+}
+
+#[test]
+fn a_slow_consumer_keeps_only_a_partly_written_frame() {
+    let s = Session::new(1, 0);
+    s.begin_join();
+    assert!(s.joined(7, "u".into(), vec![Bytes::from_static(b"hist")], false));
+    s.push(Bytes::from_static(b"live"), 1 << 20);
+    s.inner.borrow_mut().advance(1);
+    assert!(s.push(Bytes::from(vec![0u8; 64]), 16), "over the bound: closed");
+    let q = s.take_queued();
+    assert_eq!(q.len(), 2, "the partly written frame, then the Close");
+    assert_eq!(q[0], Bytes::from_static(b"hist"));
+    assert_eq!(q[1][0] & 0x0F, OP_CLOSE);
+    assert_eq!(s.queued_bytes(), 0);
+    // Nothing written yet: only the Close goes out.
+    let s = Session::new(2, 0);
+    s.begin_join();
+    s.joined(7, "v".into(), Vec::new(), false);
+    assert!(s.push(Bytes::from(vec![0u8; 64]), 16));
+    let q = s.take_queued();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0][0] & 0x0F, OP_CLOSE);
 }
 
 #[test]

@@ -54,8 +54,7 @@ impl Session {
         if clock::since(now, i.last_rx) < PROBE_QUIET {
             return Some(true);
         }
-        let ahead = !i.q.is_empty()
-            || i.socket().and_then(socket::unacked).is_some_and(|n| n > 0);
+        let ahead = !i.q.is_empty() || i.socket().and_then(socket::unacked).is_some_and(|n| n > 0);
         let acked_at_start = if ahead {
             i.socket().and_then(socket::bytes_acked)
         } else {

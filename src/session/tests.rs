@@ -40,7 +40,10 @@ fn a_slow_consumer_keeps_only_a_partly_written_frame() {
     assert!(s.joined(7, "u".into(), vec![Bytes::from_static(b"hist")], false));
     s.push(Bytes::from_static(b"live"), 1 << 20);
     s.inner.borrow_mut().advance(1);
-    assert!(s.push(Bytes::from(vec![0u8; 64]), 16), "over the bound: closed");
+    assert!(
+        s.push(Bytes::from(vec![0u8; 64]), 16),
+        "over the bound: closed"
+    );
     let q = s.take_queued();
     assert_eq!(q.len(), 2, "the partly written frame, then the Close");
     assert_eq!(q[0], Bytes::from_static(b"hist"));

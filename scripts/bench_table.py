@@ -17,6 +17,7 @@ COMMON_HEAD = [
 ]
 COLUMNS = {
     "single": COMMON_HEAD + [
+        ("anon B/conn", "server_memory.anon_bytes_per_conn", 1),
         ("server us/join", "server_memory.join_cpu_us_per_conn", 1),
         ("server us/cycle", "server_cpu_us_per_cycle", 1), ("frames/write", "frames_per_write", 1),
         ("harness cores", "harness.cpu_cores", 1), ("pass", "passed", None),

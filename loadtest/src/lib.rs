@@ -13,7 +13,7 @@
 //! - [`tracker`]: per-publisher loss / late / duplicate tracking.
 //! - [`order`]: whether all subscribers of a channel saw one sequence.
 //! - [`metrics`]: hdrhistogram latencies and their summaries.
-//! - [`procstat`]: server CPU and RSS from /proc, the harness's own CPU.
+//! - [`procstat`]: server CPU and RSS (anonymous and file-backed) from /proc, the harness's own CPU.
 //! - [`workers`]: worker threads (one current-thread runtime each), phases, progress line.
 //! - [`report`]: pass/fail, parameters and figures as a table and as JSON.
 //! - [`clock`], [`rng`]: the process clock and a cheap PRNG.

@@ -1,5 +1,6 @@
-//! Process figures: the server's CPU time and RSS from /proc/PID, the
-//! harness's own CPU time from getrusage, and the open-file limit.
+//! Process figures: the server's CPU time and RSS (with its anonymous and
+//! file-backed parts) from /proc/PID, the harness's own CPU time from
+//! getrusage, and the open-file limit.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -11,6 +12,25 @@ pub struct ProcSample {
     pub cpu_ns: u64,
     /// VmRSS, KiB.
     pub rss_kb: u64,
+    /// RssAnon, KiB: the heap and stacks. Unlike VmRSS it leaves out the
+    /// binary's code pages, which a run faults in as it reaches new code.
+    pub anon_kb: u64,
+    /// RssFile, KiB: file-backed pages (the binary, shared libraries).
+    pub file_kb: u64,
+}
+
+/// The sum of two samples (of two processes).
+impl std::ops::Add for ProcSample {
+    type Output = ProcSample;
+
+    fn add(self, o: ProcSample) -> ProcSample {
+        ProcSample {
+            cpu_ns: self.cpu_ns + o.cpu_ns,
+            rss_kb: self.rss_kb + o.rss_kb,
+            anon_kb: self.anon_kb + o.anon_kb,
+            file_kb: self.file_kb + o.file_kb,
+        }
+    }
 }
 
 /// Samples `/proc/PID/stat` and `/proc/PID/status`.
@@ -38,14 +58,18 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     Ok(ProcSample {
         cpu_ns: cpu_ticks * 1_000_000_000 / hz,
-        rss_kb: vm_rss_kb(&status).context("no VmRSS in /proc/PID/status")?,
+        rss_kb: status_kb(&status, "VmRSS:").context("no VmRSS in /proc/PID/status")?,
+        // Linux 4.5 and later; 0 on older kernels.
+        anon_kb: status_kb(&status, "RssAnon:").unwrap_or(0),
+        file_kb: status_kb(&status, "RssFile:").unwrap_or(0),
     })
 }
 
-fn vm_rss_kb(status: &str) -> Option<u64> {
+/// A `Name:   123 kB` figure of /proc/PID/status, KiB.
+fn status_kb(status: &str, name: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(name))?
         .split_whitespace()
         .next()?
         .parse()
@@ -68,7 +92,7 @@ pub fn self_cpu_ns() -> u64 {
 pub fn self_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| vm_rss_kb(&s))
+        .and_then(|s| status_kb(&s, "VmRSS:"))
         .unwrap_or(0)
 }
 
@@ -98,8 +122,28 @@ mod tests {
     fn samples_self() {
         let s = sample(std::process::id()).unwrap();
         assert!(s.rss_kb > 0);
+        assert!(s.anon_kb > 0 && s.file_kb > 0);
+        assert!(s.anon_kb + s.file_kb <= s.rss_kb, "{s:?}");
         assert!(self_cpu_ns() > 0);
         assert!(self_rss_kb() > 0);
         assert!(sample(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn reads_status_figures() {
+        let status = "Name:\tmles\nVmRSS:\t   33280 kB\nRssAnon:\t   21504 kB\n\
+                      RssFile:\t   11776 kB\nRssShmem:\t       0 kB\n";
+        assert_eq!(status_kb(status, "VmRSS:"), Some(33280));
+        assert_eq!(status_kb(status, "RssAnon:"), Some(21504));
+        assert_eq!(status_kb(status, "RssFile:"), Some(11776));
+        assert_eq!(status_kb(status, "VmSwap:"), None);
+        let a = ProcSample {
+            cpu_ns: 1,
+            rss_kb: 2,
+            anon_kb: 3,
+            file_kb: 4,
+        };
+        let s = a + a;
+        assert_eq!((s.cpu_ns, s.rss_kb, s.anon_kb, s.file_kb), (2, 4, 6, 8));
     }
 }

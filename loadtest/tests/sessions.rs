@@ -34,11 +34,14 @@ fn conns_holds_sessions_and_samples_a_process() {
     assert!(r.passed, "{}", r.table());
     assert_eq!(r.count("joined"), 40);
     assert_eq!(r.count("join.count"), 40);
-    assert!(
-        r.get("server_memory.bytes_per_conn").is_some(),
-        "{}",
-        r.table()
-    );
+    for figure in ["bytes_per_conn", "anon_bytes_per_conn"] {
+        assert!(
+            r.get(&format!("server_memory.{figure}")).is_some(),
+            "{}",
+            r.table()
+        );
+    }
+    assert!(r.count("server_memory.anon_kb_end") > 0, "{}", r.table());
 }
 
 #[test]

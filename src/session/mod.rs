@@ -17,11 +17,8 @@
 //! session only: its task ends and the host forgets it (`Host::ended`).
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -31,6 +28,8 @@ use crate::config::Limits;
 use crate::protocol::close::{self, Close};
 use crate::protocol::frame::{self, OP_CLOSE, OP_PING};
 use crate::protocol::header::Header;
+use probe::Probe;
+use queue::Queue;
 
 /// What a session asks of the shard it lives on.
 pub trait Host {
@@ -59,11 +58,6 @@ pub trait Host {
     fn discharge(&self, bytes: usize);
 }
 
-/// How long a closing session may take to flush its Close and see the peer's EOF.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Half-open probe (PROTOCOL.md §4): silence before pinging, and time to answer.
-pub const PROBE_QUIET: Duration = Duration::from_secs(2);
-const PROBE_ANSWER: Duration = Duration::from_secs(2);
 /// Frames gathered into one vectored write (Linux takes up to 1024): enough
 /// for a whole default history replay (200 frames) in one syscall, while
 /// the iovec array (4 KiB) stays on the stack.
@@ -89,75 +83,14 @@ pub enum Phase {
     Joining,
     /// A member: frames read are published.
     Member,
-    /// Close queued: flush, shut down, wait for EOF (bounded by [`CLOSE_LINGER`]).
+    /// Close queued: flush, shut down, wait for EOF (bounded by `probe::CLOSE_LINGER`).
     Closing,
-}
-
-/// History being replayed to a joiner. Boxed and present only while frames
-/// remain, so an idle session pays 8 bytes for it rather than a whole queue.
-#[derive(Default)]
-#[allow(clippy::box_collection)] // the box is the point: 8 bytes when idle instead of 32
-struct Replay(Option<Box<VecDeque<Bytes>>>);
-
-impl Replay {
-    fn push_back(&mut self, frame: Bytes) {
-        self.0.get_or_insert_with(Default::default).push_back(frame);
-    }
-
-    fn set(&mut self, frames: Vec<Bytes>) {
-        self.0 = (!frames.is_empty()).then(|| Box::new(frames.into()));
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_none()
-    }
-
-    fn front(&self) -> Option<&Bytes> {
-        self.0.as_ref().and_then(|q| q.front())
-    }
-
-    fn pop_front(&mut self) -> Option<Bytes> {
-        let q = self.0.as_mut()?;
-        let f = q.pop_front();
-        if q.is_empty() {
-            self.0 = None;
-        }
-        f
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Bytes> {
-        self.0.iter().flat_map(|q| q.iter())
-    }
-
-    fn take(&mut self) -> Vec<Bytes> {
-        self.0.take().map(|q| Vec::from(*q)).unwrap_or_default()
-    }
-
-    fn clear(&mut self) {
-        self.0 = None;
-    }
-}
-
-/// A probe of this session on behalf of a newcomer with the same uid.
-struct Probe {
-    deadline: Millis,
-    key: ChannelKey,
-    id: MemberId,
-    /// The peer's acknowledged bytes when the probe began, if data was
-    /// waiting ahead of the ping: acknowledgements past it prove the peer
-    /// is reading, though its answer is still queued behind that data.
-    acked_at_start: Option<u64>,
 }
 
 struct Inner {
     phase: Phase,
-    /// Live frames waiting to be written, and their bytes (bounded by `--max-queue`).
-    out: VecDeque<Bytes>,
-    out_bytes: usize,
-    /// History being replayed, written before `out`; paced by the socket.
-    replay: Replay,
-    /// Bytes of the front frame (of `replay`, else `out`) already written.
-    written: usize,
+    /// History being replayed, then live frames (bounded by `--max-queue`).
+    q: Queue,
     waker: Option<Waker>,
     /// Set to end the task at once (close linger over, or shutdown deadline).
     kill: bool,
@@ -187,94 +120,6 @@ struct Inner {
     last_ping: Millis,
 }
 
-impl Inner {
-    /// Whether something may be written now.
-    fn writable(&self) -> bool {
-        !self.replay.is_empty() || (!self.held && !self.out.is_empty())
-    }
-
-    /// The frames to write next, history first; live ones unless held.
-    fn to_write(&self) -> impl Iterator<Item = &Bytes> {
-        let live = if self.held {
-            None
-        } else {
-            Some(self.out.iter())
-        };
-        self.replay.iter().chain(live.into_iter().flatten())
-    }
-
-    /// Fills `iov` with the frames to write next; returns how many.
-    fn gather<'a>(&'a self, iov: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
-        let mut k = 0;
-        for f in self.to_write().take(MAX_IOV) {
-            iov[k] = IoSlice::new(if k == 0 { &f[self.written..] } else { &f[..] });
-            k += 1;
-        }
-        k
-    }
-
-    /// The socket the shard or the task may write frames to directly.
-    fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.socket().filter(|_| self.plain)
-    }
-
-    /// The TCP socket under the session, if it has one.
-    fn socket(&self) -> Option<std::os::fd::RawFd> {
-        (self.fd != NO_SOCKET).then_some(self.fd)
-    }
-
-    /// Drops `n` written bytes from the front of the replay and live queues.
-    fn advance(&mut self, n: usize) {
-        let mut n = n + self.written;
-        self.written = 0;
-        while n > 0 {
-            let (len, from_out) = if let Some(f) = self.replay.front() {
-                (f.len(), false)
-            } else if let Some(f) = self.out.front() {
-                (f.len(), true)
-            } else {
-                break;
-            };
-            if n < len {
-                self.written = n;
-                break;
-            }
-            n -= len;
-            if from_out {
-                self.out.pop_front();
-                self.out_bytes = self.out_bytes.saturating_sub(len);
-            } else {
-                self.replay.pop_front();
-            }
-        }
-        // An idle session keeps no queue memory: drained queues give theirs back.
-        if self.out.is_empty() && self.out.capacity() > 0 {
-            self.out = VecDeque::new();
-        }
-    }
-
-    /// Writes what is queued to the plain socket `fd` until it is all out
-    /// (true) or the socket would block or failed (false: the task takes over).
-    fn write_direct(&mut self, fd: std::os::fd::RawFd) -> bool {
-        while self.writable() {
-            let sent = {
-                let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                let k = self.gather(&mut iov);
-                socket::send(fd, &iov[..k])
-            };
-            match sent {
-                Ok(n) if n > 0 => self.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.blocked = true;
-                    return false;
-                }
-                _ => return false,
-            }
-        }
-        true
-    }
-}
-
 /// What [`Session::offer`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
@@ -293,31 +138,13 @@ pub struct Session {
     inner: RefCell<Inner>,
 }
 
-/// What a shard's timer tick found about a session.
-pub enum TickOutcome {
-    Nothing,
-    /// The incumbent did not answer the probe: it is being closed.
-    ProbeFailed {
-        key: ChannelKey,
-        id: MemberId,
-    },
-    /// The incumbent's ping was stuck behind data it kept reading: alive.
-    ProbeAlive {
-        key: ChannelKey,
-        id: MemberId,
-    },
-}
-
 impl Session {
     pub fn new(id: SessionId, now: Millis) -> Session {
         Session {
             id,
             inner: RefCell::new(Inner {
                 phase: Phase::Header,
-                out: VecDeque::new(),
-                out_bytes: 0,
-                replay: Replay::default(),
-                written: 0,
+                q: Queue::default(),
                 waker: None,
                 kill: false,
                 held: false,
@@ -378,7 +205,7 @@ impl Session {
 
     /// Bytes of live frames waiting to be written (history replay excluded).
     pub fn queued_bytes(&self) -> usize {
-        self.inner.borrow().out_bytes
+        self.inner.borrow().q.live_bytes()
     }
 
     /// The close code this session sent (1005 if it ended without one).
@@ -399,13 +226,8 @@ impl Session {
     /// write would. For in-process harnesses and benches that have no socket.
     pub fn take_queued(&self) -> Vec<Bytes> {
         let mut i = self.inner.borrow_mut();
-        let mut v = i.replay.take();
-        if !i.held {
-            v.extend(i.out.drain(..));
-            i.out_bytes = 0;
-        }
-        i.written = 0;
-        v
+        let held = i.held;
+        i.q.take(held)
     }
 
     /// Queues a live frame and has it written; over `max_queue` bytes the
@@ -429,9 +251,7 @@ impl Session {
         if i.phase == Phase::Closing {
             return Offered::Queued;
         }
-        i.out_bytes += frame.len();
-        i.out.push_back(frame);
-        if i.out_bytes > max_queue {
+        if i.q.push_counted(frame) > max_queue {
             drop(i);
             self.close(close::SLOW_CONSUMER);
             return Offered::Closed;
@@ -470,9 +290,9 @@ impl Session {
     pub fn push_control(&self, frame: Bytes) {
         let mut i = self.inner.borrow_mut();
         if i.held {
-            i.replay.push_back(frame);
+            i.q.push_replay(frame);
         } else {
-            i.out.push_back(frame);
+            i.q.push_live(frame);
         }
         if let Some(w) = i.waker.take() {
             w.wake();
@@ -510,26 +330,14 @@ impl Session {
         i.since = clock::now();
         if std::mem::take(&mut i.held) {
             // A link closed before it was open: what waited is not sent.
-            i.out.clear();
-            i.out_bytes = 0;
+            i.q.clear_live();
         }
         if c == close::SLOW_CONSUMER || c == close::MEMORY_BUDGET {
             // Its queue goes at once, so the memory is free now (not after
-            // the close linger). Keep only a frame already partly written, so
-            // the stream stays well-formed.
-            let keep = if i.written > 0 {
-                i.replay.pop_front().or_else(|| i.out.pop_front())
-            } else {
-                None
-            };
-            i.replay.clear();
-            i.out.clear();
-            i.out_bytes = 0;
-            if let Some(f) = keep {
-                i.out.push_back(f);
-            }
+            // the close linger).
+            i.q.clear_unwritten();
         }
-        i.out.push_back(close_frame);
+        i.q.push_live(close_frame);
         if let Some(w) = i.waker.take() {
             w.wake();
         }
@@ -555,7 +363,7 @@ impl Session {
         i.phase = Phase::Member;
         i.joined = Some((key, uid));
         i.held = hold;
-        i.replay.set(history);
+        i.q.set_replay(history);
         if let Some(w) = i.waker.take() {
             w.wake();
         }
@@ -571,173 +379,17 @@ impl Session {
     pub fn take_joined(&self) -> Option<(ChannelKey, Arc<str>)> {
         self.inner.borrow_mut().joined.take()
     }
-
-    /// Starts a half-open probe; `Some(alive)` when it can be answered at once.
-    pub fn probe(&self, key: ChannelKey, id: MemberId, now: Millis) -> Option<bool> {
-        let mut i = self.inner.borrow_mut();
-        if i.phase == Phase::Closing {
-            return Some(false);
-        }
-        if clock::since(now, i.last_rx) < PROBE_QUIET {
-            return Some(true);
-        }
-        let ahead = !i.out.is_empty()
-            || !i.replay.is_empty()
-            || i.socket().and_then(socket::unacked).is_some_and(|n| n > 0);
-        let acked_at_start = if ahead {
-            i.socket().and_then(socket::bytes_acked)
-        } else {
-            None
-        };
-        i.probe = Some(Box::new(Probe {
-            deadline: clock::after(now, PROBE_ANSWER),
-            key,
-            id,
-            acked_at_start,
-        }));
-        drop(i);
-        self.push_control(Bytes::from_static(PING));
-        None
-    }
-
-    /// Keepalive, timeouts and probe deadlines, called by the shard's timer.
-    pub fn tick(
-        &self,
-        now: Millis,
-        ping_interval: Duration,
-        header_timeout: Duration,
-    ) -> TickOutcome {
-        let mut i = self.inner.borrow_mut();
-        if i.phase == Phase::Closing {
-            if clock::since(now, i.since) >= CLOSE_LINGER {
-                drop(i);
-                self.kill();
-            }
-            return TickOutcome::Nothing;
-        }
-        if let Some(p) = i.probe.take_if(|p| clock::reached(now, p.deadline)) {
-            let acked_now = i.socket().and_then(socket::bytes_acked);
-            if let (Some(a0), Some(a1)) = (p.acked_at_start, acked_now)
-                && a1 > a0
-            {
-                return TickOutcome::ProbeAlive {
-                    key: p.key,
-                    id: p.id,
-                };
-            }
-            drop(i);
-            self.close(close::PROBE_FAILED);
-            return TickOutcome::ProbeFailed {
-                key: p.key,
-                id: p.id,
-            };
-        }
-        if i.phase == Phase::Header && clock::since(now, i.since) >= header_timeout {
-            drop(i);
-            self.close(close::HEADER_TIMEOUT);
-        } else if clock::since(now, i.last_rx) >= ping_interval * 3 {
-            drop(i);
-            self.close(close::KEEPALIVE_TIMEOUT);
-        } else if clock::since(now, i.last_ping) >= ping_interval {
-            i.last_ping = now;
-            drop(i);
-            self.push_control(Bytes::from_static(PING));
-        }
-        TickOutcome::Nothing
-    }
 }
 
 pub mod echo;
+mod probe;
+mod queue;
 pub mod rate;
 pub mod socket;
 mod task;
 
+pub use probe::{PROBE_QUIET, TickOutcome};
 pub use task::SessionTask;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn idle_session_state_stays_small() {
-        // Every idle connection pays for this (BENCHMARKS.md: 144 bytes).
-        assert!(
-            std::mem::size_of::<Session>() <= 144,
-            "{}",
-            std::mem::size_of::<Session>()
-        );
-    }
-
-    #[test]
-    fn plain_members_are_flushed_by_the_caller_and_written_directly() {
-        use std::io::Read;
-        use std::os::fd::AsRawFd;
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (mut b, _) = l.accept().unwrap();
-        let s = Session::new(1, 0);
-        s.set_socket(a.as_raw_fd(), true);
-        // Not a member yet: the task writes (woken as before).
-        assert_eq!(s.offer(Bytes::from_static(b"x"), 1 << 20), Offered::Queued);
-        s.take_queued();
-        s.begin_join();
-        assert!(s.joined(7, "u".into(), Vec::new(), false));
-        assert_eq!(s.offer(Bytes::from_static(b"ab"), 1 << 20), Offered::Flush);
-        // Already in the caller's list: once per batch.
-        assert_eq!(s.offer(Bytes::from_static(b"cd"), 1 << 20), Offered::Queued);
-        s.flush();
-        assert!(!s.has_queued(), "written without the task");
-        let mut buf = [0u8; 4];
-        b.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"abcd");
-        assert_eq!(s.offer(Bytes::from_static(b"ef"), 1 << 20), Offered::Flush);
-        s.flush();
-        // A peer that reads nothing: once its socket is full, frames only
-        // queue (the task, woken once, waits for room) until the task wrote.
-        let big = Bytes::from(vec![0u8; 1 << 20]);
-        while s.offer(big.clone(), 1 << 30) == Offered::Flush {
-            s.flush();
-        }
-        assert!(s.inner.borrow().blocked && s.has_queued());
-        let q = s.queued_bytes();
-        assert_eq!(s.offer(big.clone(), 1 << 30), Offered::Queued);
-        assert_eq!(s.queued_bytes(), q + big.len(), "queued, no write tried");
-        // The task clears `blocked` once it has written.
-        s.inner.borrow_mut().blocked = false;
-        s.take_queued();
-        // Under TLS (or once the socket is forgotten) the task writes.
-        assert_eq!(s.offer(Bytes::from_static(b"gh"), 1 << 20), Offered::Flush);
-        s.forget_socket();
-        s.flush();
-        assert!(s.has_queued());
-        assert_eq!(s.offer(Bytes::from_static(b"ij"), 1 << 20), Offered::Queued);
-        // The bound holds for offered frames as for pushed ones.
-        assert_eq!(s.offer(Bytes::from(vec![0u8; 64]), 16), Offered::Closed);
-        assert_eq!(s.phase(), Phase::Closing);
-    }
-
-    #[test]
-    fn a_held_link_writes_control_frames_but_not_live_ones_until_released() {
-        let s = Session::new(1, 0);
-        s.begin_join();
-        assert!(s.joined(7, "l".into(), vec![Bytes::from_static(b"h")], true));
-        s.push(Bytes::from_static(b"live"), 1 << 20);
-        s.push_control(Bytes::from_static(b"sync"));
-        assert_eq!(
-            s.take_queued(),
-            ["h", "sync"].map(|f| Bytes::from_static(f.as_bytes()))
-        );
-        assert!(!s.has_queued());
-        s.release();
-        assert_eq!(s.take_queued(), [Bytes::from_static(b"live")]);
-        // Closed before it opened: what waited is dropped, the Close goes out.
-        let s = Session::new(2, 0);
-        s.begin_join();
-        s.joined(7, "l".into(), Vec::new(), true);
-        s.push(Bytes::from_static(b"live"), 1 << 20);
-        s.close(close::PEER_CYCLE);
-        let q = s.take_queued();
-        assert_eq!(q.len(), 1);
-        assert_eq!(q[0][0] & 0x0F, OP_CLOSE);
-    }
-}
+mod tests;

@@ -7,7 +7,7 @@ use std::task::Wake;
 use super::*;
 use crate::config::Config;
 use crate::protocol::header;
-use crate::session::Phase;
+use crate::session::{Host, Phase};
 
 struct Flag(AtomicBool);
 

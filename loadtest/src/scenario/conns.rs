@@ -19,6 +19,7 @@ use crate::cli::ConnsArgs;
 use crate::clock::{now_ns, secs_to_ns};
 use crate::conn::Status;
 use crate::metrics::{self, Summary};
+use crate::procstat::ProcSample;
 use crate::report::Report;
 use crate::target::Targets;
 use crate::workers::{self, Phase, Ticker};
@@ -48,11 +49,45 @@ pub struct ServerMemory {
     pub rss_kb_end: u64,
     /// (end - before) / joined sessions, bytes. Meaningful only against a
     /// freshly started server: allocators keep memory freed by earlier runs.
+    /// It includes the binary's code pages the run faulted in (a fixed
+    /// amount, see `file_kb_*`), which are not per session.
     pub bytes_per_conn: f64,
+    /// Anonymous RSS (RssAnon) before the first connection and at the end, KiB.
+    pub anon_kb_before: u64,
+    pub anon_kb_end: u64,
+    /// File-backed RSS (RssFile) before and at the end, KiB.
+    pub file_kb_before: u64,
+    pub file_kb_end: u64,
+    /// Anonymous RSS growth / joined sessions, bytes: `bytes_per_conn`
+    /// without the code pages (0 when the kernel has no RssAnon).
+    pub anon_bytes_per_conn: f64,
     /// CPU seconds from the first connect to the last join.
     pub join_cpu_s: f64,
     /// CPU microseconds per joined session.
     pub join_cpu_us_per_conn: f64,
+}
+
+impl ServerMemory {
+    /// From the samples before the first connection (`s0`), when the last
+    /// session had joined (`s1`) and at the end of the hold (`s2`).
+    fn new(pids: Vec<u32>, s0: ProcSample, s1: ProcSample, s2: ProcSample, joined: usize) -> Self {
+        let per = |kb0: u64, kb2: u64| (kb2 as f64 - kb0 as f64) * 1024.0 / joined.max(1) as f64;
+        let join_cpu_s = s1.cpu_ns.saturating_sub(s0.cpu_ns) as f64 / 1e9;
+        ServerMemory {
+            pids,
+            rss_kb_before: s0.rss_kb,
+            rss_kb_joined: s1.rss_kb,
+            rss_kb_end: s2.rss_kb,
+            bytes_per_conn: per(s0.rss_kb, s2.rss_kb),
+            anon_kb_before: s0.anon_kb,
+            anon_kb_end: s2.anon_kb,
+            file_kb_before: s0.file_kb,
+            file_kb_end: s2.file_kb,
+            anon_bytes_per_conn: per(s0.anon_kb, s2.anon_kb),
+            join_cpu_s,
+            join_cpu_us_per_conn: join_cpu_s * 1e6 / joined.max(1) as f64,
+        }
+    }
 }
 
 /// The figures of a conns run.
@@ -190,19 +225,7 @@ pub fn run(args: &ConnsArgs) -> Result<Report> {
     let (server_hold, harness) = super::figures(common, &a, &b);
     let warnings = super::figure_warnings(common, &harness, &server_hold);
     let server_memory = match (before.server, joined_s.server, b.server) {
-        (Some(s0), Some(s1), Some(s2)) => {
-            let join_cpu_s = s1.cpu_ns.saturating_sub(s0.cpu_ns) as f64 / 1e9;
-            Some(ServerMemory {
-                pids: pid.clone(),
-                rss_kb_before: s0.rss_kb,
-                rss_kb_joined: s1.rss_kb,
-                rss_kb_end: s2.rss_kb,
-                bytes_per_conn: (s2.rss_kb as f64 - s0.rss_kb as f64) * 1024.0
-                    / joined.max(1) as f64,
-                join_cpu_s,
-                join_cpu_us_per_conn: join_cpu_s * 1e6 / joined.max(1) as f64,
-            })
-        }
+        (Some(s0), Some(s1), Some(s2)) => Some(ServerMemory::new(pid.clone(), s0, s1, s2, joined)),
         _ => None,
     };
     if failed > 0 {
@@ -291,4 +314,33 @@ async fn session(sh: &Shared, hists: &RefCell<Hists>, sem: &Semaphore, i: usize)
         }
     }
     let _ = conn.close(Duration::from_millis(500)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_session_memory_leaves_out_code_pages() {
+        let at = |cpu_ns, anon_kb, file_kb| ProcSample {
+            cpu_ns,
+            rss_kb: anon_kb + file_kb,
+            anon_kb,
+            file_kb,
+        };
+        // 10,000 sessions: 10,000 KiB more heap, 500 KiB more code faulted in.
+        let m = ServerMemory::new(
+            vec![7],
+            at(1_000_000_000, 4_000, 8_000),
+            at(1_500_000_000, 13_000, 8_400),
+            at(1_600_000_000, 14_000, 8_500),
+            10_000,
+        );
+        assert_eq!(m.bytes_per_conn, 10_500.0 * 1024.0 / 10_000.0);
+        assert_eq!(m.anon_bytes_per_conn, 1024.0);
+        assert_eq!((m.anon_kb_before, m.anon_kb_end), (4_000, 14_000));
+        assert_eq!((m.file_kb_before, m.file_kb_end), (8_000, 8_500));
+        assert_eq!((m.rss_kb_before, m.rss_kb_joined), (12_000, 21_400));
+        assert!((m.join_cpu_us_per_conn - 50.0).abs() < 1e-9);
+    }
 }

@@ -177,11 +177,7 @@ impl Sample {
             server_pids
                 .iter()
                 .try_fold(ProcSample::default(), |sum, &p| {
-                    let s = procstat::sample(p).ok()?;
-                    Some(ProcSample {
-                        cpu_ns: sum.cpu_ns + s.cpu_ns,
-                        rss_kb: sum.rss_kb + s.rss_kb,
-                    })
+                    Some(sum + procstat::sample(p).ok()?)
                 })
         };
         Sample {

@@ -14,19 +14,19 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, stream};
-use async_nats::{Client, ConnectOptions, Event, Subject};
-use futures_util::StreamExt;
+use async_nats::{Client, Subject};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::envelope::{NodeId, Outgoing};
 use super::feed::Feed;
-use super::registry::{self, Prober, Registry};
+use super::registry::{Prober, Registry};
 use super::settings::ClusterSettings;
-use super::subject::{all_channels, channel_subject, live_channels};
+use super::subject::channel_subject;
+use super::supervisor::{ConnEvent, Supervisor, connect};
 
 /// Whether the node can use the shared log right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,8 +107,8 @@ impl Drop for Inner {
 pub const STREAM_MAX_CONSUMERS: i32 = 1 << 30;
 
 /// First and largest pause between tries of a failing publish or setup.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(1);
+pub(super) const RETRY_FIRST: Duration = Duration::from_millis(50);
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl Cluster {
     /// Starts the link on its own thread and returns at once, `Down` until NATS
@@ -355,255 +355,6 @@ impl Cluster {
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[error("cannot follow channel: {0}")]
 pub struct FollowError(pub String);
-
-/// What the connection callback last said.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ConnEvent {
-    Waiting,
-    Connected,
-    Disconnected(String),
-}
-
-/// Connects in the background: returns at once, the client keeps trying.
-async fn connect(
-    settings: &ClusterSettings,
-    node: &NodeId,
-    conn: watch::Sender<ConnEvent>,
-) -> Result<Client, StartError> {
-    let servers: Vec<async_nats::ServerAddr> = settings
-        .servers
-        .iter()
-        .map(|s| {
-            s.parse()
-                .map_err(|e: std::io::Error| StartError::Client(e.to_string()))
-        })
-        .collect::<Result<_, _>>()?;
-    connect_options(settings, node, conn)
-        .await?
-        .connect(servers)
-        .await
-        .map_err(|e| StartError::Client(e.to_string()))
-}
-
-async fn connect_options(
-    settings: &ClusterSettings,
-    node: &NodeId,
-    conn: watch::Sender<ConnEvent>,
-) -> Result<ConnectOptions, StartError> {
-    let mut options = match &settings.creds {
-        Some(path) => ConnectOptions::with_credentials_file(path)
-            .await
-            .map_err(|source| StartError::Creds {
-                path: path.display().to_string(),
-                source,
-            })?,
-        None => ConnectOptions::new(),
-    };
-    if let Some(ca) = &settings.ca {
-        options = options.add_root_certificates(ca.clone());
-    }
-    let conn = Arc::new(conn);
-    Ok(options
-        .name(format!("mles {node}"))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
-        // A NATS outage must not make clients wait for our own pings to notice.
-        .ping_interval(Duration::from_secs(10))
-        // Reconnect fast: a NATS failover should cost clients seconds, not minutes.
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis(100u64.saturating_mul(1 << attempts.min(4)).min(2_000))
-        })
-        // Each followed channel is a subscription; one that overflows drops
-        // frames, which its feed then reads from the stream.
-        .subscription_capacity(settings.feed_buffer)
-        .event_callback(move |event| {
-            let conn = conn.clone();
-            async move {
-                match event {
-                    Event::Connected => {
-                        let _ = conn.send(ConnEvent::Connected);
-                    }
-                    Event::Disconnected => {
-                        let _ = conn.send(ConnEvent::Disconnected("disconnected from NATS".into()));
-                    }
-                    Event::ServerError(e) => {
-                        tracing::warn!(error = %e, "NATS server error");
-                        let _ = conn.send_if_modified(|c| {
-                            if *c == ConnEvent::Connected {
-                                false
-                            } else {
-                                *c = ConnEvent::Disconnected(format!("NATS: {e}"));
-                                true
-                            }
-                        });
-                    }
-                    Event::ClientError(e) => {
-                        tracing::warn!(error = %e, "NATS client error");
-                    }
-                    // A subscription overflowed: its feed finds the gap at
-                    // its next frame or its quiet check. Not a resync of
-                    // every feed: on a loaded node that would be a request
-                    // per followed channel.
-                    Event::SlowConsumer(sid) => tracing::debug!(sid, "NATS slow consumer"),
-                    other => tracing::debug!(event = %other, "NATS event"),
-                }
-            }
-        }))
-}
-
-/// Keeps the stream and bucket in place and the state truthful.
-struct Supervisor {
-    settings: ClusterSettings,
-    client: Client,
-    js: jetstream::Context,
-    registry: Registry,
-    state: watch::Sender<LinkState>,
-    conn: watch::Receiver<ConnEvent>,
-    recheck: Arc<Notify>,
-    resync: Arc<watch::Sender<u64>>,
-}
-
-impl Supervisor {
-    async fn run(mut self, prober: Arc<dyn Prober>, mut shutdown: watch::Receiver<bool>) {
-        let registry = self.registry.clone();
-        let leaders = watch_leaders(
-            self.client.clone(),
-            self.settings.stream_name(),
-            self.resync.clone(),
-        );
-        let background = async move {
-            tokio::join!(
-                registry::serve_probes(registry.clone(), prober),
-                registry::refresh_forever(registry),
-                leaders,
-            );
-        };
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => {}
-            _ = background => {}
-            _ = self.supervise() => {}
-        }
-        self.state
-            .send_replace(LinkState::Down(Arc::from("server shutting down")));
-    }
-
-    async fn supervise(&mut self) {
-        let mut pause = RETRY_FIRST;
-        let mut logged_down = false;
-        // The stream and bucket outlive our connection: after a reconnect
-        // they are still there (a NATS failover), so the link is up again at
-        // once. Only the first connection, or a publish or claim that finds
-        // them gone (a NATS that lost its data), sets them up again.
-        let mut needs_setup = true;
-        loop {
-            let connected = self
-                .conn
-                .wait_for(|c| *c == ConnEvent::Connected)
-                .await
-                .is_ok();
-            if !connected {
-                return;
-            }
-            if needs_setup {
-                if let Err(reason) = self.setup().await {
-                    if !logged_down {
-                        tracing::warn!(%reason, "cluster link not ready; retrying");
-                        logged_down = true;
-                    }
-                    self.state
-                        .send_replace(LinkState::Down(Arc::from(reason.as_str())));
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RETRY_MAX * 2);
-                    continue;
-                }
-                needs_setup = false;
-                pause = RETRY_FIRST;
-                self.warn_if_payload_too_small();
-            }
-            logged_down = false;
-            if *self.state.borrow() != LinkState::Up {
-                tracing::info!(stream = %self.settings.stream_name(), "cluster link up");
-                self.state.send_replace(LinkState::Up);
-            }
-            // Up until the connection drops or the stream or bucket is found gone.
-            tokio::select! {
-                event = self.conn.wait_for(|c| *c != ConnEvent::Connected) => {
-                    let reason = match event.as_deref() {
-                        Ok(ConnEvent::Disconnected(r)) => r.clone(),
-                        _ => String::from("disconnected from NATS"),
-                    };
-                    tracing::warn!(%reason, "cluster link down");
-                    self.state.send_replace(LinkState::Down(Arc::from(reason.as_str())));
-                }
-                _ = self.recheck.notified() => {
-                    tracing::info!("cluster: checking the stream and bucket again");
-                    needs_setup = true;
-                }
-            }
-        }
-    }
-
-    /// Creates (or updates to our flags) the stream and the registry bucket.
-    async fn setup(&self) -> Result<(), String> {
-        let s = &self.settings;
-        let config = stream::Config {
-            name: s.stream_name(),
-            description: Some("mles channels: one subject per channel, its history".into()),
-            subjects: vec![all_channels(&s.prefix)],
-            max_messages_per_subject: i64::try_from(s.history_frames).unwrap_or(i64::MAX),
-            discard: stream::DiscardPolicy::Old,
-            storage: stream::StorageType::File,
-            num_replicas: s.replicas,
-            allow_direct: true,
-            max_consumers: STREAM_MAX_CONSUMERS,
-            // Every stored frame, with its sequence and its channel's
-            // previous one, for the feeds' plain subscriptions.
-            republish: Some(stream::Republish {
-                source: all_channels(&s.prefix),
-                destination: live_channels(&s.prefix),
-                headers_only: false,
-            }),
-            ..Default::default()
-        };
-        self.js
-            .create_or_update_stream(config)
-            .await
-            .map_err(|e| format!("NATS stream {}: {e}", s.stream_name()))?;
-        self.registry.setup().await?;
-        Ok(())
-    }
-
-    fn warn_if_payload_too_small(&self) {
-        let max_payload = self.client.server_info().max_payload;
-        // Headers take well under 1 KiB.
-        if max_payload < self.settings.max_message.saturating_add(1024) {
-            tracing::warn!(
-                max_payload,
-                max_message = self.settings.max_message,
-                "NATS max_payload is below --max-message plus headers: larger messages will be refused with 1009; raise max_payload in the NATS config"
-            );
-        }
-    }
-}
-
-/// Bumps `resync` whenever the stream gets a new leader: frames the old one
-/// stored but had not republished yet reach no feed live.
-async fn watch_leaders(client: Client, stream: String, resync: Arc<watch::Sender<u64>>) {
-    let subject = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}");
-    let mut elected = match client.subscribe(subject).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cluster: cannot watch stream leader elections; feeds rely on gaps and quiet checks");
-            return std::future::pending().await;
-        }
-    };
-    while elected.next().await.is_some() {
-        tracing::info!(%stream, "cluster: stream leader elected; feeds check for missed frames");
-        resync.send_modify(|n| *n += 1);
-    }
-    std::future::pending().await
-}
 
 /// A boxed future, as [`Prober`] returns.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

@@ -4,7 +4,8 @@
 //! - [`settings`]: the `--nats*` flags, validated.
 //! - [`subject`]: channel -> subject and (channel, uid) -> key encodings (sans-IO).
 //! - [`envelope`]: a stored frame's kind, origin and message id (sans-IO).
-//! - [`link`]: the connection, its state, the stream and publishes.
+//! - [`link`]: the node's handle on NATS: its state, publishes, feeds.
+//! - `supervisor`: the connection, the stream and bucket set-up, the link state.
 //! - [`cursor`]: what a channel feed handed out, gaps and drops (sans-IO).
 //! - [`feed`]: one channel's frames in stream order, live with catch-ups from the stream.
 //! - [`channel_log`]: one channel's feed and publish pipeline, as events for its owner.
@@ -23,6 +24,7 @@ pub mod registry;
 pub mod sequencer;
 pub mod settings;
 pub mod subject;
+mod supervisor;
 
 pub use channel_log::{ChannelLog, LogEvent, LogSink};
 pub use envelope::{Delivery, Kind, NodeId, Origin, Outgoing};

@@ -158,7 +158,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let statics =
         Arc::new(crate::statics::StaticFiles::new(&config.statics).map_err(StartError::Statics)?);
-    let (mut by_shard, addrs) = listener::bind_all(&config.listen, config.shards)?;
+    let (mut by_shard, addrs) =
+        listener::bind_all(&config.listen, config.shards, config.limits.send_buffer)?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }

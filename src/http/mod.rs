@@ -27,6 +27,7 @@ pub mod upgrade;
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -118,13 +119,15 @@ pub trait Sessions: Host + 'static {
     fn new_session(&self) -> Rc<Session>;
 }
 
-/// Serves one accepted connection until it closes or becomes a session.
+/// Serves one accepted connection from `peer` (as `accept` returned it: no
+/// `getpeername` per connection) until it closes or becomes a session.
 pub async fn serve_connection<H: Sessions>(
     shard: Rc<H>,
     frontend: Arc<Frontend>,
     mut tcp: TcpStream,
+    peer: SocketAddr,
 ) {
-    let Some(guard) = admit(&frontend, &mut tcp).await else {
+    let Some(guard) = admit(&frontend, &mut tcp, peer).await else {
         return;
     };
     let admission: Admission = Rc::new(Conn {
@@ -143,8 +146,7 @@ pub async fn serve_connection<H: Sessions>(
 
 /// Reads the PROXY header when configured and counts the connection under
 /// its client's address; `None` when it is refused (and already answered).
-async fn admit(frontend: &Frontend, tcp: &mut TcpStream) -> Option<ConnGuard> {
-    let peer = tcp.peer_addr().ok()?;
+async fn admit(frontend: &Frontend, tcp: &mut TcpStream, peer: SocketAddr) -> Option<ConnGuard> {
     let client = if frontend.proxy_protocol {
         match tokio::time::timeout(frontend.request_timeout, proxy::read_header(tcp)).await {
             Ok(Ok(source)) => source.unwrap_or(peer),

@@ -19,11 +19,13 @@ pub struct ListenError {
 }
 
 /// Binds `shards` listeners for each address. With port 0 the first listener
-/// picks the port and the others join it. Returns the listeners by shard and
-/// the addresses actually bound.
+/// picks the port and the others join it. Accepted sockets get `send_buffer`
+/// as their `SO_SNDBUF`. Returns the listeners by shard and the addresses
+/// actually bound.
 pub fn bind_all(
     addrs: &[SocketAddr],
     shards: usize,
+    send_buffer: usize,
 ) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), ListenError> {
     let mut by_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
@@ -31,13 +33,13 @@ pub fn bind_all(
         if addr.port() != 0 {
             ensure_unused(addr).map_err(|source| ListenError { addr, source })?;
         }
-        let first = bind_one(addr).map_err(|source| ListenError { addr, source })?;
+        let first = bind_one(addr, send_buffer).map_err(|source| ListenError { addr, source })?;
         let actual = first
             .local_addr()
             .map_err(|source| ListenError { addr, source })?;
         by_shard[0].push(first);
         for listeners in by_shard.iter_mut().skip(1) {
-            listeners.push(bind_one(actual).map_err(|source| ListenError {
+            listeners.push(bind_one(actual, send_buffer).map_err(|source| ListenError {
                 addr: actual,
                 source,
             })?);
@@ -59,7 +61,7 @@ fn ensure_unused(addr: SocketAddr) -> io::Result<()> {
     s.bind(&addr.into())
 }
 
-fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn bind_one(addr: SocketAddr, send_buffer: usize) -> io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
@@ -70,6 +72,9 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one
     // setsockopt per listener instead of one per connection.
     s.set_tcp_nodelay(true)?;
+    // So do they SO_SNDBUF (and its lock against the kernel's autotuning),
+    // set before `listen` so that no connection is queued without it.
+    s.set_send_buffer_size(send_buffer)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;

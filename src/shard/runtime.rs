@@ -23,7 +23,6 @@ use super::mesh::{InboxRx, Mesh};
 use super::{LinkStarter, SequencerFactory, Shard, panic_message};
 use crate::config::Limits;
 use crate::http::Frontend;
-use crate::session::Host;
 
 /// How long shutdown waits for sessions to flush their Close 1001.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -202,18 +201,14 @@ async fn accept_loop(shard: Rc<Shard>, frontend: Arc<Frontend>, listener: TcpLis
     let mut warned = false;
     loop {
         match listener.accept().await {
-            Ok((tcp, _peer)) => {
+            Ok((tcp, peer)) => {
                 warned = false;
                 crate::metrics::Counters::add(&shard.counters().accepted, 1);
-                // A fixed send buffer: --max-queue bounds the kernel's share too.
-                let sock = socket2::SockRef::from(&tcp);
-                if let Err(e) = sock.set_send_buffer_size(shard.limits().send_buffer) {
-                    tracing::debug!(error = %e, "cannot set SO_SNDBUF");
-                }
                 tokio::task::spawn_local(crate::http::serve_connection(
                     shard.clone(),
                     frontend.clone(),
                     tcp,
+                    peer,
                 ));
             }
             Err(e) if is_fd_exhaustion(&e) => {

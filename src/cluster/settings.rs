@@ -101,9 +101,11 @@ impl ClusterSettings {
 /// tells a publisher well within a client's patience.
 pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(15);
 
-/// The NATS client's own default: a burst this long on one channel, unread
-/// by a busy node, stays in memory; a longer one is read again from the stream.
-pub const DEFAULT_FEED_BUFFER: usize = 64 * 1024;
+/// A burst this long on one channel, unread by a busy node, waits in
+/// memory; the rest is read again from the stream once the node catches up.
+/// The client's own default (65,536) would let a slow node hold 16 MB of
+/// 64-byte frames per channel, outside `--max-memory`.
+pub const DEFAULT_FEED_BUFFER: usize = 8 * 1024;
 
 fn valid_url(s: &str) -> bool {
     (s.starts_with("nats://") || s.starts_with("tls://"))

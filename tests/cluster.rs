@@ -20,10 +20,10 @@ const FAILOVER: Duration = Duration::from_secs(60);
 
 /// An in-process mles node on `nats` (a seed list), ready to take joins.
 async fn node(nats: &[String]) -> TestServer {
-    // A history far longer than any test's burst: with the default 200, a
-    // node that a loaded machine leaves 175 frames behind a 200-frame burst
-    // closes its members ("cluster feed fell behind"), which is right for
-    // the node but not what these tests look at (that one has its own test).
+    // A history far longer than any test's burst, so that a node that has
+    // to catch up from the stream (after a NATS server or node is killed)
+    // always finds what it missed there instead of closing its members
+    // ("cluster feed fell behind", which has its own test).
     node_with(nats, &["--limit", "5000"]).await
 }
 

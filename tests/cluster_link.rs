@@ -90,11 +90,25 @@ async fn next(feed: &mut mles::cluster::Feed) -> Delivery {
     }
 }
 
-/// How many consumers the stream of `c` has now.
-async fn consumers(c: &Cluster) -> usize {
+/// The stream of `c` as NATS describes it now.
+async fn stream_info(c: &Cluster) -> async_nats::jetstream::stream::Info {
     let js = async_nats::jetstream::new(c.client().clone());
     let mut stream = js.get_stream(c.settings().stream_name()).await.unwrap();
-    stream.info().await.unwrap().state.consumer_count
+    stream.info().await.unwrap().clone()
+}
+
+/// Waits (at most [`LONG`]) until `done` says so, asking every 20 ms.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    tokio::time::timeout(LONG, async {
+        while !done().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not in time"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,13 +465,10 @@ async fn channel_logs_on_two_nodes_see_one_order() {
         assert_eq!(mine, sent, "each sender's frames once, in its order");
     }
     // A frame may come back live before its ack reaches the pipeline.
-    tokio::time::timeout(LONG, async {
-        while log_a.queued_bytes() > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually("every publish acknowledged", || async {
+        log_a.queued_bytes() == 0
     })
-    .await
-    .expect("every publish acknowledged");
+    .await;
 
     let (_late, mut rx_late) = open_log(&a, "shared room", 0);
     let mut history = Vec::new();
@@ -671,10 +682,7 @@ async fn the_stream_allows_a_consumer_per_channel_and_node() {
     let nats = NatsServer::start();
     let (c, _) = link(vec![nats.url.clone()], 1, 100);
     up(&c).await;
-    let js = async_nats::jetstream::new(c.client().clone());
-    let name = settings(vec![nats.url.clone()], 1, 100).stream_name();
-    let mut stream = js.get_stream(&name).await.unwrap();
-    let info = stream.info().await.unwrap();
+    let info = stream_info(&c).await;
     assert_eq!(info.config.max_consumers, STREAM_MAX_CONSUMERS);
 }
 
@@ -703,13 +711,10 @@ async fn followed_channels_hold_no_consumer_once_caught_up() {
         }
         feeds.push(feed);
     }
-    tokio::time::timeout(LONG, async {
-        while consumers(&b).await > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually("every history consumer deleted", || async {
+        stream_info(&b).await.state.consumer_count == 0
     })
-    .await
-    .expect("every history consumer deleted");
+    .await;
     for (i, (subject, feed)) in subjects.iter().zip(&mut feeds).enumerate() {
         let f = frame(&a, 1, 100 + i as u64, Kind::Text, &format!("live {i}"));
         let seq = a.publish(subject, &f).await.unwrap();
@@ -740,18 +745,10 @@ async fn a_feed_that_overflows_reads_what_it_dropped_from_the_stream() {
     }
     drop(log);
     // Nothing read until the whole burst is stored: most of it overflows.
-    let js = async_nats::jetstream::new(a.client().clone());
-    tokio::time::timeout(LONG, async {
-        loop {
-            let mut stream = js.get_stream(a.settings().stream_name()).await.unwrap();
-            if stream.info().await.unwrap().state.messages >= N as u64 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually("the burst stored", || async {
+        stream_info(&a).await.state.messages >= N as u64
     })
-    .await
-    .expect("the burst stored");
+    .await;
     let mut got = Vec::new();
     for _ in 0..N {
         got.push(next(&mut feed).await.payload);

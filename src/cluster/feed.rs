@@ -154,13 +154,7 @@ impl Feed {
             // republishes: look at the stream again once it is quiet.
             quiet_armed: true,
         };
-        if Box::pin(feed.newer_stored()).await? {
-            let (catch_up, pending) = Box::pin(feed.open_catch_up(false)).await?;
-            feed.initial_pending = pending;
-            if pending > 0 {
-                feed.catch_up = Some(catch_up);
-            }
-        }
+        feed.initial_pending = feed.begin_catch_up(true, false).await?;
         Ok(feed)
     }
 
@@ -306,15 +300,26 @@ impl Feed {
     async fn start_catch_up(&mut self, want: Want) -> Result<(), FollowError> {
         self.cluster.up().await;
         self.state.borrow_and_update();
-        if want == Want::Tail && !Box::pin(self.newer_stored()).await? {
-            return Ok(());
+        let checks = match want {
+            Want::Tail => true,
+            Want::From { checks } => checks,
+        };
+        self.begin_catch_up(want == Want::Tail, checks).await?;
+        Ok(())
+    }
+
+    /// Starts reading from the stream after the cursor (`ask_first`: only if
+    /// it holds a newer frame); returns how many frames there are to read.
+    async fn begin_catch_up(&mut self, ask_first: bool, checks: bool) -> Result<u64, FollowError> {
+        if ask_first && !Box::pin(self.newer_stored()).await? {
+            return Ok(0);
         }
-        let (catch_up, pending) = Box::pin(self.open_catch_up(true)).await?;
-        tracing::debug!(subject = %self.subject, ?want, after = self.cursor.last(), pending, "cluster feed catching up");
+        let (catch_up, pending) = Box::pin(self.open_catch_up(checks)).await?;
+        tracing::debug!(subject = %self.subject, after = self.cursor.last(), pending, checks, "cluster feed catching up");
         if pending > 0 {
             self.catch_up = Some(catch_up);
         }
-        Ok(())
+        Ok(pending)
     }
 
     /// Whether the stream holds a frame of this channel after the cursor.

@@ -135,15 +135,14 @@ async fn outbound_queues_count_against_the_budget() {
     const FRAMES: usize = 160;
     let chunk = vec![7u8; 200 << 10];
     // 32 MiB: far more than the kernel's buffers on both ends of `stuck` hold.
-    let reading = tokio::spawn(async move {
-        for _ in 0..FRAMES {
-            assert_eq!(reader.recv_binary().await.len(), 200 << 10);
-        }
-    });
+    // In lock step with the reader, so that its queue never holds more
+    // than one frame and `stuck`'s is the one the budget closes (sent
+    // freely, a reader slowed by a loaded machine could be the largest
+    // queue at the tick that settles the budget, and be closed instead).
     for _ in 0..FRAMES {
         publisher.send_binary(&chunk).await;
+        assert_eq!(reader.recv_binary().await.len(), 200 << 10);
     }
-    reading.await.unwrap();
     // `stuck` reads nothing until the budget has closed it (a reading
     // client would drain its queue before the next tick settles it).
     assert!(

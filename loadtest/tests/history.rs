@@ -70,3 +70,15 @@ fn live_gap_fails() {
         r.failures
     );
 }
+
+#[test]
+fn joins_ordered_either_way_pass() {
+    // The witness joins before the publisher, but nothing orders the two
+    // joins on the server: a log that starts with the publisher's header is
+    // as correct as one that starts with the witness's.
+    for messages in ["5", "199"] {
+        let server = FakeServer::start(Fault::SecondJoinFirst);
+        let r = history(&server.url, &["--messages", messages]);
+        assert!(r.passed, "--messages {messages}: {}", r.table());
+    }
+}

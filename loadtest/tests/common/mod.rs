@@ -41,6 +41,11 @@ pub enum Fault {
     HistoryShort,
     /// Refuses every upgrade with 400, as for a missing subprotocol.
     Refuse,
+    /// Not a fault: the first joiner of each channel is admitted only
+    /// together with the second, after it, so the channel's log starts
+    /// with the second joiner's header. A server with several shards or
+    /// nodes may order two joins sent in quick succession either way.
+    SecondJoinFirst,
 }
 
 struct Member {
@@ -57,6 +62,9 @@ struct Channel {
     /// `SplitOrder`: the frame held back for half of the members, its sender.
     split_held: Option<(u64, Message)>,
     split_done: bool,
+    /// `SecondJoinFirst`: the first joiner, waiting for the second.
+    waiting: Option<(Member, Message)>,
+    joins: u64,
 }
 
 impl Channel {
@@ -65,6 +73,20 @@ impl Channel {
             self.history.pop_front();
         }
         self.history.push_back(m);
+    }
+
+    /// Sends `header` to the members, the history to the joiner, and makes
+    /// it a member.
+    fn admit(&mut self, joiner: Member, header: Message, fault: Fault) {
+        for m in &self.members {
+            let _ = m.tx.send(header.clone());
+        }
+        let skip = usize::from(fault == Fault::HistoryShort);
+        for h in self.history.iter().skip(skip) {
+            let _ = joiner.tx.send(h.clone());
+        }
+        self.remember(header);
+        self.members.push(joiner);
     }
 }
 
@@ -199,16 +221,17 @@ where
     {
         let mut st = state.lock().unwrap();
         let ch = st.entry(channel.clone()).or_default();
+        let joiner = Member { id, tx };
         let header = Message::text(clean);
-        for m in &ch.members {
-            let _ = m.tx.send(header.clone());
+        ch.joins += 1;
+        if fault == Fault::SecondJoinFirst && ch.joins == 1 {
+            ch.waiting = Some((joiner, header));
+        } else {
+            ch.admit(joiner, header, fault);
+            if let Some((first, header)) = ch.waiting.take() {
+                ch.admit(first, header, fault);
+            }
         }
-        let skip = usize::from(fault == Fault::HistoryShort);
-        for h in ch.history.iter().skip(skip) {
-            let _ = tx.send(h.clone());
-        }
-        ch.remember(header);
-        ch.members.push(Member { id, tx });
     }
     tokio::spawn(async move {
         while let Some(m) = rx.recv().await {

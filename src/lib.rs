@@ -21,6 +21,7 @@
 //! - [`tls`]: the shared rustls config: certificate files (with reload) or ACME.
 //! - [`redirect`]: the plain-HTTP listener that redirects to https.
 //! - [`clock`]: the compact millisecond clock sessions keep their times in.
+//! - [`reactor`]: the shard's own readiness loop for plain TCP connections.
 //!
 //! Dependencies run one way: `server` → `shard` → `session` → `protocol`,
 //! with `channel` (sans-IO) used by `shard`; `peer` and `http` sit beside
@@ -40,6 +41,7 @@ pub mod memory;
 pub mod metrics;
 pub mod peer;
 pub mod protocol;
+pub mod reactor;
 pub mod redirect;
 pub mod server;
 pub mod session;

@@ -28,7 +28,7 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -44,6 +44,7 @@ use tokio::net::TcpStream;
 
 use self::stall::{Arming, WriteStall};
 use crate::config::ConnectionSettings;
+use crate::reactor::RawSocket;
 use crate::session::{Host, Session};
 use crate::tls::Tls;
 use limits::{ConnGuard, ConnLimits};
@@ -121,32 +122,49 @@ pub trait Sessions: Host + 'static {
 
 /// Serves one accepted connection from `peer` (as `accept` returned it: no
 /// `getpeername` per connection) until it closes or becomes a session.
+/// Plain connections run on the shard's own readiness loop
+/// ([`crate::reactor`]); TLS ones under tokio's.
 pub async fn serve_connection<H: Sessions>(
     shard: Rc<H>,
     frontend: Arc<Frontend>,
-    mut tcp: TcpStream,
+    tcp: OwnedFd,
     peer: SocketAddr,
 ) {
-    let Some(guard) = admit(&frontend, &mut tcp, peer).await else {
-        return;
-    };
-    let admission: Admission = Rc::new(Conn {
-        guard: Cell::new(Some(guard)),
-        fd: tcp.as_raw_fd(),
-    });
+    let fd = tcp.as_raw_fd();
     match frontend.tls.clone() {
         Some(tls) => {
+            let std = std::net::TcpStream::from(tcp);
+            let mut tcp = match TcpStream::from_std(std) {
+                Ok(t) => t,
+                Err(e) => return tracing::debug!(%peer, error = %e, "cannot register a connection"),
+            };
+            let Some(admission) = admit(&frontend, &mut tcp, fd, peer).await else {
+                return;
+            };
             if let Some(stream) = tls.accept(tcp).await {
                 serve_http(shard, frontend, stream, admission).await
             }
         }
-        None => serve_http(shard, frontend, tcp, admission).await,
+        None => {
+            let mut tcp = match RawSocket::new(tcp) {
+                Ok(t) => t,
+                Err(e) => return tracing::debug!(%peer, error = %e, "cannot register a connection"),
+            };
+            if let Some(admission) = admit(&frontend, &mut tcp, fd, peer).await {
+                serve_http(shard, frontend, tcp, admission).await
+            }
+        }
     }
 }
 
 /// Reads the PROXY header when configured and counts the connection under
 /// its client's address; `None` when it is refused (and already answered).
-async fn admit(frontend: &Frontend, tcp: &mut TcpStream, peer: SocketAddr) -> Option<ConnGuard> {
+async fn admit<S: AsyncRead + Unpin>(
+    frontend: &Frontend,
+    tcp: &mut S,
+    fd: RawFd,
+    peer: SocketAddr,
+) -> Option<Admission> {
     let client = if frontend.proxy_protocol {
         match tokio::time::timeout(frontend.request_timeout, proxy::read_header(tcp)).await {
             Ok(Ok(source)) => source.unwrap_or(peer),
@@ -163,12 +181,15 @@ async fn admit(frontend: &Frontend, tcp: &mut TcpStream, peer: SocketAddr) -> Op
         peer
     };
     match frontend.conns.admit(client.ip()) {
-        Ok(guard) => Some(guard),
+        Ok(guard) => Some(Rc::new(Conn {
+            guard: Cell::new(Some(guard)),
+            fd,
+        })),
         Err(refused) => {
             tracing::debug!(%client, %refused, "connection refused");
             if frontend.tls.is_none() {
                 // Best effort and never waiting: a refusal must cost less than the connection.
-                let _ = tcp.try_write(REFUSED);
+                let _ = crate::session::socket::send(fd, &[std::io::IoSlice::new(REFUSED)]);
             }
             None
         }

@@ -172,7 +172,7 @@ mod tests {
         // a future up to 152 bytes costs 256 bytes per session, one byte
         // more costs 384 (BENCHMARKS.md, per-session memory).
         // The task holds its host behind an `Rc`: the shard here, as in the server.
-        type Plain = Admitted<SessionTask<tokio::net::TcpStream, crate::shard::Shard>>;
+        type Plain = Admitted<SessionTask<crate::reactor::RawSocket, crate::shard::Shard>>;
         let n = std::mem::size_of::<Plain>();
         assert!(n <= 152, "{n}");
     }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::LocalSet;
 
@@ -23,6 +22,7 @@ use super::mesh::{InboxRx, Mesh};
 use super::{LinkStarter, SequencerFactory, Shard, panic_message};
 use crate::config::Limits;
 use crate::http::Frontend;
+use crate::reactor::Listener;
 
 /// How long shutdown waits for sessions to flush their Close 1001.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -37,7 +37,7 @@ pub struct ShardStart {
     pub id: u16,
     pub cpu: Option<usize>,
     /// Already registered with the shard's runtime (see [`register`]).
-    pub listeners: Vec<TcpListener>,
+    pub listeners: Vec<Listener>,
     pub inbox: InboxRx,
     pub mesh: Arc<Mesh>,
     pub limits: Limits,
@@ -56,9 +56,12 @@ pub struct ShardStart {
 pub fn register(
     rt: &tokio::runtime::Runtime,
     listeners: Vec<std::net::TcpListener>,
-) -> io::Result<Vec<TcpListener>> {
+) -> io::Result<Vec<Listener>> {
     let _in_rt = rt.enter();
-    listeners.into_iter().map(TcpListener::from_std).collect()
+    listeners
+        .into_iter()
+        .map(crate::reactor::listener)
+        .collect()
 }
 
 /// Starts a shard on its own named thread.
@@ -118,6 +121,18 @@ async fn run(start: ShardStart) {
     };
     shard.set_link_starter(links);
     let mut tasks = Vec::new();
+    match crate::reactor::epoll() {
+        Ok(epoll) => tasks.push(tokio::task::spawn_local(async move {
+            if let Err(e) = crate::reactor::drive(epoll).await {
+                tracing::error!(shard = id, error = %e, "readiness loop failed");
+            }
+        })),
+        Err(e) => {
+            mesh.failure
+                .trip(format!("shard {id}: cannot create its epoll instance: {e}"));
+            return;
+        }
+    }
     if let Some(cluster) = cluster {
         let events = shard.enable_cluster(cluster);
         let s = shard.clone();
@@ -197,10 +212,10 @@ async fn run(start: ShardStart) {
     tracing::debug!(shard = id, "stopped");
 }
 
-async fn accept_loop(shard: Rc<Shard>, frontend: Arc<Frontend>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<Shard>, frontend: Arc<Frontend>, listener: Listener) {
     let mut warned = false;
     loop {
-        match listener.accept().await {
+        match crate::reactor::accept(&listener).await {
             Ok((tcp, peer)) => {
                 warned = false;
                 crate::metrics::Counters::add(&shard.counters().accepted, 1);

@@ -1,0 +1,388 @@
+//! Plain TCP connections on a readiness loop of the shard's own, below
+//! tokio's (issue 12: memory per session).
+//!
+//! tokio gives every socket it drives a `ScheduledIo`: 256 bytes per
+//! connection (80 bytes of state, aligned to a cache line pair), a quarter
+//! of an idle session. A shard instead keeps its plain connections in one
+//! `epoll` instance of its own, registered with tokio as a single
+//! descriptor: per connection it holds a 24-byte [`Entry`] (the waker of
+//! the task using the socket and what the kernel last said is ready), in a
+//! slab indexed by the number each socket carries in its epoll data.
+//!
+//! The loop ([`drive`]) runs as one task of the shard. When tokio sees the
+//! epoll descriptor readable it drains the ready list without blocking,
+//! marks each entry readable or writable and wakes its task. Sockets are
+//! registered once, edge-triggered, for input, output and peer shutdown: a
+//! socket's ready bit is set by an event and cleared only when a read or
+//! write would block, so no edge is missed and a socket with nothing to
+//! read costs no syscall when its task is polled for other reasons (frames
+//! to write, a timer). Closing the descriptor removes it from epoll.
+//!
+//! One task at a time uses a [`RawSocket`] (hyper's connection task, then
+//! the session's): it keeps the waker of whichever polled last. Everything
+//! here belongs to the thread that created it: the slab is thread-local, as
+//! a shard's sockets and tasks never leave its thread. TLS connections keep
+//! tokio's `TcpStream` (rustls wants a stream; they are the minority, and
+//! their sessions cost kilobytes of TLS state anyway).
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+/// The socket has input (or its peer shut down, or it failed).
+const READABLE: u8 = 1;
+/// The socket has room for output (or failed).
+const WRITABLE: u8 = 2;
+/// The entry is on the free list.
+const FREE: u8 = 4;
+/// Events taken from the kernel per `epoll_wait`.
+const EVENTS: usize = 256;
+
+/// What the shard knows of one registered socket.
+struct Entry {
+    waker: Option<Waker>,
+    ready: u8,
+}
+
+/// This thread's epoll instance and its sockets.
+struct Reactor {
+    /// The epoll descriptor while [`drive`] runs; -1 before and after.
+    epoll: Cell<RawFd>,
+    entries: RefCell<Vec<Entry>>,
+    free: RefCell<Vec<u32>>,
+}
+
+thread_local! {
+    static REACTOR: Reactor = const {
+        Reactor {
+            epoll: Cell::new(-1),
+            entries: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+        }
+    };
+}
+
+/// Creates this thread's epoll instance; [`drive`] must then run on this
+/// thread's runtime for sockets to be woken.
+pub fn epoll() -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 returns a new descriptor or -1.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    REACTOR.with(|r| r.epoll.set(fd.as_raw_fd()));
+    Ok(fd)
+}
+
+/// Runs the readiness loop for `epoll` (from [`epoll`]) until it fails.
+pub async fn drive(epoll: OwnedFd) -> io::Result<()> {
+    let fd = epoll.as_raw_fd();
+    // SAFETY: an OwnedFd stays open, and the same descriptor, while owned.
+    let afd = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE)? };
+    let _gone = Unset;
+    // SAFETY: epoll_event is plain data.
+    let mut events = vec![unsafe { std::mem::zeroed::<libc::epoll_event>() }; EVENTS];
+    let mut wake = Vec::new();
+    loop {
+        let mut guard = afd.readable().await?;
+        loop {
+            // SAFETY: the kernel writes at most EVENTS events into `events`.
+            let n = unsafe { libc::epoll_wait(fd, events.as_mut_ptr(), EVENTS as i32, 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let n = n as usize;
+            REACTOR.with(|r| r.mark(&events[..n], &mut wake));
+            // Woken outside the slab's borrow: a waker may do anything.
+            for w in wake.drain(..) {
+                w.wake();
+            }
+            if n < EVENTS {
+                guard.clear_ready();
+                break;
+            }
+        }
+    }
+}
+
+/// Forgets the epoll descriptor when [`drive`] ends, so sockets registered
+/// later fail rather than wait for events that never come.
+struct Unset;
+
+impl Drop for Unset {
+    fn drop(&mut self) {
+        let _ = REACTOR.try_with(|r| r.epoll.set(-1));
+    }
+}
+
+impl Reactor {
+    /// Records `events` in their entries; their wakers go to `wake`.
+    fn mark(&self, events: &[libc::epoll_event], wake: &mut Vec<Waker>) {
+        let mut entries = self.entries.borrow_mut();
+        for ev in events {
+            let bits = ev.events;
+            let Some(e) = entries.get_mut(ev.u64 as usize) else {
+                continue;
+            };
+            if e.ready & FREE != 0 {
+                continue;
+            }
+            let (down, failed) = (libc::EPOLLHUP as u32, libc::EPOLLERR as u32);
+            if bits & (libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32 | down | failed) != 0 {
+                e.ready |= READABLE;
+            }
+            if bits & (libc::EPOLLOUT as u32 | down | failed) != 0 {
+                e.ready |= WRITABLE;
+            }
+            wake.extend(e.waker.take());
+        }
+    }
+
+    fn register(&self, fd: RawFd) -> io::Result<u32> {
+        let epoll = self.epoll.get();
+        if epoll < 0 {
+            return Err(io::Error::other("no readiness loop runs on this thread"));
+        }
+        let slot = {
+            let mut entries = self.entries.borrow_mut();
+            match self.free.borrow_mut().pop() {
+                Some(s) => s,
+                None => {
+                    entries.push(Entry {
+                        waker: None,
+                        ready: FREE,
+                    });
+                    u32::try_from(entries.len() - 1).map_err(io::Error::other)?
+                }
+            }
+        };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: u64::from(slot),
+        };
+        // SAFETY: both descriptors are open; the kernel copies `ev`.
+        if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+            let e = io::Error::last_os_error();
+            self.free.borrow_mut().push(slot);
+            return Err(e);
+        }
+        // A new connection is assumed ready both ways: the first read finds
+        // the request that usually came with it, without a wake-up first.
+        self.entries.borrow_mut()[slot as usize] = Entry {
+            waker: None,
+            ready: READABLE | WRITABLE,
+        };
+        Ok(slot)
+    }
+
+    fn release(&self, slot: u32) {
+        if let Some(e) = self.entries.borrow_mut().get_mut(slot as usize) {
+            *e = Entry {
+                waker: None,
+                ready: FREE,
+            };
+            self.free.borrow_mut().push(slot);
+        }
+    }
+
+    /// Whether `bit` is set for `slot`; if not, `cx` is woken when it is.
+    fn poll_ready(&self, slot: u32, bit: u8, cx: &Context<'_>) -> bool {
+        let mut entries = self.entries.borrow_mut();
+        let e = &mut entries[slot as usize];
+        if e.ready & bit != 0 {
+            return true;
+        }
+        keep_waker(e, cx);
+        false
+    }
+
+    /// The socket said it would block: wait for the next `bit` event.
+    fn clear(&self, slot: u32, bit: u8, cx: &Context<'_>) {
+        let mut entries = self.entries.borrow_mut();
+        let e = &mut entries[slot as usize];
+        e.ready &= !bit;
+        keep_waker(e, cx);
+    }
+}
+
+fn keep_waker(e: &mut Entry, cx: &Context<'_>) {
+    if !e.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        e.waker = Some(cx.waker().clone());
+    }
+}
+
+/// A listening socket as a shard accepts on it: connections are taken raw
+/// ([`accept`]) and registered where they will run.
+pub type Listener = AsyncFd<std::net::TcpListener>;
+
+/// Registers a bound, non-blocking listener with the current runtime.
+pub fn listener(l: std::net::TcpListener) -> io::Result<Listener> {
+    // SAFETY: a TcpListener stays open, and the same descriptor, while owned.
+    Ok(unsafe { AsyncFd::register_with_interest(l, Interest::READABLE)? })
+}
+
+/// Accepts one connection from `listener` (non-blocking, close-on-exec),
+/// without registering it anywhere yet.
+pub async fn accept(listener: &Listener) -> io::Result<(OwnedFd, SocketAddr)> {
+    loop {
+        let mut guard = listener.readable().await?;
+        match guard.try_io(|l| accept4(l.get_ref().as_raw_fd())) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+fn accept4(listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
+    // SAFETY: sockaddr_storage is plain data; accept4 writes at most `len`
+    // bytes into it and returns a new descriptor or -1.
+    unsafe {
+        let (fd, addr) = socket2::SockAddr::try_init(|addr, len| {
+            let fd = libc::accept4(
+                listener,
+                addr.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(OwnedFd::from_raw_fd(fd))
+            }
+        })?;
+        let peer = addr
+            .as_socket()
+            .ok_or_else(|| io::Error::other("accepted a connection without an IP address"))?;
+        Ok((fd, peer))
+    }
+}
+
+/// A non-blocking TCP socket woken by this thread's readiness loop.
+pub struct RawSocket {
+    fd: OwnedFd,
+    slot: u32,
+}
+
+impl RawSocket {
+    /// Registers `fd` (non-blocking) with this thread's loop.
+    pub fn new(fd: OwnedFd) -> io::Result<RawSocket> {
+        let slot = REACTOR.with(|r| r.register(fd.as_raw_fd()))?;
+        Ok(RawSocket { fd, slot })
+    }
+
+    fn poll_ready(&self, bit: u8, cx: &Context<'_>) -> bool {
+        REACTOR.with(|r| r.poll_ready(self.slot, bit, cx))
+    }
+}
+
+impl AsRawFd for RawSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for RawSocket {
+    fn drop(&mut self) {
+        // The descriptor closes after this (removing it from epoll).
+        let _ = REACTOR.try_with(|r| r.release(self.slot));
+    }
+}
+
+impl AsyncRead for RawSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.poll_ready(READABLE, cx) {
+                return Poll::Pending;
+            }
+            let dst = buf.initialize_unfilled();
+            // SAFETY: the kernel writes at most `dst.len()` bytes into `dst`.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    dst.as_mut_ptr().cast(),
+                    dst.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                buf.advance(n as usize);
+                return Poll::Ready(Ok(()));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    REACTOR.with(|r| r.clear(self.slot, READABLE, cx));
+                    return Poll::Pending;
+                }
+                _ => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for RawSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if !self.poll_ready(WRITABLE, cx) {
+                return Poll::Pending;
+            }
+            return match crate::session::socket::send(self.fd.as_raw_fd(), bufs) {
+                Ok(n) => Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    REACTOR.with(|r| r.clear(self.slot, WRITABLE, cx));
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(e)),
+            };
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: shutdown on an open descriptor.
+        if unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOTCONN) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}

@@ -386,3 +386,126 @@ impl AsyncWrite for RawSocket {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connected pair: ours registered with this thread's loop, theirs a
+    /// blocking std socket.
+    fn pair() -> (RawSocket, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let theirs = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (RawSocket::new(OwnedFd::from(ours)).unwrap(), theirs)
+    }
+
+    /// Runs `f` on a current-thread runtime whose thread drives a loop.
+    fn with_loop<F: Future<Output = ()>>(f: impl FnOnce() -> F) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let driver = tokio::task::spawn_local(drive(epoll().unwrap()));
+            f().await;
+            driver.abort();
+        });
+    }
+
+    fn slots_in_use() -> usize {
+        REACTOR.with(|r| r.entries.borrow().len() - r.free.borrow().len())
+    }
+
+    #[test]
+    fn a_read_waits_for_input_and_sees_the_peer_close() {
+        with_loop(|| async {
+            let (mut ours, mut theirs) = pair();
+            let mut buf = [0u8; 5];
+            // Nothing to read yet: the read waits (its task's waker kept).
+            let waited = std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(&mut buf);
+                Poll::Ready(Pin::new(&mut ours).poll_read(cx, &mut rb).is_pending())
+            })
+            .await;
+            assert!(waited);
+            let writer = std::thread::spawn(move || {
+                theirs.write_all(b"hello").unwrap();
+                theirs
+            });
+            ours.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"hello");
+            drop(writer.join().unwrap());
+            assert_eq!(ours.read(&mut buf).await.unwrap(), 0, "EOF");
+        });
+    }
+
+    #[test]
+    fn a_blocked_write_resumes_when_the_peer_reads() {
+        with_loop(|| async {
+            let (mut ours, mut theirs) = pair();
+            let chunk = vec![7u8; 1 << 16];
+            // Fill both socket buffers until a write would block.
+            let mut sent = 0;
+            std::future::poll_fn(|cx| {
+                loop {
+                    match Pin::new(&mut ours).poll_write(cx, &chunk) {
+                        Poll::Ready(Ok(n)) => sent += n,
+                        Poll::Ready(Err(e)) => panic!("{e}"),
+                        Poll::Pending => return Poll::Ready(()),
+                    }
+                }
+            })
+            .await;
+            let total = sent + 4 * chunk.len();
+            let reader = std::thread::spawn(move || {
+                let mut got = 0;
+                let mut buf = vec![0u8; 1 << 16];
+                while got < total {
+                    let n = theirs.read(&mut buf).unwrap();
+                    assert!(n > 0);
+                    got += n;
+                }
+                got
+            });
+            // Only the reader makes room: these writes wait for its events.
+            for _ in 0..4 {
+                ours.write_all(&chunk).await.unwrap();
+            }
+            assert_eq!(reader.join().unwrap(), total);
+        });
+    }
+
+    #[test]
+    fn slots_are_given_back_and_reused() {
+        with_loop(|| async {
+            let before = slots_in_use();
+            let (a, _ta) = pair();
+            let (b, _tb) = pair();
+            assert_eq!(slots_in_use(), before + 2);
+            let slot_a = a.slot;
+            drop(a);
+            assert_eq!(slots_in_use(), before + 1);
+            let (c, _tc) = pair();
+            assert_eq!(c.slot, slot_a, "a freed slot is taken first");
+            drop((b, c));
+            assert_eq!(slots_in_use(), before);
+        });
+    }
+
+    #[test]
+    fn registering_without_a_loop_on_the_thread_fails() {
+        std::thread::spawn(|| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _theirs = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (ours, _) = l.accept().unwrap();
+            let err = RawSocket::new(OwnedFd::from(ours)).err().unwrap();
+            assert!(err.to_string().contains("no readiness loop"), "{err}");
+        })
+        .join()
+        .unwrap();
+    }
+}

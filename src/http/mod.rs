@@ -39,15 +39,17 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 
 use self::stall::{Arming, WriteStall};
 use crate::config::ConnectionSettings;
 use crate::reactor::RawSocket;
+use crate::session::SessionTask;
 use crate::session::{Host, Session};
 use crate::tls::Tls;
 use limits::{ConnGuard, ConnLimits};
+pub use upgrade::{Admitted, SessionStream};
 
 pub use response::Body;
 
@@ -115,9 +117,15 @@ pub type Admission = Rc<Conn>;
 
 /// Where upgraded connections go: a host that makes sessions (the shard).
 /// HTTP knows only this, so it sits below the shard.
-pub trait Sessions: Host + 'static {
+pub trait Sessions: Host + Sized + 'static {
     /// A new session, registered with its host.
     fn new_session(&self) -> Rc<Session>;
+
+    /// Starts a plain session's task: a tokio task unless the host runs
+    /// them itself.
+    fn start_plain(&self, task: Admitted<SessionTask<RawSocket, Self>>) {
+        tokio::task::spawn_local(task);
+    }
 }
 
 /// Serves one accepted connection from `peer` (as `accept` returned it: no
@@ -202,7 +210,7 @@ async fn serve_http<S, H: Sessions>(
     io: S,
     admission: Admission,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: SessionStream,
 {
     let timeout = frontend.request_timeout;
     let (io, arming) = WriteStall::new(io, frontend.write_timeout);
@@ -234,7 +242,7 @@ async fn route<S, H: Sessions>(
     arming: Arming,
 ) -> Response<Body>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: SessionStream,
 {
     if let Err(e) = host::request_authority(&req) {
         return e.response();

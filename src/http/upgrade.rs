@@ -10,12 +10,15 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use super::limits::ConnGuard;
 use super::response::{empty, plain};
 use super::stall::WriteStall;
 use super::{Admission, Body};
 use crate::protocol::SUBPROTOCOL;
+use crate::reactor::RawSocket;
 use crate::session::SessionTask;
 use crate::session::echo::EchoHost;
 
@@ -48,15 +51,12 @@ pub fn is_valid_key(key: &[u8]) -> bool {
 /// over the connection's `admission`, so it stays counted for the session's life.
 /// `raw_tcp`: the stream is the TCP socket itself (no TLS), so the shard may
 /// write frames to the socket directly.
-pub fn accept<S, H: super::Sessions>(
+pub fn accept<S: SessionStream, H: super::Sessions>(
     mut req: Request<Incoming>,
     shard: Rc<H>,
     admission: &Admission,
     raw_tcp: bool,
-) -> Response<Body>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> Response<Body> {
     let h = req.headers();
     // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 (or later) GET.
     if req.version() < http::Version::HTTP_11 {
@@ -124,8 +124,8 @@ where
             tokio::task::spawn_local(Admitted { task, _conn: conn });
             return;
         }
-        let task = SessionTask::new(io, session, shard, &read_buf);
-        tokio::task::spawn_local(Admitted { task, _conn: conn });
+        let task = SessionTask::new(io, session, shard.clone(), &read_buf);
+        S::start(&*shard, Admitted { task, _conn: conn });
     });
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -143,12 +143,31 @@ where
     r
 }
 
+/// A stream a session can run on, and how its task is started.
+pub trait SessionStream: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    fn start<H: super::Sessions>(host: &H, task: Admitted<SessionTask<Self, H>>);
+}
+
+/// Plain sessions go to their host (the shard runs them without a tokio
+/// task each, [`crate::reactor::tasks`]).
+impl SessionStream for RawSocket {
+    fn start<H: super::Sessions>(host: &H, task: Admitted<SessionTask<Self, H>>) {
+        host.start_plain(task);
+    }
+}
+
+impl SessionStream for TlsStream<TcpStream> {
+    fn start<H: super::Sessions>(_: &H, task: Admitted<SessionTask<Self, H>>) {
+        tokio::task::spawn_local(task);
+    }
+}
+
 /// A session's task with its connection's admission, given back when the
 /// session ends. A struct rather than an async block: an async block keeps
 /// both the captured values and the locals they are moved into, which
-/// doubled the future and took every session's task allocation from 256
-/// to 512 bytes (tokio aligns task cells to 128 bytes).
-struct Admitted<F> {
+/// doubled the future (and under tokio took every session's task cell from
+/// 256 to 512 bytes: tokio aligns task cells to 128 bytes).
+pub struct Admitted<F> {
     task: F,
     _conn: Option<ConnGuard>,
 }
@@ -166,15 +185,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_plain_session_task_fits_a_256_byte_task_cell() {
-        // tokio's task cell is 96 bytes (header, scheduler, id, trailer)
-        // plus the future and its stage tag, aligned to 128 bytes on x86_64:
-        // a future up to 152 bytes costs 256 bytes per session, one byte
-        // more costs 384 (BENCHMARKS.md, per-session memory).
+    fn a_plain_session_task_stays_small() {
+        // Plain sessions are stored side by side (`reactor::tasks`): every
+        // byte here is a byte per session (BENCHMARKS.md, per-session memory).
         // The task holds its host behind an `Rc`: the shard here, as in the server.
-        type Plain = Admitted<SessionTask<crate::reactor::RawSocket, crate::shard::Shard>>;
-        let n = std::mem::size_of::<Plain>();
-        assert!(n <= 152, "{n}");
+        type Plain = Admitted<SessionTask<RawSocket, crate::shard::Shard>>;
+        let n = std::mem::size_of::<Option<Plain>>();
+        assert!(n <= 112, "{n}");
     }
 
     #[test]

@@ -19,6 +19,15 @@ impl crate::http::Sessions for Shard {
     fn new_session(&self) -> std::rc::Rc<Session> {
         Shard::new_session(self)
     }
+
+    fn start_plain(&self, task: super::PlainSession) {
+        match self.plain.get() {
+            Some(tasks) => tasks.spawn(task),
+            None => {
+                tokio::task::spawn_local(task);
+            }
+        }
+    }
 }
 
 impl Host for Shard {

@@ -44,9 +44,12 @@ use crate::channel::{
     SessionId,
 };
 use crate::config::Limits;
+use crate::http::Admitted;
 use crate::metrics::Counters;
 use crate::protocol::close;
-use crate::session::Session;
+use crate::reactor::RawSocket;
+use crate::reactor::tasks::Tasks;
+use crate::session::{Session, SessionTask};
 pub use cluster::ShardProber;
 use mesh::{InboxRx, Mesh, ShardMsg};
 use registry::Registry;
@@ -92,7 +95,13 @@ pub struct Shard {
     shutdown: Shutdown,
     links: Links,
     flush: Flush,
+    /// Plain sessions, run without a tokio task each; set up by
+    /// [`Shard::run_plain`] (until then, and in unit tests, they get tokio tasks).
+    plain: std::cell::OnceCell<Tasks<PlainSession>>,
 }
+
+/// A plain session's task as the shard stores it.
+pub type PlainSession = Admitted<SessionTask<RawSocket, Shard>>;
 
 /// Plain members offered frames and not yet written. One shard task
 /// ([`Shard::run_flush`]) writes them, woken when the list stops being
@@ -167,6 +176,7 @@ impl Shard {
             shutdown: Shutdown::default(),
             links: Links::default(),
             flush: Flush::default(),
+            plain: std::cell::OnceCell::new(),
         });
         *shard.links.me.borrow_mut() = Rc::downgrade(&shard);
         shard
@@ -203,6 +213,20 @@ impl Shard {
         self.registry.borrow_mut().insert(s.clone());
         self.counters().sessions.fetch_add(1, Ordering::Relaxed);
         s
+    }
+
+    /// Runs this thread's plain sessions (one shard task, for the shard's
+    /// life); [`Shard::stop_plain`] must follow, or the sessions, which hold
+    /// the shard, keep it alive.
+    pub async fn run_plain(&self) {
+        self.plain.get_or_init(Tasks::new).run().await
+    }
+
+    /// Drops every plain session still running (the shard has stopped).
+    pub fn stop_plain(&self) {
+        if let Some(t) = self.plain.get() {
+            t.clear();
+        }
     }
 
     pub fn session_count(&self) -> usize {

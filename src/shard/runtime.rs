@@ -151,6 +151,8 @@ async fn run(start: ShardStart) {
     let s = shard.clone();
     tasks.push(tokio::task::spawn_local(async move { s.run_flush().await }));
     let s = shard.clone();
+    tasks.push(tokio::task::spawn_local(async move { s.run_plain().await }));
+    let s = shard.clone();
     tasks.push(tokio::task::spawn_local(async move {
         let mut every = tokio::time::interval(period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -209,6 +211,7 @@ async fn run(start: ShardStart) {
     for t in &aborts {
         t.abort();
     }
+    shard.stop_plain();
     tracing::debug!(shard = id, "stopped");
 }
 

@@ -24,6 +24,10 @@
 //! a shard's sockets and tasks never leave its thread. TLS connections keep
 //! tokio's `TcpStream` (rustls wants a stream; they are the minority, and
 //! their sessions cost kilobytes of TLS state anyway).
+//!
+//! [`tasks`] runs the plain sessions themselves without a tokio task each.
+
+pub mod tasks;
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice};

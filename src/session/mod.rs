@@ -4,7 +4,10 @@
 //! A session is one task (a hand-written future, [`SessionTask`]) plus shared
 //! state ([`Session`]) that the shard reaches through an `Rc`: the shard pushes
 //! encoded frames into the outbound queue and wakes the task; the task writes
-//! everything queued in one vectored write per turn. A plain (non-TLS)
+//! everything queued in one vectored write per turn. A plain session's task
+//! is not a tokio task: its shard stores and polls it
+//! ([`crate::reactor::tasks`]), and its socket is on the shard's own epoll
+//! instance ([`crate::reactor`]); a TLS session is a tokio task. A plain (non-TLS)
 //! member's live frames skip the task: the shard collects the sessions it
 //! offered frames to and later writes each one's queue straight to its
 //! socket ([`Session::flush`]); the task is woken only when the socket would

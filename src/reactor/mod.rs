@@ -5,7 +5,7 @@
 //! connection (80 bytes of state, aligned to a cache line pair), a quarter
 //! of an idle session. A shard instead keeps its plain connections in one
 //! `epoll` instance of its own, registered with tokio as a single
-//! descriptor: per connection it holds a 24-byte [`Entry`] (the waker of
+//! descriptor: per connection it holds a 24-byte `Entry` (the waker of
 //! the task using the socket and what the kernel last said is ready), in a
 //! slab indexed by the number each socket carries in its epoll data.
 //!

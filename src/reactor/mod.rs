@@ -51,6 +51,9 @@ const EVENTS: usize = 256;
 /// What the shard knows of one registered socket.
 struct Entry {
     waker: Option<Waker>,
+    /// The socket's descriptor: a check that a socket only ever touches
+    /// its own entry (in the padding: the entry stays 24 bytes).
+    fd: RawFd,
     ready: u8,
 }
 
@@ -166,6 +169,7 @@ impl Reactor {
                 None => {
                     entries.push(Entry {
                         waker: None,
+                        fd: -1,
                         ready: FREE,
                     });
                     u32::try_from(entries.len() - 1).map_err(io::Error::other)?
@@ -186,18 +190,26 @@ impl Reactor {
         // the request that usually came with it, without a wake-up first.
         self.entries.borrow_mut()[slot as usize] = Entry {
             waker: None,
+            fd,
             ready: READABLE | WRITABLE,
         };
         Ok(slot)
     }
 
-    fn release(&self, slot: u32) {
-        if let Some(e) = self.entries.borrow_mut().get_mut(slot as usize) {
-            *e = Entry {
-                waker: None,
-                ready: FREE,
-            };
-            self.free.borrow_mut().push(slot);
+    /// Frees `slot`, which `fd` holds (anything else would be a socket
+    /// dropped on another thread than its own: that thread's entry is left alone).
+    fn release(&self, slot: u32, fd: RawFd) {
+        let mut entries = self.entries.borrow_mut();
+        match entries.get_mut(slot as usize) {
+            Some(e) if e.fd == fd && e.ready & FREE == 0 => {
+                *e = Entry {
+                    waker: None,
+                    fd: -1,
+                    ready: FREE,
+                };
+                self.free.borrow_mut().push(slot);
+            }
+            _ => debug_assert!(false, "socket {fd} released a slot not its own"),
         }
     }
 
@@ -205,6 +217,7 @@ impl Reactor {
     fn poll_ready(&self, slot: u32, bit: u8, cx: &Context<'_>) -> bool {
         let mut entries = self.entries.borrow_mut();
         let e = &mut entries[slot as usize];
+        debug_assert_ne!(e.ready & FREE, FREE, "a socket polled through a free slot");
         if e.ready & bit != 0 {
             return true;
         }
@@ -300,7 +313,7 @@ impl AsRawFd for RawSocket {
 impl Drop for RawSocket {
     fn drop(&mut self) {
         // The descriptor closes after this (removing it from epoll).
-        let _ = REACTOR.try_with(|r| r.release(self.slot));
+        let _ = REACTOR.try_with(|r| r.release(self.slot, self.fd.as_raw_fd()));
     }
 }
 
@@ -395,6 +408,7 @@ impl AsyncWrite for RawSocket {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::panic::AssertUnwindSafe;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A connected pair: ours registered with this thread's loop, theirs a
@@ -484,6 +498,11 @@ mod tests {
     }
 
     #[test]
+    fn entries_stay_24_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+    }
+
+    #[test]
     fn slots_are_given_back_and_reused() {
         with_loop(|| async {
             let before = slots_in_use();
@@ -498,6 +517,28 @@ mod tests {
             drop((b, c));
             assert_eq!(slots_in_use(), before);
         });
+    }
+
+    #[test]
+    fn a_socket_dropped_on_another_thread_leaves_that_threads_slots_alone() {
+        // Each thread's first socket takes its slot 0.
+        let on_thread = || {
+            let _epoll = epoll().unwrap();
+            pair()
+        };
+        let (foreign, _peer) = std::thread::spawn(on_thread).join().unwrap();
+        std::thread::spawn(move || {
+            let _epoll = epoll().unwrap();
+            let (ours, _theirs) = pair();
+            assert_eq!((ours.slot, foreign.slot), (0, 0));
+            let dropped = std::panic::catch_unwind(AssertUnwindSafe(|| drop(foreign)));
+            // A bug: debug builds say so; either way this thread's slot stays.
+            assert_eq!(dropped.is_err(), cfg!(debug_assertions));
+            assert_eq!(slots_in_use(), 1);
+            REACTOR.with(|r| assert_eq!(r.entries.borrow()[0].fd, ours.as_raw_fd()));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

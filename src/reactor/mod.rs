@@ -7,7 +7,7 @@
 //! `epoll` instance of its own, registered with tokio as a single
 //! descriptor: per connection it holds a 24-byte `Entry` (the waker of
 //! the task using the socket and what the kernel last said is ready), in a
-//! slab indexed by the number each socket carries in its epoll data.
+//! [`slab`] indexed by the number each socket carries in its epoll data.
 //!
 //! The loop ([`drive`]) runs as one task of the shard. When tokio sees the
 //! epoll descriptor readable it drains the ready list without blocking,
@@ -27,6 +27,7 @@
 //!
 //! [`tasks`] runs the plain sessions themselves without a tokio task each.
 
+pub mod slab;
 pub mod tasks;
 
 use std::cell::{Cell, RefCell};
@@ -38,6 +39,8 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+use slab::Slab;
 
 /// The socket has input (or its peer shut down, or it failed).
 const READABLE: u8 = 1;
@@ -57,20 +60,28 @@ struct Entry {
     ready: u8,
 }
 
+impl Entry {
+    fn vacant() -> Entry {
+        Entry {
+            waker: None,
+            fd: -1,
+            ready: FREE,
+        }
+    }
+}
+
 /// This thread's epoll instance and its sockets.
 struct Reactor {
     /// The epoll descriptor while [`drive`] runs; -1 before and after.
     epoll: Cell<RawFd>,
-    entries: RefCell<Vec<Entry>>,
-    free: RefCell<Vec<u32>>,
+    entries: RefCell<Slab<Entry>>,
 }
 
 thread_local! {
     static REACTOR: Reactor = const {
         Reactor {
             epoll: Cell::new(-1),
-            entries: RefCell::new(Vec::new()),
-            free: RefCell::new(Vec::new()),
+            entries: RefCell::new(Slab::new()),
         }
     };
 }
@@ -140,7 +151,7 @@ impl Reactor {
         let mut entries = self.entries.borrow_mut();
         for ev in events {
             let bits = ev.events;
-            let Some(e) = entries.get_mut(ev.u64 as usize) else {
+            let Some(e) = entries.get_mut(ev.u64 as u32) else {
                 continue;
             };
             if e.ready & FREE != 0 {
@@ -162,20 +173,7 @@ impl Reactor {
         if epoll < 0 {
             return Err(io::Error::other("no readiness loop runs on this thread"));
         }
-        let slot = {
-            let mut entries = self.entries.borrow_mut();
-            match self.free.borrow_mut().pop() {
-                Some(s) => s,
-                None => {
-                    entries.push(Entry {
-                        waker: None,
-                        fd: -1,
-                        ready: FREE,
-                    });
-                    u32::try_from(entries.len() - 1).map_err(io::Error::other)?
-                }
-            }
-        };
+        let slot = self.entries.borrow_mut().take(Entry::vacant);
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
             u64: u64::from(slot),
@@ -183,12 +181,12 @@ impl Reactor {
         // SAFETY: both descriptors are open; the kernel copies `ev`.
         if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
             let e = io::Error::last_os_error();
-            self.free.borrow_mut().push(slot);
+            self.entries.borrow_mut().give_back(slot);
             return Err(e);
         }
         // A new connection is assumed ready both ways: the first read finds
         // the request that usually came with it, without a wake-up first.
-        self.entries.borrow_mut()[slot as usize] = Entry {
+        *self.entries.borrow_mut().get_mut(slot).expect("just taken") = Entry {
             waker: None,
             fd,
             ready: READABLE | WRITABLE,
@@ -200,14 +198,10 @@ impl Reactor {
     /// dropped on another thread than its own: that thread's entry is left alone).
     fn release(&self, slot: u32, fd: RawFd) {
         let mut entries = self.entries.borrow_mut();
-        match entries.get_mut(slot as usize) {
+        match entries.get_mut(slot) {
             Some(e) if e.fd == fd && e.ready & FREE == 0 => {
-                *e = Entry {
-                    waker: None,
-                    fd: -1,
-                    ready: FREE,
-                };
-                self.free.borrow_mut().push(slot);
+                *e = Entry::vacant();
+                entries.give_back(slot);
             }
             _ => debug_assert!(false, "socket {fd} released a slot not its own"),
         }
@@ -216,7 +210,7 @@ impl Reactor {
     /// Whether `bit` is set for `slot`; if not, `cx` is woken when it is.
     fn poll_ready(&self, slot: u32, bit: u8, cx: &Context<'_>) -> bool {
         let mut entries = self.entries.borrow_mut();
-        let e = &mut entries[slot as usize];
+        let e = entries.get_mut(slot).expect("a socket's slot exists");
         debug_assert_ne!(e.ready & FREE, FREE, "a socket polled through a free slot");
         if e.ready & bit != 0 {
             return true;
@@ -228,7 +222,7 @@ impl Reactor {
     /// The socket said it would block: wait for the next `bit` event.
     fn clear(&self, slot: u32, bit: u8, cx: &Context<'_>) {
         let mut entries = self.entries.borrow_mut();
-        let e = &mut entries[slot as usize];
+        let e = entries.get_mut(slot).expect("a socket's slot exists");
         e.ready &= !bit;
         keep_waker(e, cx);
     }
@@ -435,7 +429,7 @@ mod tests {
     }
 
     fn slots_in_use() -> usize {
-        REACTOR.with(|r| r.entries.borrow().len() - r.free.borrow().len())
+        REACTOR.with(|r| r.entries.borrow().in_use())
     }
 
     #[test]
@@ -535,7 +529,12 @@ mod tests {
             // A bug: debug builds say so; either way this thread's slot stays.
             assert_eq!(dropped.is_err(), cfg!(debug_assertions));
             assert_eq!(slots_in_use(), 1);
-            REACTOR.with(|r| assert_eq!(r.entries.borrow()[0].fd, ours.as_raw_fd()));
+            REACTOR.with(|r| {
+                assert_eq!(
+                    r.entries.borrow_mut().get_mut(0).unwrap().fd,
+                    ours.as_raw_fd()
+                )
+            });
         })
         .join()
         .unwrap();

@@ -3,7 +3,7 @@
 //! A tokio task is a 256-byte cell for a session whose future is about 110
 //! bytes (a header, scheduler hooks and a trailer, aligned to 128). A
 //! shard's plain sessions instead sit in [`Tasks`]: their futures stored
-//! side by side in fixed chunks, polled by one tokio task ([`Tasks::run`]).
+//! side by side in fixed chunks ([`super::slab`]), polled by one tokio task ([`Tasks::run`]).
 //! A session's waker is its slot number, so it allocates nothing: waking
 //! it puts the number on this thread's run queue (once, however often it is
 //! woken before it runs) and wakes the runner. The runner polls at most
@@ -14,16 +14,15 @@
 //! the thread: the run queue is thread-local, and a shard's sessions and
 //! everything that wakes them stay on its thread. One `Tasks` per thread.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
-/// Slots per chunk: the store grows by one chunk, never by doubling (at
-/// ~130 bytes a slot, doubling would leave up to half of it unused).
-const CHUNK: usize = 256;
+use super::slab::Slab;
+
 /// Sessions polled per turn of the runner before it lets other tasks run.
 pub const BUDGET: usize = 256;
 
@@ -109,8 +108,7 @@ fn waker(id: u32) -> Waker {
 
 /// A shard's plain session futures.
 pub struct Tasks<F> {
-    chunks: RefCell<Vec<Box<[Option<F>]>>>,
-    free: RefCell<Vec<u32>>,
+    slots: RefCell<Slab<Option<F>>>,
     live: Cell<usize>,
 }
 
@@ -123,8 +121,7 @@ impl<F: Future<Output = ()> + Unpin> Tasks<F> {
             q.owned = true;
         });
         Tasks {
-            chunks: RefCell::new(Vec::new()),
-            free: RefCell::new(Vec::new()),
+            slots: RefCell::new(Slab::new()),
             live: Cell::new(0),
         }
     }
@@ -140,30 +137,15 @@ impl<F: Future<Output = ()> + Unpin> Tasks<F> {
 
     /// Adds `f`, to be polled first on the runner's next turn.
     pub fn spawn(&self, f: F) {
-        let reused = self.free.borrow_mut().pop();
-        let id = match reused {
-            Some(id) => id,
-            None => {
-                let mut chunks = self.chunks.borrow_mut();
-                let base = chunks.len() * CHUNK;
-                chunks.push((0..CHUNK).map(|_| None).collect());
-                let first = u32::try_from(base).expect("fewer than 2^32 sessions");
-                self.free
-                    .borrow_mut()
-                    .extend((first + 1..first + CHUNK as u32).rev());
-                first
-            }
-        };
+        let id = self.slots.borrow_mut().take(|| None);
         *self.slot(id).expect("a free slot exists") = Some(f);
         self.live.set(self.live.get() + 1);
         schedule(id);
     }
 
     /// Slot `id`, borrowed for one statement.
-    fn slot(&self, id: u32) -> Option<std::cell::RefMut<'_, Option<F>>> {
-        let chunks = self.chunks.borrow_mut();
-        let (c, i) = (id as usize / CHUNK, id as usize % CHUNK);
-        (c < chunks.len()).then(|| std::cell::RefMut::map(chunks, |ch| &mut ch[c][i]))
+    fn slot(&self, id: u32) -> Option<RefMut<'_, Option<F>>> {
+        RefMut::filter_map(self.slots.borrow_mut(), |s| s.get_mut(id)).ok()
     }
 
     /// Polls the queued sessions for ever (as one tokio task).
@@ -205,19 +187,19 @@ impl<F: Future<Output = ()> + Unpin> Tasks<F> {
         // the session. A panic in its `Drop` must not stop the others.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(f)));
         self.live.set(self.live.get() - 1);
-        self.free.borrow_mut().push(id);
+        self.slots.borrow_mut().give_back(id);
     }
 
     /// Drops every future (the shard is stopping): they hold the shard, so
     /// the store must be emptied for the shard to be freed.
     pub fn clear(&self) {
-        let n = self.chunks.borrow().len() * CHUNK;
+        let n = self.slots.borrow().capacity();
         for id in 0..n as u32 {
             let f = self.slot(id).and_then(|mut s| s.take());
             if let Some(f) = f {
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(f)));
                 self.live.set(self.live.get() - 1);
-                self.free.borrow_mut().push(id);
+                self.slots.borrow_mut().give_back(id);
             }
         }
     }
@@ -244,6 +226,7 @@ impl<F> Drop for Tasks<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reactor::slab::CHUNK;
     use std::rc::Rc;
 
     /// A future that counts its polls, keeps its last waker, finishes on

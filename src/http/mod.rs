@@ -248,8 +248,7 @@ where
         return e.response();
     }
     if upgrade::is_websocket(&req) {
-        let plain = frontend.tls.is_none();
-        let res = upgrade::accept::<S, H>(req, shard, &admission, plain);
+        let res = upgrade::accept::<S, H>(req, shard, &admission);
         // The stream becomes a session's (which starts only after this
         // response is written); a refused upgrade stays HTTP, timed.
         if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {

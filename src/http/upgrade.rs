@@ -49,13 +49,10 @@ pub fn is_valid_key(key: &[u8]) -> bool {
 /// once hyper hands over the connection (`S` under its [`WriteStall`],
 /// which the session drops: it no longer times writes). The session takes
 /// over the connection's `admission`, so it stays counted for the session's life.
-/// `raw_tcp`: the stream is the TCP socket itself (no TLS), so the shard may
-/// write frames to the socket directly.
 pub fn accept<S: SessionStream, H: super::Sessions>(
     mut req: Request<Incoming>,
     shard: Rc<H>,
     admission: &Admission,
-    raw_tcp: bool,
 ) -> Response<Body> {
     let h = req.headers();
     // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 (or later) GET.
@@ -115,7 +112,7 @@ pub fn accept<S: SessionStream, H: super::Sessions>(
         let hyper::upgrade::Parts { io, read_buf, .. } = parts;
         let io = io.into_inner().into_inner();
         let session = shard.new_session();
-        session.set_socket(fd, raw_tcp);
+        session.set_socket(fd, S::PLAIN);
         // The session gets a task of its own, sized to the session (and its
         // admission) rather than to this handshake future; this one ends here.
         if shard.limits().conformance_echo {
@@ -145,18 +142,26 @@ pub fn accept<S: SessionStream, H: super::Sessions>(
 
 /// A stream a session can run on, and how its task is started.
 pub trait SessionStream: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// The stream is the TCP socket itself (no TLS), so the shard may write
+    /// frames to the socket directly.
+    const PLAIN: bool;
+
     fn start<H: super::Sessions>(host: &H, task: Admitted<SessionTask<Self, H>>);
 }
 
 /// Plain sessions go to their host (the shard runs them without a tokio
 /// task each, [`crate::reactor::tasks`]).
 impl SessionStream for RawSocket {
+    const PLAIN: bool = true;
+
     fn start<H: super::Sessions>(host: &H, task: Admitted<SessionTask<Self, H>>) {
         host.start_plain(task);
     }
 }
 
 impl SessionStream for TlsStream<TcpStream> {
+    const PLAIN: bool = false;
+
     fn start<H: super::Sessions>(_: &H, task: Admitted<SessionTask<Self, H>>) {
         tokio::task::spawn_local(task);
     }

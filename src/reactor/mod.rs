@@ -46,16 +46,15 @@ use slab::Slab;
 const READABLE: u8 = 1;
 /// The socket has room for output (or failed).
 const WRITABLE: u8 = 2;
-/// The entry is on the free list.
-const FREE: u8 = 4;
 /// Events taken from the kernel per `epoll_wait`.
 const EVENTS: usize = 256;
 
 /// What the shard knows of one registered socket.
 struct Entry {
     waker: Option<Waker>,
-    /// The socket's descriptor: a check that a socket only ever touches
-    /// its own entry (in the padding: the entry stays 24 bytes).
+    /// The socket's descriptor, -1 while the entry is free: a check that a
+    /// socket only ever touches its own entry (in the padding: the entry
+    /// stays 24 bytes).
     fd: RawFd,
     ready: u8,
 }
@@ -65,7 +64,7 @@ impl Entry {
         Entry {
             waker: None,
             fd: -1,
-            ready: FREE,
+            ready: 0,
         }
     }
 }
@@ -154,7 +153,7 @@ impl Reactor {
             let Some(e) = entries.get_mut(ev.u64 as u32) else {
                 continue;
             };
-            if e.ready & FREE != 0 {
+            if e.fd < 0 {
                 continue;
             }
             let (down, failed) = (libc::EPOLLHUP as u32, libc::EPOLLERR as u32);
@@ -199,7 +198,7 @@ impl Reactor {
     fn release(&self, slot: u32, fd: RawFd) {
         let mut entries = self.entries.borrow_mut();
         match entries.get_mut(slot) {
-            Some(e) if e.fd == fd && e.ready & FREE == 0 => {
+            Some(e) if e.fd == fd && fd >= 0 => {
                 *e = Entry::vacant();
                 entries.give_back(slot);
             }
@@ -211,7 +210,7 @@ impl Reactor {
     fn poll_ready(&self, slot: u32, bit: u8, cx: &Context<'_>) -> bool {
         let mut entries = self.entries.borrow_mut();
         let e = entries.get_mut(slot).expect("a socket's slot exists");
-        debug_assert_ne!(e.ready & FREE, FREE, "a socket polled through a free slot");
+        debug_assert!(e.fd >= 0, "a socket polled through a free slot");
         if e.ready & bit != 0 {
             return true;
         }
@@ -321,9 +320,10 @@ impl AsyncRead for RawSocket {
             if !self.poll_ready(READABLE, cx) {
                 return Poll::Pending;
             }
-            let dst = buf.initialize_unfilled();
-            // SAFETY: the kernel writes at most `dst.len()` bytes into `dst`.
+            // SAFETY: the kernel only writes into the unfilled part (never
+            // reads it), at most its length; `n` bytes are then initialized.
             let n = unsafe {
+                let dst = buf.unfilled_mut();
                 libc::recv(
                     self.fd.as_raw_fd(),
                     dst.as_mut_ptr().cast(),
@@ -332,6 +332,8 @@ impl AsyncRead for RawSocket {
                 )
             };
             if n >= 0 {
+                // SAFETY: recv initialized the first `n` unfilled bytes.
+                unsafe { buf.assume_init(n as usize) };
                 buf.advance(n as usize);
                 return Poll::Ready(Ok(()));
             }

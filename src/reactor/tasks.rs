@@ -14,7 +14,7 @@
 //! the thread: the run queue is thread-local, and a shard's sessions and
 //! everything that wakes them stay on its thread. One `Tasks` per thread.
 
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{RefCell, RefMut};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -109,7 +109,6 @@ fn waker(id: u32) -> Waker {
 /// A shard's plain session futures.
 pub struct Tasks<F> {
     slots: RefCell<Slab<Option<F>>>,
-    live: Cell<usize>,
 }
 
 impl<F: Future<Output = ()> + Unpin> Tasks<F> {
@@ -122,13 +121,12 @@ impl<F: Future<Output = ()> + Unpin> Tasks<F> {
         });
         Tasks {
             slots: RefCell::new(Slab::new()),
-            live: Cell::new(0),
         }
     }
 
-    /// Futures not yet finished.
+    /// Futures not yet finished (a slot stays in use while its future runs).
     pub fn len(&self) -> usize {
-        self.live.get()
+        self.slots.borrow().in_use()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -139,7 +137,6 @@ impl<F: Future<Output = ()> + Unpin> Tasks<F> {
     pub fn spawn(&self, f: F) {
         let id = self.slots.borrow_mut().take(|| None);
         *self.slot(id).expect("a free slot exists") = Some(f);
-        self.live.set(self.live.get() + 1);
         schedule(id);
     }
 
@@ -186,7 +183,6 @@ impl<F: Future<Output = ()> + Unpin> Tasks<F> {
         // Finished, or panicked (the hook has reported it): dropping it ends
         // the session. A panic in its `Drop` must not stop the others.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(f)));
-        self.live.set(self.live.get() - 1);
         self.slots.borrow_mut().give_back(id);
     }
 
@@ -198,7 +194,6 @@ impl<F: Future<Output = ()> + Unpin> Tasks<F> {
             let f = self.slot(id).and_then(|mut s| s.take());
             if let Some(f) = f {
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(f)));
-                self.live.set(self.live.get() - 1);
                 self.slots.borrow_mut().give_back(id);
             }
         }
@@ -227,6 +222,7 @@ impl<F> Drop for Tasks<F> {
 mod tests {
     use super::*;
     use crate::reactor::slab::CHUNK;
+    use std::cell::Cell;
     use std::rc::Rc;
 
     /// A future that counts its polls, keeps its last waker, finishes on

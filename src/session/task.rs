@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::rate::SessionRate;
-use super::{EMPTY_CLOSE, Host, MAX_IOV, Phase, READ_BUDGET, Session, socket};
+use super::{EMPTY_CLOSE, Host, MAX_IOV, Phase, READ_BUDGET, Session};
 use crate::clock;
 use crate::protocol::close::{self, Close};
 use crate::protocol::frame::{
@@ -72,9 +72,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
         }
     }
 
-    /// Writes as much of the queue as the socket takes, in vectored writes:
-    /// `send`/`sendmsg` on a plain socket, through the stream when that would
-    /// block (so the task is woken when there is room) or under TLS.
+    /// Writes as much of the queue as the socket takes, in vectored writes
+    /// (a plain session's stream, [`crate::reactor::RawSocket`], writes
+    /// with `send`/`sendmsg`; a full socket wakes the task when there is room).
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         loop {
             let mut i = self.session.inner.borrow_mut();
@@ -84,14 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Host> SessionTask<S, H> {
             let polled = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
                 let k = i.gather(&mut iov);
-                let direct = i.plain_fd().map(|fd| socket::send(fd, &iov[..k]));
-                match direct {
-                    Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k])
-                    }
-                    Some(r) => Poll::Ready(r),
-                    None => Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k]),
-                }
+                Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k])
             };
             match polled {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),

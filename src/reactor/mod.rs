@@ -46,6 +46,9 @@ use slab::Slab;
 const READABLE: u8 = 1;
 /// The socket has room for output (or failed).
 const WRITABLE: u8 = 2;
+/// The peer shut down its side, or the socket failed: a read never waits
+/// again. Kept apart from [`READABLE`], which a short read clears.
+const CLOSED: u8 = 4;
 /// Events taken from the kernel per `epoll_wait`.
 const EVENTS: usize = 256;
 
@@ -160,6 +163,9 @@ impl Reactor {
             if bits & (libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32 | down | failed) != 0 {
                 e.ready |= READABLE;
             }
+            if bits & (libc::EPOLLRDHUP as u32 | down | failed) != 0 {
+                e.ready |= CLOSED;
+            }
             if bits & (libc::EPOLLOUT as u32 | down | failed) != 0 {
                 e.ready |= WRITABLE;
             }
@@ -206,12 +212,13 @@ impl Reactor {
         }
     }
 
-    /// Whether `bit` is set for `slot`; if not, `cx` is woken when it is.
-    fn poll_ready(&self, slot: u32, bit: u8, cx: &Context<'_>) -> bool {
+    /// Whether any of `bits` is set for `slot`; if not, `cx` is woken at
+    /// the socket's next event.
+    fn poll_ready(&self, slot: u32, bits: u8, cx: &Context<'_>) -> bool {
         let mut entries = self.entries.borrow_mut();
         let e = entries.get_mut(slot).expect("a socket's slot exists");
         debug_assert!(e.fd >= 0, "a socket polled through a free slot");
-        if e.ready & bit != 0 {
+        if e.ready & bits != 0 {
             return true;
         }
         keep_waker(e, cx);
@@ -292,8 +299,8 @@ impl RawSocket {
         Ok(RawSocket { fd, slot })
     }
 
-    fn poll_ready(&self, bit: u8, cx: &Context<'_>) -> bool {
-        REACTOR.with(|r| r.poll_ready(self.slot, bit, cx))
+    fn poll_ready(&self, bits: u8, cx: &Context<'_>) -> bool {
+        REACTOR.with(|r| r.poll_ready(self.slot, bits, cx))
     }
 }
 
@@ -317,9 +324,10 @@ impl AsyncRead for RawSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            if !self.poll_ready(READABLE, cx) {
+            if !self.poll_ready(READABLE | CLOSED, cx) {
                 return Poll::Pending;
             }
+            let room = buf.remaining();
             // SAFETY: the kernel only writes into the unfilled part (never
             // reads it), at most its length; `n` bytes are then initialized.
             let n = unsafe {
@@ -332,9 +340,17 @@ impl AsyncRead for RawSocket {
                 )
             };
             if n >= 0 {
+                let n = n as usize;
                 // SAFETY: recv initialized the first `n` unfilled bytes.
-                unsafe { buf.assume_init(n as usize) };
-                buf.advance(n as usize);
+                unsafe { buf.assume_init(n) };
+                buf.advance(n);
+                // A short read emptied the receive queue: whatever arrives
+                // next raises a new edge, so the next read waits for it
+                // instead of asking the kernel only to hear EAGAIN. (A
+                // peer's shutdown is kept in CLOSED, which stays set.)
+                if n > 0 && n < room {
+                    REACTOR.with(|r| r.clear(self.slot, READABLE, cx));
+                }
                 return Poll::Ready(Ok(()));
             }
             let e = io::Error::last_os_error();
@@ -490,6 +506,58 @@ mod tests {
                 ours.write_all(&chunk).await.unwrap();
             }
             assert_eq!(reader.join().unwrap(), total);
+        });
+    }
+
+    /// One `poll_read` into `buf` with a waker nobody listens to.
+    fn read_now(ours: &mut RawSocket, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut rb = ReadBuf::new(buf);
+        Pin::new(ours)
+            .poll_read(&mut cx, &mut rb)
+            .map_ok(|()| rb.filled().len())
+    }
+
+    fn ready_bits(s: &RawSocket) -> u8 {
+        REACTOR.with(|r| r.entries.borrow_mut().get_mut(s.slot).unwrap().ready)
+    }
+
+    #[test]
+    fn a_short_read_waits_for_the_next_event_instead_of_asking_again() {
+        with_loop(|| async {
+            let (mut ours, mut theirs) = pair();
+            let mut buf = [0u8; 16];
+            theirs.write_all(b"a").unwrap();
+            assert_eq!(ours.read(&mut buf).await.unwrap(), 1);
+            // Loopback queues "b" before write_all returns, but the read
+            // took less than it asked for, so the queue was empty: the
+            // next read waits for the loop's event rather than calling
+            // recv (which would have found "b" here, or EAGAIN).
+            theirs.write_all(b"b").unwrap();
+            assert!(read_now(&mut ours, &mut buf).is_pending());
+            assert_eq!(ours.read(&mut buf).await.unwrap(), 1);
+            assert_eq!(buf[0], b'b');
+            // A read that fills the buffer keeps asking: more may be there.
+            theirs.write_all(&[1u8; 32]).unwrap();
+            assert_eq!(ours.read(&mut buf).await.unwrap(), 16);
+            assert!(matches!(read_now(&mut ours, &mut buf), Poll::Ready(Ok(16))));
+        });
+    }
+
+    #[test]
+    fn a_short_read_after_the_peer_shut_down_still_sees_eof() {
+        with_loop(|| async {
+            let (mut ours, mut theirs) = pair();
+            theirs.write_all(b"bye").unwrap();
+            theirs.shutdown(std::net::Shutdown::Write).unwrap();
+            // Let the loop take the data and the shutdown as one event.
+            while ready_bits(&ours) & CLOSED == 0 {
+                tokio::task::yield_now().await;
+            }
+            let mut buf = [0u8; 16];
+            assert!(matches!(read_now(&mut ours, &mut buf), Poll::Ready(Ok(3))));
+            // No later event will come: the shutdown must not be forgotten.
+            assert!(matches!(read_now(&mut ours, &mut buf), Poll::Ready(Ok(0))));
         });
     }
 

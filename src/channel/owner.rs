@@ -121,6 +121,9 @@ pub struct Owner<Q> {
     syncs: u64,
     /// Links still waiting for their peer's sync (the timer looks only then).
     unsynced: usize,
+    /// A client joiner's history comes as [`History::replay`](super::history::History::replay)'s few
+    /// buffers, not frame by frame.
+    coalesce_replay: bool,
 }
 
 impl<Q: Sequencer> Owner<Q> {
@@ -147,7 +150,16 @@ impl<Q: Sequencer> Owner<Q> {
             node: 0,
             syncs: 0,
             unsynced: 0,
+            coalesce_replay: false,
         }
+    }
+
+    /// Sends client joiners their history in few buffers
+    /// ([`History::replay`](super::history::History::replay)) instead of frame by frame; links always get
+    /// frames (they forward them one by one).
+    pub fn with_coalesced_replay(mut self) -> Owner<Q> {
+        self.coalesce_replay = true;
+        self
     }
 
     /// Sets this server's node id among peers (from `--peer-uid`).

@@ -158,7 +158,8 @@ impl Shard {
             sequencer,
         )
         .with_node(limits.node)
-        .with_history_budget(limits.history_total / mesh.shards().max(1));
+        .with_history_budget(limits.history_total / mesh.shards().max(1))
+        .with_coalesced_replay();
         let shard = Rc::new(Shard {
             id,
             mesh,

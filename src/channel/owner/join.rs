@@ -138,7 +138,11 @@ impl<Q: Sequencer> Owner<Q> {
         if let Some(h) = &header {
             ch.fan_out(h, out);
         }
-        let history = ch.history.snapshot();
+        let history = if self.coalesce_replay && !j.kind.is_link() {
+            ch.history.replay()
+        } else {
+            ch.history.snapshot()
+        };
         if let Some(h) = header {
             let before = ch.history.bytes();
             ch.history

@@ -193,6 +193,23 @@ fn history_is_bounded_in_frames_and_bytes() {
 }
 
 #[test]
+fn coalesced_replay_gives_clients_few_buffers_and_links_frames() {
+    let (mut o, t) = (owner().with_coalesced_replay(), Instant::now());
+    let key = join(&mut o, "a", sid(1, 1), t);
+    let mut out = Vec::new();
+    o.publish(key, sid(1, 1), Bytes::from("m1"), false, t, &mut out);
+    o.join(client("b", sid(2, 1)), t, &mut out);
+    assert_eq!(history_of(&out, sid(2, 1)), [Bytes::from("hdr-am1")]);
+    let l = sid(2, 7);
+    o.join(link("peer-b", l), t, &mut out);
+    assert_eq!(
+        history_of(&out, l),
+        ["hdr-a", "m1", "hdr-b"].map(Bytes::from),
+        "a link forwards the history frame by frame"
+    );
+}
+
+#[test]
 fn history_comes_strictly_before_live_frames() {
     let (mut o, t) = (owner(), Instant::now());
     let key = join(&mut o, "a", sid(1, 1), t);

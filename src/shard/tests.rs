@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::sync::atomic::AtomicBool;
 use std::task::Wake;
 
+use super::dispatch::COPY_TO_SHARD_MAX;
 use super::*;
 use crate::config::Config;
 use crate::protocol::header;
@@ -83,6 +84,50 @@ fn deliveries_to_a_slow_member_shard_pause_publishers_until_it_drains() {
         }
         assert!(flag.0.load(Ordering::SeqCst), "resumed");
         assert!(!shard.must_pause(&waker));
+    });
+}
+
+#[test]
+fn small_frames_reach_another_shard_as_a_copy_of_their_own() {
+    local(async {
+        let (mesh, rxs) = Mesh::new(2);
+        let shard = Shard::new(0, mesh.clone(), Config::local(2).limits);
+        let channel = owned_by(0);
+        let join = |uid: &str| {
+            let s = shard.new_session();
+            s.begin_join();
+            let raw = format!(r#"{{"uid":"{uid}","channel":"{channel}"}}"#);
+            shard.join(s.id, header::parse(raw.as_bytes()).unwrap());
+            assert_eq!(s.phase(), Phase::Member);
+            s
+        };
+        let (publisher, here) = (join("p"), join("h"));
+        let key = publisher.key().unwrap();
+        shard.submit(
+            0,
+            ShardMsg::Join {
+                channel: channel.as_str().into(),
+                uid: "r".into(),
+                session: (1 << 48) | 1,
+                kind: MemberKind::Client,
+                header: Bytes::from_static(b"hdr"),
+            },
+        );
+        here.take_queued();
+        while rxs[1].rx.try_recv().is_ok() {}
+        let sent_to_shard_1 = || loop {
+            match rxs[1].rx.try_recv().expect("a delivery for shard 1") {
+                ShardMsg::Deliver { frame, .. } => break frame,
+                _ => continue,
+            }
+        };
+        for (size, copied) in [(COPY_TO_SHARD_MAX, true), (COPY_TO_SHARD_MAX + 1, false)] {
+            shard.publish(key, publisher.id, Bytes::from(vec![7u8; size]), false);
+            let local = here.take_queued().pop().expect("delivered here");
+            let remote = sent_to_shard_1();
+            assert_eq!(local, remote);
+            assert_eq!(local.as_ptr() != remote.as_ptr(), copied, "{size} bytes");
+        }
     });
 }
 

@@ -99,12 +99,16 @@ pub enum ShardMsg {
 
 impl ShardMsg {
     /// Bytes this message holds, for inbox accounting: the payload plus a
-    /// flat 64 for the message itself (its size, rounded up).
+    /// flat 64 for the message itself (its size, rounded up). A history
+    /// counts its frames' bytes too: most are shared with the owner's
+    /// history, but a client's replay buffer is a copy
+    /// ([`crate::channel::history::History::replay`]).
     pub fn weight(&self) -> usize {
         64 + match self {
             ShardMsg::Publish { frame, .. } | ShardMsg::Deliver { frame, .. } => frame.len(),
             ShardMsg::Join { header, .. } => header.len(),
-            ShardMsg::Joined { history, .. } => history.len() * 32,
+            // A frame's reference, or a replay buffer's copy as well.
+            ShardMsg::Joined { history, .. } => history.iter().map(|f| 32 + f.len()).sum(),
             _ => 0,
         }
     }

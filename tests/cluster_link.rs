@@ -9,10 +9,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::kv::Operation;
 use bytes::Bytes;
 use common::free_port;
 use common::nats::{NatsCluster, NatsServer};
 use mles::cluster::link::{BoxFuture, STREAM_MAX_CONSUMERS};
+use mles::cluster::subject::member_key;
 use mles::cluster::{
     ChannelLog, Claim, Cluster, ClusterSettings, Delivery, Kind, LinkState, LogEvent, Next, Origin,
     Outgoing, Prober, PublishError,
@@ -327,6 +329,46 @@ async fn a_uid_is_held_once_across_nodes_and_freed_by_probe_or_death() {
         b.registry().claim("ch", "alice", 4).await,
         Ok(Claim::Claimed)
     );
+}
+
+/// Held entries are re-written so they never age out: the same value at a
+/// new revision, still released by their holder afterwards; an entry taken
+/// over behind the holder's back is let go, not written back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_entries_are_refreshed_and_still_released() {
+    let nats = NatsServer::start();
+    let (a, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&a).await;
+    let js = async_nats::jetstream::new(a.client().clone());
+    let kv = js
+        .get_key_value(a.settings().members_bucket())
+        .await
+        .unwrap();
+    let alice = member_key("ch", "alice");
+    assert_eq!(
+        a.registry().claim("ch", "alice", 7).await,
+        Ok(Claim::Claimed)
+    );
+    let first = kv.entry(&alice).await.unwrap().expect("written");
+    a.registry().refresh().await;
+    let second = kv.entry(&alice).await.unwrap().expect("still there");
+    assert!(second.revision > first.revision, "re-written");
+    assert_eq!(&second.value[..], format!("{} 7", a.node()).as_bytes());
+    a.registry().release("ch", "alice").await;
+    assert_eq!(a.registry().held(), 0);
+    let gone = kv.entry(&alice).await.unwrap();
+    assert!(
+        gone.is_none_or(|e| e.operation != Operation::Put),
+        "released at its refreshed revision"
+    );
+
+    let bob = member_key("ch", "bob");
+    assert_eq!(a.registry().claim("ch", "bob", 8).await, Ok(Claim::Claimed));
+    kv.put(&bob, Bytes::from_static(b"other 1")).await.unwrap();
+    a.registry().refresh().await;
+    assert_eq!(a.registry().held(), 0, "not ours any more");
+    let now = kv.entry(&bob).await.unwrap().expect("kept");
+    assert_eq!(&now.value[..], b"other 1");
 }
 
 /// Two racing claims for one pair: exactly one wins.

@@ -111,8 +111,17 @@ struct RegistryInner {
     store: tokio::sync::OnceCell<kv::Store>,
     /// Tells the link to check the bucket exists (a claim failed).
     recheck: Arc<tokio::sync::Notify>,
-    /// Entries this node wrote and still holds: key -> (revision, value).
-    held: Mutex<HashMap<String, (u64, Bytes)>>,
+    /// Entries this node wrote and still holds, by key. One per joined
+    /// session of the node, so kept small: the key sized to fit, the value
+    /// written ("node session") rebuilt from the session when refreshed.
+    held: Mutex<HashMap<Box<str>, Held>>,
+}
+
+/// An entry this node holds: the revision it wrote, for the session it holds it for.
+#[derive(Clone, Copy)]
+struct Held {
+    revision: u64,
+    session: u64,
 }
 
 impl Registry {
@@ -189,10 +198,10 @@ impl Registry {
     ) -> Result<Claim, RegistryError> {
         let store = self.store()?;
         let key = member_key(channel, uid);
-        let value = Bytes::from(format!("{} {session}", self.inner.node));
+        let value = self.value(session);
         for _ in 0..CLAIM_ROUNDS {
             match store.create(&key, value.clone()).await {
-                Ok(revision) => return Ok(self.hold(key, revision, value)),
+                Ok(revision) => return Ok(self.hold(key, revision, session)),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(RegistryError(e.to_string())),
             }
@@ -218,7 +227,7 @@ impl Registry {
             match store.update(&key, value.clone(), entry.revision).await {
                 Ok(revision) => {
                     tracing::debug!(%node, "cluster registry: took over a stale entry");
-                    return Ok(self.hold(key, revision, value));
+                    return Ok(self.hold(key, revision, session));
                 }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
                 Err(e) => return Err(RegistryError(e.to_string())),
@@ -227,9 +236,14 @@ impl Registry {
         Err(RegistryError("the entry kept changing; try again".into()))
     }
 
-    fn hold(&self, key: String, revision: u64, value: Bytes) -> Claim {
+    /// What this node writes for `session`: "node session".
+    fn value(&self, session: u64) -> Bytes {
+        Bytes::from(format!("{} {session}", self.inner.node))
+    }
+
+    fn hold(&self, key: String, revision: u64, session: u64) -> Claim {
         if let Ok(mut held) = self.inner.held.lock() {
-            held.insert(key, (revision, value));
+            held.insert(key.into_boxed_str(), Held { revision, session });
         }
         Claim::Claimed
     }
@@ -265,8 +279,13 @@ impl Registry {
     /// Gives the pair up, unless someone else has taken it over meanwhile.
     pub async fn release(&self, channel: &str, uid: &str) {
         let key = member_key(channel, uid);
-        let held = self.inner.held.lock().ok().and_then(|mut h| h.remove(&key));
-        let (Some((revision, _)), Ok(store)) = (held, self.store()) else {
+        let held = self
+            .inner
+            .held
+            .lock()
+            .ok()
+            .and_then(|mut h| h.remove(&*key));
+        let (Some(Held { revision, .. }), Ok(store)) = (held, self.store()) else {
             return;
         };
         if let Err(e) = store.delete_expect_revision(&key, Some(revision)).await {
@@ -320,34 +339,40 @@ pub(super) async fn refresh_forever(registry: Registry) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        refresh_once(&registry).await;
+        registry.refresh().await;
+    }
+}
+
+impl Registry {
+    /// Re-writes every entry this node holds, so it does not age out (done
+    /// every [`ENTRY_REFRESH`]); an entry someone else took over meanwhile
+    /// is let go instead.
+    pub async fn refresh(&self) {
+        refresh_once(self).await
     }
 }
 
 async fn refresh_once(registry: &Registry) {
     let Ok(store) = registry.store() else { return };
-    let held: Vec<(String, u64, Bytes)> = match registry.inner.held.lock() {
-        Ok(h) => h
-            .iter()
-            .map(|(k, (r, v))| (k.clone(), *r, v.clone()))
-            .collect(),
+    let held: Vec<(Box<str>, Held)> = match registry.inner.held.lock() {
+        Ok(h) => h.iter().map(|(k, e)| (k.clone(), *e)).collect(),
         Err(_) => return,
     };
-    for (key, revision, value) in held {
-        let result = store.update(&key, value.clone(), revision).await;
+    for (key, Held { revision, session }) in held {
+        let result = store.update(&*key, registry.value(session), revision).await;
         let Ok(mut h) = registry.inner.held.lock() else {
             return;
         };
         match result {
             // Only if still held at that revision (not released meanwhile).
             Ok(new) => {
-                if let Some(e) = h.get_mut(&key).filter(|e| e.0 == revision) {
-                    e.0 = new;
+                if let Some(e) = h.get_mut(&key).filter(|e| e.revision == revision) {
+                    e.revision = new;
                 }
             }
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                 tracing::warn!(
-                    key,
+                    key = &*key,
                     "cluster registry: an entry this node held was taken over"
                 );
                 h.remove(&key);

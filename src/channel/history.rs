@@ -7,20 +7,31 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-/// Frames of at most this many bytes are copied into a joiner's replay
-/// buffer ([`History::replay`]); larger ones are shared.
-pub const COPY_FRAME_MAX: usize = 1024;
+/// Frames of at most this many bytes are stored inline, copied back to back
+/// into the history's own buffer; larger ones are kept as shared references.
+pub const INLINE_MAX: usize = 1024;
 
-/// At most this many bytes of one replay are copies: a joiner that does not
-/// read holds no more private memory than about a socket buffer's worth.
-pub const COPY_BUDGET: usize = 64 * 1024;
+/// `lens` entry of a frame kept in `shared`.
+const SHARED: u32 = u32::MAX;
 
 /// The most recent frames of a channel, bounded in frames and in bytes.
+///
+/// Small frames (the usual chat message, every join header) live back to
+/// back in one buffer: a frame costs its bytes and a 4-byte length instead
+/// of an allocation, a reference count and a 32-byte handle, and a joiner's
+/// history is copied out in one piece ([`History::replay`]).
 #[derive(Debug, Default)]
 pub struct History {
-    frames: VecDeque<Bytes>,
+    /// Each frame's length, oldest first; [`SHARED`] for one in `shared`.
+    lens: VecDeque<u32>,
+    /// The inline frames, oldest first, in `buf[head..]`.
+    buf: Vec<u8>,
+    /// Bytes at the front of `buf` that belong to evicted frames.
+    head: usize,
+    /// The frames over [`INLINE_MAX`], oldest first.
+    shared: VecDeque<Bytes>,
     bytes: usize,
     /// Sequence number of the newest frame ever pushed (0: none yet).
     last_seq: u64,
@@ -30,12 +41,59 @@ impl History {
     /// Appends `frame`, evicting the oldest frames beyond either bound.
     pub fn push(&mut self, frame: Bytes, max_frames: usize, max_bytes: usize) {
         self.last_seq += 1;
+        self.append(frame);
+        while self.lens.len() > max_frames || self.bytes > max_bytes {
+            if !self.pop_front() {
+                break;
+            }
+        }
+    }
+
+    fn append(&mut self, frame: Bytes) {
         self.bytes += frame.len();
-        self.frames.push_back(frame);
-        while self.frames.len() > max_frames || self.bytes > max_bytes {
-            match self.frames.pop_front() {
-                Some(old) => self.bytes -= old.len(),
-                None => break,
+        if frame.len() <= INLINE_MAX {
+            self.make_room(frame.len());
+            self.buf.extend_from_slice(&frame);
+            self.lens.push_back(frame.len() as u32);
+        } else {
+            self.shared.push_back(frame);
+            self.lens.push_back(SHARED);
+        }
+    }
+
+    /// Before `buf` would grow by `n`: moves the live bytes to its front
+    /// instead, when the evicted ones are at least half as many (so each
+    /// evicted byte pays for at most two moved).
+    fn make_room(&mut self, n: usize) {
+        if self.head > 0 && self.buf.len() + n > self.buf.capacity() {
+            let live = self.buf.len() - self.head;
+            if self.head >= live / 2 {
+                self.buf.drain(..self.head);
+                self.head = 0;
+            }
+        }
+    }
+
+    /// Evicts the oldest frame; false when there is none.
+    fn pop_front(&mut self) -> bool {
+        match self.lens.pop_front() {
+            None => false,
+            Some(SHARED) => {
+                let f = self
+                    .shared
+                    .pop_front()
+                    .expect("a shared frame per SHARED length");
+                self.bytes -= f.len();
+                true
+            }
+            Some(n) => {
+                self.head += n as usize;
+                self.bytes -= n as usize;
+                if self.head == self.buf.len() {
+                    self.buf.clear();
+                    self.head = 0;
+                }
+                true
             }
         }
     }
@@ -45,16 +103,33 @@ impl History {
     /// history that could not be aligned with ours (PROTOCOL.md §7); the
     /// sequence numbers of stored frames do not change.
     pub fn prepend(&mut self, older: Vec<Bytes>, max_frames: usize, max_bytes: usize) -> usize {
-        let mut added = 0;
-        for f in older.into_iter().rev() {
-            if self.frames.len() >= max_frames || self.bytes + f.len() > max_bytes {
-                break;
-            }
-            self.bytes += f.len();
-            self.frames.push_front(f);
-            added += 1;
+        let (mut frames, mut bytes) = (self.lens.len(), self.bytes);
+        let keep = older
+            .iter()
+            .rev()
+            .take_while(|f| {
+                let fits = frames < max_frames && bytes + f.len() <= max_bytes;
+                if fits {
+                    frames += 1;
+                    bytes += f.len();
+                }
+                fits
+            })
+            .count();
+        if keep == 0 {
+            return 0;
         }
-        added
+        // Rare (a peer's resync): rebuilt, the kept older frames first.
+        let mine = std::mem::take(self);
+        self.last_seq = mine.last_seq;
+        let skip = older.len() - keep;
+        for f in older.into_iter().skip(skip) {
+            self.append(f);
+        }
+        for f in mine.snapshot() {
+            self.append(f);
+        }
+        keep
     }
 
     /// Drops the oldest frames until at most `max_bytes` remain; returns
@@ -62,70 +137,90 @@ impl History {
     pub fn trim_to(&mut self, max_bytes: usize) -> usize {
         let before = self.bytes;
         while self.bytes > max_bytes {
-            match self.frames.pop_front() {
-                Some(old) => self.bytes -= old.len(),
-                None => break,
+            if !self.pop_front() {
+                break;
             }
         }
-        if self.frames.is_empty() {
-            self.frames = VecDeque::new();
+        // Under a memory budget: give back what the buffers no longer hold.
+        self.buf.drain(..self.head);
+        self.head = 0;
+        self.buf.shrink_to_fit();
+        if self.lens.is_empty() {
+            self.lens = VecDeque::new();
+            self.shared = VecDeque::new();
         }
         before - self.bytes
     }
 
     /// Whether a byte-identical frame is already stored (`--dedup`).
     pub fn contains(&self, frame: &[u8]) -> bool {
-        self.frames.iter().any(|f| f[..] == *frame)
+        self.iter().any(|f| f == frame)
     }
 
     /// The frames, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Bytes> + Clone {
-        self.frames.iter()
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            lens: self.lens.iter(),
+            buf: &self.buf[self.head..],
+            shared: self.shared.iter(),
+        }
     }
 
-    /// The frames, oldest first, as cheap clones.
+    /// The frames, oldest first, one `Bytes` each (the inline ones slices
+    /// of one copy): for links, which forward frame by frame.
     pub fn snapshot(&self) -> Vec<Bytes> {
-        self.frames.iter().cloned().collect()
+        let inline = Bytes::copy_from_slice(&self.buf[self.head..]);
+        let (mut at, mut shared) = (0, self.shared.iter());
+        self.lens
+            .iter()
+            .map(|&n| {
+                if n == SHARED {
+                    shared
+                        .next()
+                        .expect("a shared frame per SHARED length")
+                        .clone()
+                } else {
+                    at += n as usize;
+                    inline.slice(at - n as usize..at)
+                }
+            })
+            .collect()
     }
 
-    /// The frames, oldest first, as a joiner's socket takes them: runs of
-    /// small frames ([`COPY_FRAME_MAX`]) copied into one buffer, up to
-    /// [`COPY_BUDGET`] bytes in all, every other frame shared. Byte for
-    /// byte the same stream as [`History::snapshot`], in a few buffers
-    /// instead of one reference count per frame (taken here, dropped when
-    /// written) and one write vector per frame.
+    /// The frames, oldest first, as a joiner's socket takes them: one copy
+    /// of the inline frames, sliced at the large frames, which are shared.
+    /// Byte for byte the stream of [`History::snapshot`], usually in one
+    /// buffer. The copy is the joiner's own: at most `--limit` ×
+    /// [`INLINE_MAX`] bytes (and `--history-bytes`), released as written.
     pub fn replay(&self) -> Vec<Bytes> {
-        let mut budget = COPY_BUDGET;
-        let copied = |f: &Bytes, budget: &mut usize| {
-            let take = f.len() <= COPY_FRAME_MAX && f.len() <= *budget;
-            if take {
-                *budget -= f.len();
-            }
-            take
-        };
-        // One allocation for every copied run: sized first, then split.
-        let total = {
-            let mut b = budget;
-            self.frames
-                .iter()
-                .filter(|f| copied(f, &mut b))
-                .map(|f| f.len())
-                .sum()
-        };
-        let mut run = BytesMut::with_capacity(total);
-        let mut out = Vec::new();
-        for f in &self.frames {
-            if copied(f, &mut budget) {
-                run.extend_from_slice(f);
+        let inline = Bytes::copy_from_slice(&self.buf[self.head..]);
+        if self.shared.is_empty() {
+            return if inline.is_empty() {
+                Vec::new()
+            } else {
+                vec![inline]
+            };
+        }
+        let mut out = Vec::with_capacity(2 * self.shared.len() + 1);
+        let (mut from, mut at, mut shared) = (0, 0, self.shared.iter());
+        for &n in &self.lens {
+            if n != SHARED {
+                at += n as usize;
                 continue;
             }
-            if !run.is_empty() {
-                out.push(run.split().freeze());
+            if at > from {
+                out.push(inline.slice(from..at));
+                from = at;
             }
-            out.push(f.clone());
+            out.push(
+                shared
+                    .next()
+                    .expect("a shared frame per SHARED length")
+                    .clone(),
+            );
         }
-        if !run.is_empty() {
-            out.push(run.freeze());
+        if at > from {
+            out.push(inline.slice(from..at));
         }
         out
     }
@@ -136,15 +231,37 @@ impl History {
     }
 
     pub fn len(&self) -> usize {
-        self.frames.len()
+        self.lens.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.lens.is_empty()
     }
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+/// The frames of a [`History`], oldest first, as byte slices.
+#[derive(Clone)]
+pub struct Iter<'a> {
+    lens: std::collections::vec_deque::Iter<'a, u32>,
+    buf: &'a [u8],
+    shared: std::collections::vec_deque::Iter<'a, Bytes>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let n = *self.lens.next()?;
+        if n == SHARED {
+            return self.shared.next().map(|f| &f[..]);
+        }
+        let (f, rest) = self.buf.split_at(n as usize);
+        self.buf = rest;
+        Some(f)
     }
 }
 
@@ -188,7 +305,7 @@ mod tests {
     #[test]
     fn replay_copies_runs_of_small_frames_and_shares_large_ones() {
         let mut h = History::default();
-        let big = Bytes::from(vec![b'B'; COPY_FRAME_MAX + 1]);
+        let big = Bytes::from(vec![b'B'; INLINE_MAX + 1]);
         for f in ["a", "bc", "", "d"] {
             h.push(Bytes::copy_from_slice(f.as_bytes()), 100, usize::MAX);
         }
@@ -202,18 +319,98 @@ mod tests {
     }
 
     #[test]
-    fn replay_copies_at_most_its_budget() {
+    fn replay_is_one_copy_however_many_frames() {
         let mut h = History::default();
-        let frame = Bytes::from(vec![7u8; COPY_FRAME_MAX]);
-        let n = COPY_BUDGET / COPY_FRAME_MAX + 3;
-        for _ in 0..n {
-            h.push(frame.clone(), n, usize::MAX);
+        for i in 0..500u32 {
+            h.push(Bytes::from(i.to_string()), 200, usize::MAX);
         }
         let r = h.replay();
-        assert_eq!(r[0].len(), COPY_BUDGET, "one copied run, the budget's size");
-        assert_eq!(r.len(), 4, "the frames past the budget are shared");
-        assert!(r[1..].iter().all(|f| f.as_ptr() == frame.as_ptr()));
-        assert_eq!(r.concat(), h.snapshot().concat());
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0], h.snapshot().concat());
+    }
+
+    /// A tiny deterministic generator (xorshift): the same cases every run.
+    fn rng(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    /// Every operation against a plain list of frames with the same bounds:
+    /// the same frames, bytes, lookups and replay after each step, and the
+    /// inline buffer never more than a few times the most it held.
+    #[test]
+    fn behaves_as_a_list_of_frames() {
+        let (max_frames, max_bytes) = (50, 20_000);
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        let mut h = History::default();
+        let mut model: VecDeque<Bytes> = VecDeque::new();
+        let mut peak = 0;
+        for step in 0..20_000u32 {
+            let r = rng(&mut seed);
+            match r % 100 {
+                0 => {
+                    let keep = (rng(&mut seed) % 15_000) as usize;
+                    let dropped = h.trim_to(keep);
+                    let before: usize = model.iter().map(|f| f.len()).sum();
+                    while model.iter().map(|f| f.len()).sum::<usize>() > keep {
+                        model.pop_front();
+                    }
+                    let after: usize = model.iter().map(|f| f.len()).sum();
+                    assert_eq!(dropped, before - after);
+                }
+                1 => {
+                    let older: Vec<Bytes> = (0..rng(&mut seed) % 8)
+                        .map(|i| Bytes::from(format!("older-{step}-{i}")))
+                        .collect();
+                    let added = h.prepend(older.clone(), max_frames, max_bytes);
+                    let mut bytes: usize = model.iter().map(|f| f.len()).sum();
+                    let mut n = 0;
+                    for f in older.into_iter().rev() {
+                        if model.len() >= max_frames || bytes + f.len() > max_bytes {
+                            break;
+                        }
+                        bytes += f.len();
+                        model.push_front(f);
+                        n += 1;
+                    }
+                    assert_eq!(added, n);
+                }
+                _ => {
+                    // Mostly small frames, some over the inline bound.
+                    let len = match r % 10 {
+                        0 => INLINE_MAX + (rng(&mut seed) % 3000) as usize,
+                        1 => INLINE_MAX,
+                        _ => (rng(&mut seed) % 200) as usize,
+                    };
+                    let f = Bytes::from(vec![(step % 251) as u8; len]);
+                    h.push(f.clone(), max_frames, max_bytes);
+                    model.push_back(f);
+                    while model.len() > max_frames
+                        || model.iter().map(|f| f.len()).sum::<usize>() > max_bytes
+                    {
+                        model.pop_front();
+                    }
+                }
+            }
+            let want: Vec<Bytes> = model.iter().cloned().collect();
+            assert_eq!(h.snapshot(), want, "step {step}");
+            assert_eq!(h.len(), want.len());
+            assert_eq!(h.bytes(), want.iter().map(|f| f.len()).sum::<usize>());
+            assert!(h.iter().eq(want.iter().map(|f| &f[..])));
+            assert_eq!(h.replay().concat(), want.concat());
+            if let Some(f) = want.get(want.len() / 2) {
+                assert!(h.contains(f));
+            }
+            // Never more than a few times the most it held (trim_to gives back).
+            peak = peak.max(h.buf.len() - h.head);
+            assert!(h.buf.capacity() <= 4 * peak.max(INLINE_MAX), "step {step}");
+            if r.is_multiple_of(100) {
+                peak = h.buf.len();
+                assert_eq!(h.buf.capacity(), peak, "trimmed to fit");
+            }
+        }
     }
 
     #[test]

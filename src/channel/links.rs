@@ -89,10 +89,10 @@ pub enum Alignment {
 /// two histories may differ where frames crossed the link concurrently.
 /// Their unmatched frames before the first match are older than our
 /// history, not new; those after it are new here.
-pub fn align<'a>(ours: impl Iterator<Item = &'a Bytes>, theirs: &[Bytes]) -> Alignment {
+pub fn align<'a>(ours: impl Iterator<Item = &'a [u8]>, theirs: &[Bytes]) -> Alignment {
     let mut count: ahash::AHashMap<&[u8], usize> = ahash::AHashMap::new();
     for f in ours {
-        *count.entry(&f[..]).or_default() += 1;
+        *count.entry(f).or_default() += 1;
     }
     let mut new = Vec::new();
     let mut matched = false;
@@ -148,25 +148,25 @@ mod tests {
         let ours = frames(&["x", "ok", "ok"]);
         let theirs = frames(&["x", "ok", "ok", "ok"]);
         assert_eq!(
-            align(ours.iter(), &theirs),
+            align(ours.iter().map(|f| &f[..]), &theirs),
             Alignment::Overlap { new: vec![3] },
             "the third ok is new"
         );
         let theirs = frames(&["old", "x", "ok", "new1", "ok", "ok"]);
         assert_eq!(
-            align(ours.iter(), &theirs),
+            align(ours.iter().map(|f| &f[..]), &theirs),
             Alignment::Overlap { new: vec![3, 5] },
             "older than our history: not new"
         );
         // Frames that crossed the link concurrently sit in another order there.
         let theirs = frames(&["ok", "x", "ok", "y"]);
         assert_eq!(
-            align(ours.iter(), &theirs),
+            align(ours.iter().map(|f| &f[..]), &theirs),
             Alignment::Overlap { new: vec![3] }
         );
-        assert_eq!(align([].iter(), &theirs), Alignment::Disjoint);
+        assert_eq!(align(std::iter::empty(), &theirs), Alignment::Disjoint);
         assert_eq!(
-            align(ours.iter(), &frames(&["a", "b"])),
+            align(ours.iter().map(|f| &f[..]), &frames(&["a", "b"])),
             Alignment::Disjoint
         );
     }

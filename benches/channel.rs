@@ -57,12 +57,21 @@ fn history_push(c: &mut Criterion) {
     g.finish();
 }
 
-/// What every joiner gets: cheap clones of all 200 frames.
+/// What a link joiner gets: one `Bytes` per frame, all 200.
 fn history_snapshot(c: &mut Criterion) {
     let mut g = c.benchmark_group("History::snapshot");
     g.throughput(Throughput::Elements(MAX_FRAMES as u64));
     let h = full_ring(64);
     g.bench_function("full_200", |b| b.iter(|| black_box(&h).snapshot()));
+    g.finish();
+}
+
+/// What a client joiner gets: the whole history as few buffers.
+fn history_replay(c: &mut Criterion) {
+    let mut g = c.benchmark_group("History::replay");
+    g.throughput(Throughput::Elements(MAX_FRAMES as u64));
+    let h = full_ring(64);
+    g.bench_function("full_200", |b| b.iter(|| black_box(&h).replay()));
     g.finish();
 }
 
@@ -92,6 +101,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = channel;
     config = config();
-    targets = history_push, history_snapshot, history_contains
+    targets = history_push, history_snapshot, history_replay, history_contains
 }
 criterion_main!(channel);

@@ -154,7 +154,20 @@ impl History {
 
     /// Whether a byte-identical frame is already stored (`--dedup`).
     pub fn contains(&self, frame: &[u8]) -> bool {
-        self.iter().any(|f| f == frame)
+        if frame.len() > INLINE_MAX {
+            return self.shared.iter().any(|f| f[..] == *frame);
+        }
+        // Inline frames only, by offset: the bytes compared only where the
+        // lengths agree.
+        let (buf, want) = (&self.buf[self.head..], frame.len() as u32);
+        let mut at = 0;
+        for &n in self.lens.iter().filter(|&&n| n != SHARED) {
+            if n == want && buf[at..at + n as usize] == *frame {
+                return true;
+            }
+            at += n as usize;
+        }
+        false
     }
 
     /// The frames, oldest first.

@@ -13,6 +13,10 @@ use bytes::Bytes;
 /// into the history's own buffer; larger ones are kept as shared references.
 pub const INLINE_MAX: usize = 1024;
 
+/// A joiner's copy of the inline frames comes in pieces of at most this
+/// many bytes ([`History::replay`]).
+pub const REPLAY_PIECE: usize = 64 * 1024;
+
 /// `lens` entry of a frame kept in `shared`.
 const SHARED: u32 = u32::MAX;
 
@@ -200,41 +204,31 @@ impl History {
             .collect()
     }
 
-    /// The frames, oldest first, as a joiner's socket takes them: one copy
-    /// of the inline frames, sliced at the large frames, which are shared.
-    /// Byte for byte the stream of [`History::snapshot`], usually in one
+    /// The frames, oldest first, as a joiner's socket takes them: the
+    /// inline frames copied (runs of them, in pieces of at most
+    /// [`REPLAY_PIECE`] bytes, each its own allocation so that what the
+    /// socket took is freed while the rest waits), the large frames shared.
+    /// Byte for byte the stream of [`History::snapshot`]; usually one
     /// buffer. The copy is the joiner's own: at most `--limit` ×
-    /// [`INLINE_MAX`] bytes (and `--history-bytes`), released as written.
+    /// [`INLINE_MAX`] bytes (and `--history-bytes`).
     pub fn replay(&self) -> Vec<Bytes> {
-        let inline = Bytes::copy_from_slice(&self.buf[self.head..]);
-        if self.shared.is_empty() {
-            return if inline.is_empty() {
-                Vec::new()
-            } else {
-                vec![inline]
-            };
-        }
-        let mut out = Vec::with_capacity(2 * self.shared.len() + 1);
+        let inline = &self.buf[self.head..];
+        let mut out = Vec::new();
+        let copy = |run: &[u8], out: &mut Vec<Bytes>| {
+            out.extend(run.chunks(REPLAY_PIECE).map(Bytes::copy_from_slice));
+        };
         let (mut from, mut at, mut shared) = (0, 0, self.shared.iter());
         for &n in &self.lens {
             if n != SHARED {
                 at += n as usize;
                 continue;
             }
-            if at > from {
-                out.push(inline.slice(from..at));
-                from = at;
-            }
-            out.push(
-                shared
-                    .next()
-                    .expect("a shared frame per SHARED length")
-                    .clone(),
-            );
+            copy(&inline[from..at], &mut out);
+            from = at;
+            let f = shared.next().expect("a shared frame per SHARED length");
+            out.push(f.clone());
         }
-        if at > from {
-            out.push(inline.slice(from..at));
-        }
+        copy(&inline[from..at], &mut out);
         out
     }
 
@@ -340,6 +334,22 @@ mod tests {
         let r = h.replay();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0], h.snapshot().concat());
+    }
+
+    #[test]
+    fn a_large_replay_comes_in_pieces_of_their_own() {
+        let mut h = History::default();
+        let n = 2 * REPLAY_PIECE / INLINE_MAX + 1;
+        for i in 0..n {
+            h.push(Bytes::from(vec![i as u8; INLINE_MAX]), n, usize::MAX);
+        }
+        let r = h.replay();
+        let sizes: Vec<usize> = r.iter().map(|p| p.len()).collect();
+        assert_eq!(sizes, [REPLAY_PIECE, REPLAY_PIECE, INLINE_MAX]);
+        assert_eq!(r.concat(), h.snapshot().concat());
+        // Each its own allocation (not slices of one): a written piece is
+        // freed alone.
+        assert!(r.iter().all(|p| p.is_unique()));
     }
 
     /// A tiny deterministic generator (xorshift): the same cases every run.

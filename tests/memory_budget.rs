@@ -155,3 +155,52 @@ async fn outbound_queues_count_against_the_budget() {
     assert!(why.contains("memory"), "{why}");
     assert_eq!(srv.metric_until("mles_queued_bytes", |v| v == 0).await, 0);
 }
+
+/// A joiner's history is its own copy until written (small frames are
+/// stored inline, `History::replay`), so it counts against `--max-memory`
+/// as a queue does: a joiner that reads nothing while a history far larger
+/// than its socket buffers waits is closed (1013, memory) and its copy
+/// freed, and the channel's history is whole for the next joiner.
+#[tokio::test]
+async fn a_joiners_history_counts_against_the_budget() {
+    const FRAMES: usize = 16_000;
+    let srv = TestServer::start(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--max-memory",
+        "4MiB",
+        "--history-total",
+        "64MiB",
+        "--history-bytes",
+        "64MiB",
+        "--limit",
+        "16001",
+    ]);
+    let mut publisher = srv.join("publisher", "replay").await;
+    let frame = vec![7u8; 1000];
+    for _ in 0..FRAMES {
+        publisher.send_binary(&frame).await;
+    }
+    // About 16 MB of history: four times the budget.
+    srv.metric_until("mles_history_bytes", |v| v >= (FRAMES * 1000) as u64)
+        .await;
+    let mut stuck = RawClient::connect_with_recv_buffer(srv.addr, 64 << 10).await;
+    stuck.join("stuck", "replay").await;
+    assert!(
+        srv.metric_until("mles_budget_refusals_total", |v| v >= 1)
+            .await
+            >= 1
+    );
+    let (code, why) = stuck.expect_close().await;
+    assert_eq!(code, 1013, "{why}");
+    assert!(why.contains("memory"), "{why}");
+    assert_eq!(srv.metric_until("mles_queued_bytes", |v| v == 0).await, 0);
+    // The history itself was not touched: a reader gets all of it.
+    let mut late = srv.join("late", "replay").await;
+    let mut binary = 0;
+    while binary < FRAMES {
+        if late.next().await.is_binary() {
+            binary += 1;
+        }
+    }
+}

@@ -13,8 +13,8 @@ use bytes::Bytes;
 /// into the history's own buffer; larger ones are kept as shared references.
 pub const INLINE_MAX: usize = 1024;
 
-/// A joiner's copy of the inline frames comes in pieces of at most this
-/// many bytes ([`History::replay`]).
+/// A joiner's copy of the inline frames comes in pieces of whole frames of
+/// at most this many bytes ([`History::replay`]).
 pub const REPLAY_PIECE: usize = 64 * 1024;
 
 /// `lens` entry of a frame kept in `shared`.
@@ -205,30 +205,36 @@ impl History {
     }
 
     /// The frames, oldest first, as a joiner's socket takes them: the
-    /// inline frames copied (runs of them, in pieces of at most
-    /// [`REPLAY_PIECE`] bytes, each its own allocation so that what the
-    /// socket took is freed while the rest waits), the large frames shared.
-    /// Byte for byte the stream of [`History::snapshot`]; usually one
-    /// buffer. The copy is the joiner's own: at most `--limit` ×
-    /// [`INLINE_MAX`] bytes (and `--history-bytes`).
+    /// inline frames copied, in pieces of whole frames of at most
+    /// [`REPLAY_PIECE`] bytes, each its own allocation (what the socket
+    /// took is freed while the rest waits, and a session closed with its
+    /// queue dropped keeps at most the piece it was writing), the large
+    /// frames shared. Byte for byte the stream of [`History::snapshot`];
+    /// usually one buffer. The copy is the joiner's own: at most `--limit`
+    /// × [`INLINE_MAX`] bytes (and `--history-bytes`).
     pub fn replay(&self) -> Vec<Bytes> {
         let inline = &self.buf[self.head..];
         let mut out = Vec::new();
-        let copy = |run: &[u8], out: &mut Vec<Bytes>| {
-            out.extend(run.chunks(REPLAY_PIECE).map(Bytes::copy_from_slice));
-        };
         let (mut from, mut at, mut shared) = (0, 0, self.shared.iter());
         for &n in &self.lens {
-            if n != SHARED {
-                at += n as usize;
+            if n == SHARED {
+                if at > from {
+                    out.push(Bytes::copy_from_slice(&inline[from..at]));
+                    from = at;
+                }
+                let f = shared.next().expect("a shared frame per SHARED length");
+                out.push(f.clone());
                 continue;
             }
-            copy(&inline[from..at], &mut out);
-            from = at;
-            let f = shared.next().expect("a shared frame per SHARED length");
-            out.push(f.clone());
+            if at + n as usize - from > REPLAY_PIECE {
+                out.push(Bytes::copy_from_slice(&inline[from..at]));
+                from = at;
+            }
+            at += n as usize;
         }
-        copy(&inline[from..at], &mut out);
+        if at > from {
+            out.push(Bytes::copy_from_slice(&inline[from..at]));
+        }
         out
     }
 
@@ -337,15 +343,20 @@ mod tests {
     }
 
     #[test]
-    fn a_large_replay_comes_in_pieces_of_their_own() {
+    fn a_large_replay_comes_in_pieces_of_whole_frames() {
         let mut h = History::default();
-        let n = 2 * REPLAY_PIECE / INLINE_MAX + 1;
+        // Frames that do not divide a piece: pieces end between frames.
+        let (len, n) = (1000, 2 * REPLAY_PIECE / 1000 + 5);
         for i in 0..n {
-            h.push(Bytes::from(vec![i as u8; INLINE_MAX]), n, usize::MAX);
+            h.push(Bytes::from(vec![i as u8; len]), n, usize::MAX);
         }
         let r = h.replay();
+        let per_piece = REPLAY_PIECE / len;
         let sizes: Vec<usize> = r.iter().map(|p| p.len()).collect();
-        assert_eq!(sizes, [REPLAY_PIECE, REPLAY_PIECE, INLINE_MAX]);
+        assert_eq!(
+            sizes,
+            [per_piece * len, per_piece * len, (n - 2 * per_piece) * len]
+        );
         assert_eq!(r.concat(), h.snapshot().concat());
         // Each its own allocation (not slices of one): a written piece is
         // freed alone.
@@ -422,7 +433,23 @@ mod tests {
             assert_eq!(h.len(), want.len());
             assert_eq!(h.bytes(), want.iter().map(|f| f.len()).sum::<usize>());
             assert!(h.iter().eq(want.iter().map(|f| &f[..])));
-            assert_eq!(h.replay().concat(), want.concat());
+            let replay = h.replay();
+            assert_eq!(replay.concat(), want.concat());
+            // Pieces end between frames (a dropped queue keeps whole frames).
+            let mut ends = std::collections::HashSet::new();
+            let mut at = 0;
+            for f in &want {
+                at += f.len();
+                ends.insert(at);
+            }
+            let mut at = 0;
+            for p in &replay {
+                at += p.len();
+                assert!(
+                    ends.contains(&at),
+                    "step {step}: a piece ends inside a frame"
+                );
+            }
             if let Some(f) = want.get(want.len() / 2) {
                 assert!(h.contains(f));
             }

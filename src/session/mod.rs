@@ -206,9 +206,10 @@ impl Session {
         i.writable()
     }
 
-    /// Bytes of live frames waiting to be written (history replay excluded).
+    /// Bytes waiting to be written: live frames and the history being
+    /// replayed (a joiner's own copy), as charged to `--max-memory`.
     pub fn queued_bytes(&self) -> usize {
-        self.inner.borrow().q.live_bytes()
+        self.inner.borrow().q.queued_bytes()
     }
 
     /// The close code this session sent (1005 if it ended without one).

@@ -19,10 +19,15 @@ fn drained_queues_give_their_memory_back() {
     s.begin_join();
     assert!(s.joined(7, "u".into(), vec![Bytes::from_static(b"hist")], false));
     s.push(Bytes::from_static(b"live"), 1 << 20);
-    assert_eq!(s.queued_bytes(), 4);
+    assert_eq!(
+        s.queued_bytes(),
+        8,
+        "the history being replayed and the live frame"
+    );
     {
         let mut i = s.inner.borrow_mut();
         i.advance(6); // "hist" and "li"
+        assert_eq!(i.q.queued_bytes(), 4, "the history written");
         assert_eq!(i.q.written(), 2);
         assert!(!i.q.has_replay() && i.q.has_live());
         i.advance(2);

@@ -267,6 +267,16 @@ async fn a_reader_that_pauses_until_its_socket_is_full_gets_everything_in_order(
     let mut slow = RawClient::connect(srv.addr).await;
     slow.join("slow", "pause").await;
     let mut publisher = srv.join("publisher", "pause").await;
+    // `slow` is a member once it has the publisher's header (live, or in
+    // its history if its own join reached the owner later: two joins sent
+    // on two connections have no order). Only then may the frames go, or
+    // a late join would find the first ones already out of history.
+    loop {
+        let (b0, p) = slow.frame().await.expect("the publisher's header");
+        if b0 == 0x81 && header_uid(&String::from_utf8_lossy(&p)).as_deref() == Some("publisher") {
+            break;
+        }
+    }
     // 24 MiB: more than the send buffer (at most 1 MiB, doubled by Linux)
     // and the reader's receive buffer together, so the rest waits queued.
     const FRAMES: u32 = 1536;

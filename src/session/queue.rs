@@ -26,10 +26,6 @@ struct Frames {
     live: VecDeque<Bytes>,
     /// Bytes of live frames counted against `--max-queue`.
     live_bytes: usize,
-    /// Bytes of `replay`: mostly the joiner's own copy of the history
-    /// (`History::replay`), so counted with the live frames against
-    /// `--max-memory` until written.
-    replay_bytes: usize,
     /// Bytes of the front frame (of `replay`, else `live`) already written.
     written: usize,
 }
@@ -64,9 +60,13 @@ impl Queue {
     }
 
     /// Bytes waiting to be written, history and live frames (control
-    /// frames aside), as charged to `--max-memory`.
+    /// frames aside), as charged to `--max-memory`: the history being
+    /// replayed is mostly the joiner's own copy (`History::replay`), a few
+    /// buffers, summed when asked (by the shard's tick).
     pub(super) fn queued_bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, |f| f.live_bytes + f.replay_bytes)
+        self.0.as_ref().map_or(0, |f| {
+            f.live_bytes + f.replay.iter().map(Bytes::len).sum::<usize>()
+        })
     }
 
     /// Bytes of the front frame already written.
@@ -90,9 +90,7 @@ impl Queue {
 
     /// Queues a frame behind the history, ahead of the live frames.
     pub(super) fn push_replay(&mut self, frame: Bytes) {
-        let f = self.frames();
-        f.replay_bytes += frame.len();
-        f.replay.push_back(frame);
+        self.frames().replay.push_back(frame);
     }
 
     /// Replaces the history to replay.
@@ -100,13 +98,10 @@ impl Queue {
         if frames.is_empty() {
             if let Some(f) = self.0.as_mut() {
                 f.replay.clear();
-                f.replay_bytes = 0;
             }
             self.settle();
         } else {
-            let f = self.frames();
-            f.replay_bytes = frames.iter().map(|b| b.len()).sum();
-            f.replay = frames.into();
+            self.frames().replay = frames.into();
         }
     }
 
@@ -130,7 +125,6 @@ impl Queue {
         };
         if let Some(frame) = keep {
             f.replay.clear();
-            f.replay_bytes = 0;
             f.live.clear();
             f.live.push_back(frame);
             f.live_bytes = 0;
@@ -144,7 +138,6 @@ impl Queue {
             return Vec::new();
         };
         let mut v = Vec::from(std::mem::take(&mut f.replay));
-        f.replay_bytes = 0;
         if !held {
             v.extend(f.live.drain(..));
             f.live_bytes = 0;
@@ -185,7 +178,6 @@ impl Queue {
                 f.live_bytes = f.live_bytes.saturating_sub(len);
             } else {
                 f.replay.pop_front();
-                f.replay_bytes -= len;
             }
         }
         // An idle session keeps no queue memory: drained queues give theirs back.

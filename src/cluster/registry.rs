@@ -294,6 +294,41 @@ impl Registry {
         }
     }
 
+    /// Re-writes every entry this node holds, so it does not age out (done
+    /// every [`ENTRY_REFRESH`]); an entry someone else took over meanwhile
+    /// is let go instead.
+    pub async fn refresh(&self) {
+        let Ok(store) = self.store() else { return };
+        let held: Vec<(Box<str>, Held)> = match self.inner.held.lock() {
+            Ok(h) => h.iter().map(|(k, e)| (k.clone(), *e)).collect(),
+            Err(_) => return,
+        };
+        for (key, Held { revision, session }) in held {
+            let result = store.update(&*key, self.value(session), revision).await;
+            let Ok(mut h) = self.inner.held.lock() else {
+                return;
+            };
+            match result {
+                // Only if still held at that revision (not released meanwhile).
+                Ok(new) => {
+                    if let Some(e) = h.get_mut(&key).filter(|e| e.revision == revision) {
+                        e.revision = new;
+                    }
+                }
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                    tracing::warn!(
+                        key = &*key,
+                        "cluster registry: an entry this node held was taken over"
+                    );
+                    h.remove(&key);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster registry: refresh failed; next round")
+                }
+            }
+        }
+    }
+
     /// How many pairs this node holds.
     pub fn held(&self) -> usize {
         self.inner.held.lock().map(|h| h.len()).unwrap_or(0)
@@ -340,44 +375,5 @@ pub(super) async fn refresh_forever(registry: Registry) {
     loop {
         tick.tick().await;
         registry.refresh().await;
-    }
-}
-
-impl Registry {
-    /// Re-writes every entry this node holds, so it does not age out (done
-    /// every [`ENTRY_REFRESH`]); an entry someone else took over meanwhile
-    /// is let go instead.
-    pub async fn refresh(&self) {
-        refresh_once(self).await
-    }
-}
-
-async fn refresh_once(registry: &Registry) {
-    let Ok(store) = registry.store() else { return };
-    let held: Vec<(Box<str>, Held)> = match registry.inner.held.lock() {
-        Ok(h) => h.iter().map(|(k, e)| (k.clone(), *e)).collect(),
-        Err(_) => return,
-    };
-    for (key, Held { revision, session }) in held {
-        let result = store.update(&*key, registry.value(session), revision).await;
-        let Ok(mut h) = registry.inner.held.lock() else {
-            return;
-        };
-        match result {
-            // Only if still held at that revision (not released meanwhile).
-            Ok(new) => {
-                if let Some(e) = h.get_mut(&key).filter(|e| e.revision == revision) {
-                    e.revision = new;
-                }
-            }
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                tracing::warn!(
-                    key = &*key,
-                    "cluster registry: an entry this node held was taken over"
-                );
-                h.remove(&key);
-            }
-            Err(e) => tracing::debug!(error = %e, "cluster registry: refresh failed; next round"),
-        }
     }
 }

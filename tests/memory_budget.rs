@@ -108,6 +108,20 @@ async fn fragmented_messages_count_against_the_budget() {
     srv.metric_until("mles_partial_bytes", |v| v == 0).await;
 }
 
+/// `stuck`, which has read nothing, is closed by the budget (1013,
+/// memory) and what was queued for it is freed.
+async fn closed_for_memory(srv: &TestServer, stuck: &mut RawClient) {
+    assert!(
+        srv.metric_until("mles_budget_refusals_total", |v| v >= 1)
+            .await
+            >= 1
+    );
+    let (code, why) = stuck.expect_close().await;
+    assert_eq!(code, 1013, "{why}");
+    assert!(why.contains("memory"), "{why}");
+    assert_eq!(srv.metric_until("mles_queued_bytes", |v| v == 0).await, 0);
+}
+
 /// Outbound queues count against `--max-memory` too: a member that stops
 /// reading is closed (1013, memory) once its queue passes what the budget
 /// allows, long before its own `--max-queue`, and its queue is freed; a
@@ -145,15 +159,7 @@ async fn outbound_queues_count_against_the_budget() {
     }
     // `stuck` reads nothing until the budget has closed it (a reading
     // client would drain its queue before the next tick settles it).
-    assert!(
-        srv.metric_until("mles_budget_refusals_total", |v| v >= 1)
-            .await
-            >= 1
-    );
-    let (code, why) = stuck.expect_close().await;
-    assert_eq!(code, 1013, "{why}");
-    assert!(why.contains("memory"), "{why}");
-    assert_eq!(srv.metric_until("mles_queued_bytes", |v| v == 0).await, 0);
+    closed_for_memory(&srv, &mut stuck).await;
 }
 
 /// A joiner's history is its own copy until written (small frames are
@@ -186,15 +192,7 @@ async fn a_joiners_history_counts_against_the_budget() {
         .await;
     let mut stuck = RawClient::connect_with_recv_buffer(srv.addr, 64 << 10).await;
     stuck.join("stuck", "replay").await;
-    assert!(
-        srv.metric_until("mles_budget_refusals_total", |v| v >= 1)
-            .await
-            >= 1
-    );
-    let (code, why) = stuck.expect_close().await;
-    assert_eq!(code, 1013, "{why}");
-    assert!(why.contains("memory"), "{why}");
-    assert_eq!(srv.metric_until("mles_queued_bytes", |v| v == 0).await, 0);
+    closed_for_memory(&srv, &mut stuck).await;
     // The history itself was not touched: a reader gets all of it.
     let mut late = srv.join("late", "replay").await;
     let mut binary = 0;

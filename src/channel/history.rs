@@ -2,7 +2,7 @@
 //! bytes, oldest evicted first (PROTOCOL.md §5–6).
 //!
 //! Frames carry consecutive sequence numbers from the channel's sequencer;
-//! the ring keeps the number of its newest frame, so the oldest one's is
+//! the history keeps the number of its newest frame, so the oldest one's is
 //! known too (peer resync aligns histories by these numbers). Pure data.
 
 use std::collections::VecDeque;
@@ -25,7 +25,7 @@ const SHARED: u32 = u32::MAX;
 /// Small frames (the usual chat message, every join header) live back to
 /// back in one buffer: a frame costs its bytes and a 4-byte length instead
 /// of an allocation, a reference count and a 32-byte handle, and a joiner's
-/// history is copied out in one piece ([`History::replay`]).
+/// history is copied out in one piece, or a few ([`History::replay`]).
 #[derive(Debug, Default)]
 pub struct History {
     /// Each frame's length, oldest first; [`SHARED`] for one in `shared`.

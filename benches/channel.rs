@@ -72,6 +72,14 @@ fn history_replay(c: &mut Criterion) {
     g.throughput(Throughput::Elements(MAX_FRAMES as u64));
     let h = full_ring(64);
     g.bench_function("full_200", |b| b.iter(|| black_box(&h).replay()));
+    // A long history (`--limit 2000`, 2 MB of 1,000-byte frames): several
+    // pieces of inline frames.
+    let mut long = History::default();
+    for i in 0..2000 {
+        long.push(tagged_frame(1000, i), 2000, usize::MAX);
+    }
+    g.throughput(Throughput::Elements(2000));
+    g.bench_function("long_2000x1000", |b| b.iter(|| black_box(&long).replay()));
     g.finish();
 }
 

@@ -162,14 +162,9 @@ async fn outbound_queues_count_against_the_budget() {
     closed_for_memory(&srv, &mut stuck).await;
 }
 
-/// A joiner's history is its own copy until written (small frames are
-/// stored inline, `History::replay`), so it counts against `--max-memory`
-/// as a queue does: a joiner that reads nothing while a history far larger
-/// than its socket buffers waits is closed (1013, memory) and its copy
-/// freed, and the channel's history is whole for the next joiner.
-#[tokio::test]
-async fn a_joiners_history_counts_against_the_budget() {
-    const FRAMES: usize = 16_000;
+/// A server whose channel holds about 16 MB of history (16,000 frames of
+/// 1,000 bytes) under a 4 MiB `--max-memory`.
+async fn long_history_under_a_small_budget() -> (TestServer, Client) {
     let srv = TestServer::start(&[
         "--metrics",
         "127.0.0.1:0",
@@ -184,19 +179,64 @@ async fn a_joiners_history_counts_against_the_budget() {
     ]);
     let mut publisher = srv.join("publisher", "replay").await;
     let frame = vec![7u8; 1000];
-    for _ in 0..FRAMES {
+    for _ in 0..LONG_HISTORY {
         publisher.send_binary(&frame).await;
     }
-    // About 16 MB of history: four times the budget.
-    srv.metric_until("mles_history_bytes", |v| v >= (FRAMES * 1000) as u64)
+    srv.metric_until("mles_history_bytes", |v| v >= (LONG_HISTORY * 1000) as u64)
         .await;
+    (srv, publisher)
+}
+
+const LONG_HISTORY: usize = 16_000;
+
+/// A joiner shares the channel's history while it writes it out
+/// (`History::replay`): only its copy of the newest piece is its own. So a
+/// joiner that reads, however slowly, a history four times the budget is
+/// not closed for memory: it is charged a piece, not the history. (It was
+/// charged the whole copy, and closed at the first tick that found it
+/// unwritten.)
+#[tokio::test]
+async fn a_joiner_reading_a_history_larger_than_the_budget_is_not_closed() {
+    let (srv, _publisher) = long_history_under_a_small_budget().await;
+    let mut joiner = RawClient::connect_with_recv_buffer(srv.addr, 64 << 10).await;
+    joiner.join("joiner", "replay").await;
+    // A tick has charged the joiner's queue (its own copy, unwritten behind
+    // the rest) while almost all of the history waits for it.
+    srv.metric_until("mles_queued_bytes", |v| v > 0).await;
+    assert_eq!(srv.metric("mles_budget_refusals_total").await, 0);
+    let mut binary = 0;
+    while binary < LONG_HISTORY {
+        let (b0, _) = joiner.frame().await.expect("the history, not a close");
+        assert_ne!(b0 & 0x0F, 0x8, "closed after {binary} frames");
+        if b0 & 0x0F == 0x2 {
+            binary += 1;
+        }
+    }
+    assert_eq!(srv.metric("mles_budget_refusals_total").await, 0);
+}
+
+/// What the channel evicts while a joiner has not written it is the
+/// joiner's alone, and counts against `--max-memory`: a joiner that reads
+/// nothing while the channel moves on by a whole history (of tiny frames,
+/// so that its live queue stays far under the budget) is closed (1013,
+/// memory) and its memory freed, and the channel's history is whole for
+/// the next joiner.
+#[tokio::test]
+async fn a_history_evicted_under_a_joiner_counts_against_the_budget() {
+    let (srv, mut publisher) = long_history_under_a_small_budget().await;
     let mut stuck = RawClient::connect_with_recv_buffer(srv.addr, 64 << 10).await;
     stuck.join("stuck", "replay").await;
+    // The channel moves on: 16,001 frames of one byte replace the history.
+    const TINY: usize = 16_001;
+    for _ in 0..TINY {
+        publisher.send_binary(b"x").await;
+    }
     closed_for_memory(&srv, &mut stuck).await;
-    // The history itself was not touched: a reader gets all of it.
+    // The history itself was not touched: a reader gets all of it (but
+    // the oldest, which its own header replaced within `--limit`).
     let mut late = srv.join("late", "replay").await;
     let mut binary = 0;
-    while binary < FRAMES {
+    while binary < TINY - 1 {
         if late.next().await.is_binary() {
             binary += 1;
         }

@@ -206,8 +206,8 @@ impl Session {
         i.writable()
     }
 
-    /// Bytes waiting to be written: live frames and the history being
-    /// replayed (a joiner's own copy), as charged to `--max-memory`.
+    /// Bytes waiting to be written: live frames and what of the history
+    /// being replayed only this session holds, as charged to `--max-memory`.
     pub fn queued_bytes(&self) -> usize {
         self.inner.borrow().q.queued_bytes()
     }

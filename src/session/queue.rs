@@ -59,13 +59,17 @@ impl Queue {
         self.0.as_ref().is_some_and(|f| !f.live.is_empty())
     }
 
-    /// Bytes waiting to be written, history and live frames (control
-    /// frames aside), as charged to `--max-memory`: the history being
-    /// replayed is mostly the joiner's own copy (`History::replay`), a few
-    /// buffers, summed when asked (by the shard's tick).
+    /// Bytes waiting to be written, as charged to `--max-memory`: the live
+    /// frames (control frames aside), and those buffers of the history
+    /// being replayed that this session alone holds. A replay shares the
+    /// history's sealed pieces while the channel keeps them
+    /// (`History::replay`); its copy of the open piece, and whatever the
+    /// channel has evicted since, are the joiner's own. Summed when asked
+    /// (by the shard's tick), over a few buffers.
     pub(super) fn queued_bytes(&self) -> usize {
         self.0.as_ref().map_or(0, |f| {
-            f.live_bytes + f.replay.iter().map(Bytes::len).sum::<usize>()
+            let own = f.replay.iter().filter(|b| b.is_unique()).map(Bytes::len);
+            f.live_bytes + own.sum::<usize>()
         })
     }
 

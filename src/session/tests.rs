@@ -17,16 +17,22 @@ fn idle_session_state_stays_small() {
 fn drained_queues_give_their_memory_back() {
     let s = Session::new(1, 0);
     s.begin_join();
-    assert!(s.joined(7, "u".into(), vec![Bytes::from_static(b"hist")], false));
+    // A copy of its own, and a piece the channel's history still holds.
+    let kept = Bytes::from(b"kept".to_vec());
+    let history = vec![Bytes::from(b"hist".to_vec()), kept.clone()];
+    assert!(s.joined(7, "u".into(), history, false));
     s.push(Bytes::from_static(b"live"), 1 << 20);
     assert_eq!(
         s.queued_bytes(),
         8,
-        "the history being replayed and the live frame"
+        "the history copy being replayed and the live frame, not what is shared"
     );
+    drop(kept);
+    assert_eq!(s.queued_bytes(), 12, "evicted, the shared piece is its own");
+    s.inner.borrow_mut().advance(4); // "hist"
     {
         let mut i = s.inner.borrow_mut();
-        i.advance(6); // "hist" and "li"
+        i.advance(6); // "kept" and "li"
         assert_eq!(i.q.queued_bytes(), 4, "the history written");
         assert_eq!(i.q.written(), 2);
         assert!(!i.q.has_replay() && i.q.has_live());

@@ -101,7 +101,7 @@ impl ShardMsg {
     /// Bytes this message holds, for inbox accounting: the payload plus a
     /// flat 64 for the message itself (its size, rounded up). A history
     /// counts its frames' bytes too: most are shared with the owner's
-    /// history, but a client's replay buffer is a copy
+    /// history, but a client's replay of the open piece is a copy
     /// ([`crate::channel::history::History::replay`]).
     pub fn weight(&self) -> usize {
         64 + match self {

@@ -6,6 +6,7 @@
 //! known too (peer resync aligns histories by these numbers). Pure data.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -118,17 +119,13 @@ impl History {
             Some(n) => {
                 self.head += n as usize;
                 self.bytes -= n as usize;
-                match self.sealed.front() {
-                    Some(p) if self.head == p.len() => {
-                        self.sealed.pop_front();
-                        self.head = 0;
-                    }
-                    Some(_) => {}
-                    None if self.head == self.open.len() => {
+                // The oldest piece all evicted: dropped (sealed) or emptied.
+                let oldest = self.sealed.front().map_or(self.open.len(), Bytes::len);
+                if self.head == oldest {
+                    if self.sealed.pop_front().is_none() {
                         self.open.clear();
-                        self.head = 0;
                     }
-                    None => {}
+                    self.head = 0;
                 }
                 true
             }
@@ -163,12 +160,17 @@ impl History {
         for f in older.into_iter().skip(skip) {
             self.append(f);
         }
-        for at in mine.walk() {
-            match at {
-                At::Shared(f) => self.append(f.clone()),
-                At::Inline { piece, start, end } => {
-                    self.append_inline(&mine.piece(piece)[start..end])
-                }
+        // Frames over INLINE_MAX are exactly the shared ones.
+        let mut shared = mine.shared.iter();
+        for f in mine.iter() {
+            match f.len() {
+                0..=INLINE_MAX => self.append_inline(f),
+                _ => self.append(
+                    shared
+                        .next()
+                        .expect("a shared frame per SHARED length")
+                        .clone(),
+                ),
             }
         }
         keep
@@ -204,21 +206,16 @@ impl History {
         if frame.len() > INLINE_MAX {
             return self.shared.iter().any(|f| f[..] == *frame);
         }
-        // Inline frames only: the bytes compared only where the lengths
-        // agree.
-        self.walk().any(|at| match at {
-            At::Inline { piece, start, end } => {
-                end - start == frame.len() && self.piece(piece)[start..end] == *frame
-            }
-            At::Shared(_) => false,
-        })
+        // The bytes compared only where the lengths agree.
+        self.iter().any(|f| f.len() == frame.len() && f == frame)
     }
 
     /// The frames, oldest first.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
-            history: self,
-            walk: self.walk(),
+            lens: self.lens.iter(),
+            shared: self.shared.iter(),
+            inline: Cursor::new(self),
         }
     }
 
@@ -226,16 +223,24 @@ impl History {
     /// shared, those of the open one slices of one copy): for links, which
     /// forward frame by frame.
     pub fn snapshot(&self) -> Vec<Bytes> {
+        let (mut inline, mut shared) = (Cursor::new(self), self.shared.iter());
         let mut open = None;
-        self.walk()
-            .map(|at| match at {
-                At::Shared(f) => f.clone(),
-                At::Inline { piece, start, end } => match self.sealed_at(piece) {
-                    Some((p, from)) => p.slice(from + start..from + end),
+        self.lens
+            .iter()
+            .map(|&n| {
+                if n == SHARED {
+                    return shared
+                        .next()
+                        .expect("a shared frame per SHARED length")
+                        .clone();
+                }
+                let at = inline.next(n as usize);
+                match self.sealed_at(inline.piece) {
+                    Some((p, from)) => p.slice(from + at.start..from + at.end),
                     None => open
-                        .get_or_insert_with(|| Bytes::copy_from_slice(self.piece(piece)))
-                        .slice(start..end),
-                },
+                        .get_or_insert_with(|| Bytes::copy_from_slice(inline.bytes))
+                        .slice(at),
+                }
             })
             .collect()
     }
@@ -249,48 +254,42 @@ impl History {
     /// alone is at most one piece, plus whatever the history evicts while
     /// the joiner has not written it yet.
     pub fn replay(&self) -> Vec<Bytes> {
+        let (mut inline, mut shared) = (Cursor::new(self), self.shared.iter());
         let mut out = Vec::new();
-        // (piece, start, end) of the run being gathered.
-        let mut run: Option<(usize, usize, usize)> = None;
-        for at in self.walk() {
-            match at {
-                At::Shared(f) => {
-                    self.flush_run(run.take(), &mut out);
-                    out.push(f.clone());
-                }
-                At::Inline { piece, start, end } => match &mut run {
-                    Some((p, _, e)) if *p == piece => *e = end,
-                    _ => {
-                        self.flush_run(run.take(), &mut out);
-                        run = Some((piece, start, end));
-                    }
-                },
+        // The run being gathered: its piece and where it starts in it.
+        let (mut piece, mut from) = (0, 0);
+        for &n in &self.lens {
+            if n == SHARED {
+                self.flush_run(piece, from..inline.at, &mut out);
+                from = inline.at;
+                out.push(
+                    shared
+                        .next()
+                        .expect("a shared frame per SHARED length")
+                        .clone(),
+                );
+                continue;
+            }
+            let end = inline.at;
+            let at = inline.next(n as usize);
+            if inline.piece != piece {
+                self.flush_run(piece, from..end, &mut out);
+                (piece, from) = (inline.piece, at.start);
             }
         }
-        self.flush_run(run, &mut out);
+        self.flush_run(piece, from..inline.at, &mut out);
         out
     }
 
-    /// Appends a run of inline frames of one piece to a replay.
-    fn flush_run(&self, run: Option<(usize, usize, usize)>, out: &mut Vec<Bytes>) {
-        let Some((piece, start, end)) = run.filter(|&(_, s, e)| e > s) else {
+    /// Appends `run`, inline frames of piece `piece`, to a replay.
+    fn flush_run(&self, piece: usize, run: Range<usize>, out: &mut Vec<Bytes>) {
+        if run.is_empty() {
             return;
-        };
-        out.push(match self.sealed_at(piece) {
-            Some((p, from)) => p.slice(from + start..from + end),
-            None => Bytes::copy_from_slice(&self.piece(piece)[start..end]),
-        });
-    }
-
-    /// Where each frame is, oldest first.
-    fn walk(&self) -> Walk<'_> {
-        Walk {
-            history: self,
-            lens: self.lens.iter(),
-            shared: self.shared.iter(),
-            piece: 0,
-            at: 0,
         }
+        out.push(match self.sealed_at(piece) {
+            Some((p, from)) => p.slice(from + run.start..from + run.end),
+            None => Bytes::copy_from_slice(&self.piece(piece)[run]),
+        });
     }
 
     /// The live bytes of piece `i`: the sealed ones in order, then the
@@ -331,70 +330,59 @@ impl History {
     }
 }
 
-/// Where a stored frame is.
-enum At<'a> {
-    /// `start..end` of [`History::piece`] `piece`.
-    Inline {
-        piece: usize,
-        start: usize,
-        end: usize,
-    },
-    Shared(&'a Bytes),
-}
-
-/// The places of a [`History`]'s frames, oldest first. Frames never span
-/// two pieces, so a frame that does not fit in what is left of a piece is
-/// at the start of the next.
+/// Where the inline frames of a [`History`] are, oldest first: frames never
+/// span two pieces, so a frame that does not fit in what is left of a piece
+/// starts the next.
 #[derive(Clone)]
-struct Walk<'a> {
+struct Cursor<'a> {
     history: &'a History,
-    lens: std::collections::vec_deque::Iter<'a, u32>,
-    shared: std::collections::vec_deque::Iter<'a, Bytes>,
+    /// The piece of the last frame, and its live bytes.
     piece: usize,
+    bytes: &'a [u8],
+    /// Where the last frame ended in it.
     at: usize,
 }
 
-impl<'a> Iterator for Walk<'a> {
-    type Item = At<'a>;
-
-    fn next(&mut self) -> Option<At<'a>> {
-        let n = *self.lens.next()?;
-        if n == SHARED {
-            let f = self
-                .shared
-                .next()
-                .expect("a shared frame per SHARED length");
-            return Some(At::Shared(f));
+impl<'a> Cursor<'a> {
+    fn new(history: &'a History) -> Cursor<'a> {
+        Cursor {
+            history,
+            piece: 0,
+            bytes: history.piece(0),
+            at: 0,
         }
-        let n = n as usize;
-        while self.at + n > self.history.piece(self.piece).len() {
+    }
+
+    /// The next inline frame, of `n` bytes: where it is in `bytes`.
+    fn next(&mut self, n: usize) -> Range<usize> {
+        while self.at + n > self.bytes.len() {
             self.piece += 1;
+            self.bytes = self.history.piece(self.piece);
             self.at = 0;
         }
         self.at += n;
-        Some(At::Inline {
-            piece: self.piece,
-            start: self.at - n,
-            end: self.at,
-        })
+        self.at - n..self.at
     }
 }
 
 /// The frames of a [`History`], oldest first, as byte slices.
 #[derive(Clone)]
 pub struct Iter<'a> {
-    history: &'a History,
-    walk: Walk<'a>,
+    lens: std::collections::vec_deque::Iter<'a, u32>,
+    shared: std::collections::vec_deque::Iter<'a, Bytes>,
+    inline: Cursor<'a>,
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = &'a [u8];
 
     fn next(&mut self) -> Option<&'a [u8]> {
-        Some(match self.walk.next()? {
-            At::Shared(f) => &f[..],
-            At::Inline { piece, start, end } => &self.history.piece(piece)[start..end],
-        })
+        let n = *self.lens.next()?;
+        if n == SHARED {
+            return self.shared.next().map(|f| &f[..]);
+        }
+        let at = self.inline.next(n as usize);
+        Some(&self.inline.bytes[at])
     }
 }
 

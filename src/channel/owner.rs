@@ -281,7 +281,7 @@ impl<Q: Sequencer> Owner<Q> {
                 .map(|(uid, _)| uid.clone())
         });
         if let Some(uid) = joiner {
-            let p = ch.pending.remove(&uid).expect("found above");
+            let p = ch.remove_pending(&uid).expect("found above");
             let slot = key as u32 as usize;
             return self.admit(slot, p.join, Some(o), now, out);
         }

@@ -34,6 +34,9 @@ use super::link::{Cluster, LinkState, PublishError};
 /// a failover.
 pub const WINDOW: usize = 256;
 
+/// Frames in flight the window keeps room for while idle.
+const IDLE_WINDOW: usize = 4;
+
 /// What the log tells the channel's owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogEvent {
@@ -193,6 +196,10 @@ async fn pipeline(
     loop {
         // Fill the window with whatever is queued (waiting only when idle).
         if in_flight.is_empty() {
+            // Idle: the window's buffer, sized by the last burst (a hundred
+            // joins at once fill it), shrinks back to a few frames while
+            // the channel waits, perhaps for the rest of its life.
+            in_flight.shrink_to(IDLE_WINDOW);
             match frames.recv().await {
                 Some(f) => in_flight.push_back(send(&cluster, &subject, f).await),
                 None => return,

@@ -255,7 +255,7 @@ impl<Q: Sequencer> Owner<Q> {
             .map(|(id, _)| id.clone());
         let member = ch.members.iter().any(|(_, _, s)| s == session);
         let was_pending = pending.is_some();
-        if let Some(p) = pending.and_then(|id| ch.pending.remove(&id))
+        if let Some(p) = pending.and_then(|id| ch.remove_pending(&id))
             && matches!(p.stage, Stage::Ordering)
         {
             self.sequencer.release(&ch.name, &p.join.uid);

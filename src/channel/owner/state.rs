@@ -161,10 +161,22 @@ impl OwnedChannel {
         ours: impl Fn(&Pending) -> bool,
     ) -> Option<Pending> {
         if self.pending.get(id).is_some_and(ours) {
-            self.pending.remove(id)
+            self.remove_pending(id)
         } else {
             None
         }
+    }
+
+    /// Removes the join pending for `id`. The last one out gives the map's
+    /// table back: a burst of joins waiting on a shared log (a hundred
+    /// at once is ordinary) would otherwise leave each channel holding a
+    /// table sized for the burst for as long as it lives.
+    pub(super) fn remove_pending(&mut self, id: &MemberId) -> Option<Pending> {
+        let p = self.pending.remove(id);
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            self.pending = AHashMap::new();
+        }
+        p
     }
 
     /// Delivers `o` to every shard with members, except to its publisher.

@@ -140,6 +140,39 @@ fn leaving_updates_members_and_the_last_client_ends_the_links() {
     assert!(out.iter().any(|a| matches!(a, Action::StartLinks { .. })));
 }
 
+/// A burst of joins waiting on a shared log fills the channel's table of
+/// pending joins; once all are admitted (or abandoned) the table is given
+/// back, not kept at the burst's size for the channel's life.
+#[test]
+fn a_burst_of_pending_joins_leaves_no_table_behind() {
+    let mut o = Owner::new(0, 4, FRAMES, BYTES, Deferred::default());
+    let t = Instant::now();
+    let mut out = Vec::new();
+    for n in 0..100 {
+        o.join(client(&format!("u{n}"), sid(1, n)), t, &mut out);
+    }
+    let key = o.sequencer.claims[0].0;
+    let pending = |o: &Owner<Deferred>| {
+        let ch = o.channel("ch").unwrap();
+        (ch.pending.len(), ch.pending.capacity())
+    };
+    assert!(pending(&o).1 >= 100);
+    // The last one is abandoned while its claim is out; the rest admitted.
+    o.abandon(key, sid(1, 99), close::CLUSTER_UNAVAILABLE, &mut out);
+    for (n, (_, uid, session)) in std::mem::take(&mut o.sequencer.claims)
+        .into_iter()
+        .take(99)
+        .enumerate()
+    {
+        o.claimed(key, &cid(&uid), session, true, t, &mut out);
+        let (_, origin, frame) = o.sequencer.orders.remove(0);
+        let seq = n as u64 + 1;
+        o.ordered(key, Ordered { seq, origin, frame }, t, &mut out);
+    }
+    assert_eq!(o.channel("ch").unwrap().members.len(), 99);
+    assert_eq!(pending(&o), (0, 0));
+}
+
 #[test]
 fn a_deferred_sequencer_admits_when_the_header_comes_back_ordered() {
     let mut o = Owner::new(0, 4, FRAMES, BYTES, Deferred::default());

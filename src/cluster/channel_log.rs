@@ -16,13 +16,13 @@
 //! log does not cut the pipeline short: what it was given is still stored.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_nats::Subject;
 use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::envelope::{Delivery, Kind, Origin, Outgoing};
@@ -34,8 +34,8 @@ use super::link::{Cluster, LinkState, PublishError};
 /// a failover.
 pub const WINDOW: usize = 256;
 
-/// Frames in flight the window keeps room for while idle.
-const IDLE_WINDOW: usize = 4;
+/// Frames the publish window and queue keep room for while idle.
+const IDLE_ROOM: usize = 4;
 
 /// What the log tells the channel's owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub type LogSink = mpsc::UnboundedSender<(u64, LogEvent)>;
 /// one closing the log) still has its frames stored.
 pub struct ChannelLog {
     cluster: Cluster,
-    tx: mpsc::UnboundedSender<Outgoing>,
+    outbox: Arc<Outbox>,
     queued: Arc<AtomicUsize>,
     feed: JoinHandle<()>,
 }
@@ -70,7 +70,8 @@ pub struct ChannelLog {
 impl Drop for ChannelLog {
     fn drop(&mut self) {
         self.feed.abort();
-        // The pipeline ends by itself once `tx` is gone and its queue is settled.
+        // The pipeline ends by itself once its queue is settled.
+        self.outbox.close();
     }
 }
 
@@ -87,7 +88,7 @@ impl ChannelLog {
     ) -> ChannelLog {
         let subject = cluster.subject(channel);
         let events = Events { tag, sink };
-        let (tx, frames) = mpsc::unbounded_channel();
+        let outbox = Arc::new(Outbox::default());
         let queued = Arc::new(AtomicUsize::new(0));
         let feed = tokio::spawn(follow(
             cluster.clone(),
@@ -98,13 +99,13 @@ impl ChannelLog {
         tokio::spawn(pipeline(
             cluster.clone(),
             subject,
-            frames,
+            outbox.clone(),
             events,
             queued.clone(),
         ));
         ChannelLog {
             cluster: cluster.clone(),
-            tx,
+            outbox,
             queued,
             feed,
         }
@@ -122,8 +123,7 @@ impl ChannelLog {
             serial: self.cluster.next_serial(),
             payload,
         };
-        // The receiver lives until `self` is dropped and the queue drained.
-        let _ = self.tx.send(frame);
+        self.outbox.push(frame);
     }
 
     /// Payload bytes queued or in flight, not yet acknowledged (for backpressure).
@@ -188,7 +188,7 @@ async fn follow(cluster: Cluster, subject: Subject, after: u64, events: Events) 
 async fn pipeline(
     cluster: Cluster,
     subject: Subject,
-    mut frames: mpsc::UnboundedReceiver<Outgoing>,
+    frames: Arc<Outbox>,
     events: Events,
     queued: Arc<AtomicUsize>,
 ) {
@@ -199,7 +199,7 @@ async fn pipeline(
             // Idle: the window's buffer, sized by the last burst (a hundred
             // joins at once fill it), shrinks back to a few frames while
             // the channel waits, perhaps for the rest of its life.
-            in_flight.shrink_to(IDLE_WINDOW);
+            in_flight.shrink_to(IDLE_ROOM);
             match frames.recv().await {
                 Some(f) => in_flight.push_back(send(&cluster, &subject, f).await),
                 None => return,
@@ -207,8 +207,8 @@ async fn pipeline(
         }
         while in_flight.len() < WINDOW {
             match frames.try_recv() {
-                Ok(f) => in_flight.push_back(send(&cluster, &subject, f).await),
-                Err(_) => break,
+                Some(f) => in_flight.push_back(send(&cluster, &subject, f).await),
+                None => break,
             }
         }
         // Settle the oldest.
@@ -239,6 +239,68 @@ async fn pipeline(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// The frames a channel's members queued for the stream, from the owner to
+/// the channel's publish pipeline, in order. A queue behind a lock rather
+/// than an mpsc channel, for memory: tokio's channel allocates a first
+/// block of 32 frames (about 2.3 KB) when it is created and keeps the
+/// blocks a burst grew it to, for every channel a node follows, while this
+/// one holds nothing until a frame is queued and shrinks back to
+/// [`IDLE_ROOM`] once drained.
+#[derive(Default)]
+struct Outbox {
+    state: Mutex<OutboxState>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    frames: VecDeque<Outgoing>,
+    /// No frame comes any more: the pipeline ends once it has the rest.
+    closed: bool,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        // Nothing in the state can be left half-changed by a panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, frame: Outgoing) {
+        self.lock().frames.push_back(frame);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// The next frame, if one is queued.
+    fn try_recv(&self) -> Option<Outgoing> {
+        let mut state = self.lock();
+        let f = state.frames.pop_front();
+        if state.frames.is_empty() {
+            state.frames.shrink_to(IDLE_ROOM);
+        }
+        f
+    }
+
+    /// The next frame, waiting for one; `None` once closed and drained.
+    async fn recv(&self) -> Option<Outgoing> {
+        loop {
+            if let Some(f) = self.try_recv() {
+                return Some(f);
+            }
+            if self.lock().closed {
+                return None;
+            }
+            // A push between the check and here left a permit: no wake-up
+            // is lost.
+            self.ready.notified().await;
         }
     }
 }
@@ -274,6 +336,45 @@ mod tests {
         }
     }
 
+    fn frame(serial: u64) -> Outgoing {
+        Outgoing {
+            origin: Origin {
+                node: crate::cluster::envelope::NodeId::generate(),
+                session: 1,
+            },
+            kind: Kind::Binary,
+            serial,
+            payload: Bytes::new(),
+        }
+    }
+
+    /// The publish queue keeps order, hands out what was queued before it
+    /// closed, wakes a waiting pipeline, and holds no memory for frames
+    /// while empty: none before the first, room for [`IDLE_ROOM`] after a
+    /// burst of 100 has gone out (tokio's channel held a 2.3 KB block from
+    /// the start, and the blocks a burst grew it to).
+    #[tokio::test]
+    async fn the_publish_queue_keeps_order_and_no_room_it_does_not_need() {
+        let outbox = Arc::new(Outbox::default());
+        assert_eq!(outbox.lock().frames.capacity(), 0);
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.recv().await.map(|f| f.serial) }
+        });
+        tokio::task::yield_now().await;
+        outbox.push(frame(0));
+        assert_eq!(waiting.await.unwrap(), Some(0));
+        for serial in 1..=100 {
+            outbox.push(frame(serial));
+        }
+        outbox.close();
+        for serial in 1..=100 {
+            assert_eq!(outbox.recv().await.map(|f| f.serial), Some(serial));
+        }
+        assert!(outbox.recv().await.is_none(), "closed and drained");
+        assert!(outbox.lock().frames.capacity() <= IDLE_ROOM);
+    }
+
     /// Both tasks live as long as their channel is followed, so their futures
     /// are paid per channel and node: the rare, large awaits inside them
     /// (opening a feed, a catch-up, a retried publish) are boxed. Unboxed,
@@ -287,9 +388,8 @@ mod tests {
         let events = Events { tag: 1, sink };
         let subject = cluster.subject("x");
         let feed = follow(cluster.clone(), subject.clone(), 0, events.clone());
-        let (_tx, frames) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let publish = pipeline(cluster.clone(), subject, frames, events, queued);
+        let publish = pipeline(cluster.clone(), subject, Arc::default(), events, queued);
         assert!(
             std::mem::size_of_val(&feed) <= 1536,
             "{}",

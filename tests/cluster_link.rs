@@ -384,8 +384,8 @@ async fn racing_claims_have_one_winner() {
         a_prober.set("race", &uid, round, true);
         b_prober.set("race", &uid, round, true);
         let (ra, rb) = tokio::join!(
-            a.registry().claim("race", &uid, round),
-            b.registry().claim("race", &uid, round)
+            a.registry().claim("race", uid.as_str(), round),
+            b.registry().claim("race", uid.as_str(), round)
         );
         let wins = [ra.unwrap(), rb.unwrap()]
             .iter()

@@ -111,11 +111,15 @@ struct RegistryInner {
     store: tokio::sync::OnceCell<kv::Store>,
     /// Tells the link to check the bucket exists (a claim failed).
     recheck: Arc<tokio::sync::Notify>,
-    /// Entries this node wrote and still holds, by key. One per joined
-    /// session of the node, so kept small: the key sized to fit, the value
-    /// written ("node session") rebuilt from the session when refreshed.
-    held: Mutex<HashMap<Box<str>, Held>>,
+    /// Entries this node wrote and still holds, by (channel, uid). One per
+    /// joined session of the node, so kept small: the names are the ones
+    /// the channel and the session already share, the KV key and the value
+    /// written ("node session") are rebuilt when the entry is refreshed.
+    held: Mutex<HashMap<Pair, Held>>,
 }
+
+/// (channel, uid).
+type Pair = (Arc<str>, Arc<str>);
 
 /// An entry this node holds: the revision it wrote, for the session it holds it for.
 #[derive(Clone, Copy)]
@@ -178,11 +182,11 @@ impl Registry {
     /// Claims (channel, uid) for `session` of this node.
     pub async fn claim(
         &self,
-        channel: &str,
-        uid: &str,
+        channel: impl Into<Arc<str>>,
+        uid: impl Into<Arc<str>>,
         session: u64,
     ) -> Result<Claim, RegistryError> {
-        let claimed = self.try_claim(channel, uid, session).await;
+        let claimed = self.try_claim((channel.into(), uid.into()), session).await;
         if claimed.is_err() {
             // Perhaps the bucket is gone (a NATS that lost its data): have the link look.
             self.inner.recheck.notify_one();
@@ -190,18 +194,14 @@ impl Registry {
         claimed
     }
 
-    async fn try_claim(
-        &self,
-        channel: &str,
-        uid: &str,
-        session: u64,
-    ) -> Result<Claim, RegistryError> {
+    async fn try_claim(&self, pair: Pair, session: u64) -> Result<Claim, RegistryError> {
         let store = self.store()?;
+        let (channel, uid) = (&*pair.0, &*pair.1);
         let key = member_key(channel, uid);
         let value = self.value(session);
         for _ in 0..CLAIM_ROUNDS {
             match store.create(&key, value.clone()).await {
-                Ok(revision) => return Ok(self.hold(key, revision, session)),
+                Ok(revision) => return Ok(self.hold(pair, revision, session)),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(RegistryError(e.to_string())),
             }
@@ -227,7 +227,7 @@ impl Registry {
             match store.update(&key, value.clone(), entry.revision).await {
                 Ok(revision) => {
                     tracing::debug!(%node, "cluster registry: took over a stale entry");
-                    return Ok(self.hold(key, revision, session));
+                    return Ok(self.hold(pair, revision, session));
                 }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
                 Err(e) => return Err(RegistryError(e.to_string())),
@@ -241,9 +241,9 @@ impl Registry {
         Bytes::from(format!("{} {session}", self.inner.node))
     }
 
-    fn hold(&self, key: String, revision: u64, session: u64) -> Claim {
+    fn hold(&self, pair: Pair, revision: u64, session: u64) -> Claim {
         if let Ok(mut held) = self.inner.held.lock() {
-            held.insert(key.into_boxed_str(), Held { revision, session });
+            held.insert(pair, Held { revision, session });
         }
         Claim::Claimed
     }
@@ -277,14 +277,15 @@ impl Registry {
     }
 
     /// Gives the pair up, unless someone else has taken it over meanwhile.
-    pub async fn release(&self, channel: &str, uid: &str) {
-        let key = member_key(channel, uid);
+    pub async fn release(&self, channel: impl Into<Arc<str>>, uid: impl Into<Arc<str>>) {
+        let pair = (channel.into(), uid.into());
+        let key = member_key(&pair.0, &pair.1);
         let held = self
             .inner
             .held
             .lock()
             .ok()
-            .and_then(|mut h| h.remove(&*key));
+            .and_then(|mut h| h.remove(&pair));
         let (Some(Held { revision, .. }), Ok(store)) = (held, self.store()) else {
             return;
         };
@@ -299,28 +300,29 @@ impl Registry {
     /// is let go instead.
     pub async fn refresh(&self) {
         let Ok(store) = self.store() else { return };
-        let held: Vec<(Box<str>, Held)> = match self.inner.held.lock() {
-            Ok(h) => h.iter().map(|(k, e)| (k.clone(), *e)).collect(),
+        let held: Vec<(Pair, Held)> = match self.inner.held.lock() {
+            Ok(h) => h.iter().map(|(p, e)| (p.clone(), *e)).collect(),
             Err(_) => return,
         };
-        for (key, Held { revision, session }) in held {
-            let result = store.update(&*key, self.value(session), revision).await;
+        for (pair, Held { revision, session }) in held {
+            let key = member_key(&pair.0, &pair.1);
+            let result = store.update(&key, self.value(session), revision).await;
             let Ok(mut h) = self.inner.held.lock() else {
                 return;
             };
             match result {
                 // Only if still held at that revision (not released meanwhile).
                 Ok(new) => {
-                    if let Some(e) = h.get_mut(&key).filter(|e| e.revision == revision) {
+                    if let Some(e) = h.get_mut(&pair).filter(|e| e.revision == revision) {
                         e.revision = new;
                     }
                 }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                     tracing::warn!(
-                        key = &*key,
+                        key,
                         "cluster registry: an entry this node held was taken over"
                     );
-                    h.remove(&key);
+                    h.remove(&pair);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cluster registry: refresh failed; next round")

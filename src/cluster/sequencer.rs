@@ -251,7 +251,11 @@ impl Sequencer for ClusterSequencer {
             let outcome = if let LinkState::Down(reason) = cluster.state() {
                 ClaimOutcome::Unavailable(reason.to_string())
             } else {
-                match cluster.registry().claim(&channel, &uid, session).await {
+                match cluster
+                    .registry()
+                    .claim(channel, uid.clone(), session)
+                    .await
+                {
                     Ok(Claim::Claimed) => ClaimOutcome::Free,
                     Ok(Claim::Taken { .. }) => ClaimOutcome::Taken,
                     Err(e) => ClaimOutcome::Unavailable(e.to_string()),
@@ -281,7 +285,7 @@ impl Sequencer for ClusterSequencer {
         tracing::debug!(node = %self.cluster.node(), %channel, %uid, "cluster: member released");
         let (cluster, channel_name, uid_name) =
             (self.cluster.clone(), channel.clone(), uid.clone());
-        tokio::spawn(async move { cluster.registry().release(&channel_name, &uid_name).await });
+        tokio::spawn(async move { cluster.registry().release(channel_name, uid_name).await });
         if let Some(&key) = self.by_name.get(channel) {
             self.drop_holder(key);
         }

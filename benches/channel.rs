@@ -106,9 +106,43 @@ fn config() -> Criterion {
         .sample_size(50)
 }
 
+/// What every node does for every frame it reads from the stream, before
+/// the owner sees it: the republish headers (stream sequence and its
+/// predecessor's) and the frame's kind and origin.
+fn cluster_delivery(c: &mut Criterion) {
+    use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE};
+    use mles::cluster::envelope::{Delivery, Kind, KnownNodes, NodeId, Origin, Outgoing};
+    let frame = Outgoing {
+        origin: Origin {
+            node: NodeId::generate(),
+            session: 42,
+        },
+        kind: Kind::Binary,
+        serial: 7,
+        payload: Bytes::from(vec![7u8; 64]),
+    };
+    let mut headers = frame.headers();
+    headers.insert(NATS_SEQUENCE, "1001");
+    headers.insert(NATS_LAST_SEQUENCE, "1000");
+    let mut nodes = KnownNodes::default();
+    let mut g = c.benchmark_group("cluster");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("Delivery::from_parts", |b| {
+        b.iter(|| {
+            let h = black_box(&headers);
+            let seq: u64 = h.get(NATS_SEQUENCE).unwrap().as_str().parse().unwrap();
+            let prev: u64 = h.get(NATS_LAST_SEQUENCE).unwrap().as_str().parse().unwrap();
+            let d = Delivery::from_parts(seq, 0, Some(h), frame.payload.clone(), &mut nodes);
+            assert_eq!(prev + 1, d.seq);
+            d
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = channel;
     config = config();
-    targets = history_push, history_snapshot, history_replay, history_contains
+    targets = history_push, history_snapshot, history_replay, history_contains, cluster_delivery
 }
 criterion_main!(channel);

@@ -11,12 +11,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
-use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
 use bytes::Bytes;
 
-const KIND: &str = "Mles-Kind";
-const NODE: &str = "Mles-Node";
-const SESSION: &str = "Mles-Session";
+// Names built once: a name given as `&str` is checked, matched against
+// the standard names and copied into an allocation of its own on every
+// lookup, and every node looks up three for every frame it delivers.
+const KIND: HeaderName = HeaderName::from_static("Mles-Kind");
+const NODE: HeaderName = HeaderName::from_static("Mles-Node");
+const SESSION: HeaderName = HeaderName::from_static("Mles-Session");
 
 /// What a frame is to WebSocket clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +129,29 @@ impl Outgoing {
     }
 }
 
+/// The last few nodes whose frames a feed delivered, so that a frame names
+/// its node without an allocation of its own (a channel's frames come from
+/// a handful of nodes).
+#[derive(Debug, Default)]
+pub struct KnownNodes {
+    ids: [Option<NodeId>; 4],
+    /// The slot the next new id takes.
+    next: usize,
+}
+
+impl KnownNodes {
+    /// The id named `name`.
+    pub fn get(&mut self, name: &str) -> NodeId {
+        if let Some(id) = self.ids.iter().flatten().find(|id| id.as_str() == name) {
+            return id.clone();
+        }
+        let id = NodeId::from(name);
+        self.ids[self.next] = Some(id.clone());
+        self.next = (self.next + 1) % self.ids.len();
+        id
+    }
+}
+
 /// A frame read back from the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -147,8 +173,9 @@ impl Delivery {
         pending: u64,
         headers: Option<&HeaderMap>,
         payload: Bytes,
+        nodes: &mut KnownNodes,
     ) -> Delivery {
-        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let get = |name: HeaderName| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         let kind = get(KIND).and_then(Kind::from_tag).unwrap_or_else(|| {
             if std::str::from_utf8(&payload).is_ok() {
                 Kind::Text
@@ -158,7 +185,7 @@ impl Delivery {
         });
         let origin = match (get(NODE), get(SESSION).and_then(|s| s.parse().ok())) {
             (Some(node), Some(session)) => Some(Origin {
-                node: NodeId::from(node),
+                node: nodes.get(node),
                 session,
             }),
             _ => None,
@@ -198,9 +225,10 @@ mod tests {
 
     #[test]
     fn headers_round_trip() {
+        let mut nodes = KnownNodes::default();
         for kind in [Kind::Text, Kind::Binary, Kind::Join] {
             let o = outgoing(kind);
-            let d = Delivery::from_parts(5, 0, Some(&o.headers()), o.payload.clone());
+            let d = Delivery::from_parts(5, 0, Some(&o.headers()), o.payload.clone(), &mut nodes);
             assert_eq!(d.kind, kind);
             assert_eq!(d.origin, Some(o.origin.clone()));
             assert!(d.is_from(&NodeId::from("n1"), 42));
@@ -224,11 +252,35 @@ mod tests {
 
     #[test]
     fn foreign_messages_have_no_origin() {
-        let d = Delivery::from_parts(1, 0, None, Bytes::from_static(b"hello"));
+        let d = Delivery::from_parts(
+            1,
+            0,
+            None,
+            Bytes::from_static(b"hello"),
+            &mut KnownNodes::default(),
+        );
         assert_eq!((d.kind, d.origin), (Kind::Text, None));
-        let d = Delivery::from_parts(1, 0, None, Bytes::from_static(&[0xff, 0]));
+        let d = Delivery::from_parts(
+            1,
+            0,
+            None,
+            Bytes::from_static(&[0xff, 0]),
+            &mut KnownNodes::default(),
+        );
         assert_eq!(d.kind, Kind::Binary);
         assert!(!d.is_from(&NodeId::from("n1"), 0));
+    }
+
+    /// The same node's frames share one id; more nodes than the cache holds
+    /// still get the right ones.
+    #[test]
+    fn known_nodes_are_named_once() {
+        let mut nodes = KnownNodes::default();
+        let a = nodes.get("a");
+        assert!(std::ptr::eq(a.as_str(), nodes.get("a").as_str()));
+        for name in ["b", "c", "d", "e", "f", "a", "g"] {
+            assert_eq!(nodes.get(name).as_str(), name);
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::cursor::{Cursor, Step, may_follow_a_drop};
-use super::envelope::Delivery;
+use super::envelope::{Delivery, KnownNodes};
 use super::link::{Cluster, FollowError, LinkState};
 use super::subject::live_subject;
 
@@ -50,8 +50,7 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Republish headers: the frame's stream sequence, and the sequence of the
 /// last frame stored on the same subject before it (0 if none).
-const SEQUENCE: &str = "Nats-Sequence";
-const LAST_SEQUENCE: &str = "Nats-Last-Sequence";
+use async_nats::header::{NATS_LAST_SEQUENCE as LAST_SEQUENCE, NATS_SEQUENCE as SEQUENCE};
 
 /// What [`Feed::next`] yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +117,7 @@ pub struct Feed {
     resync: watch::Receiver<u64>,
     quiet: Pin<Box<Sleep>>,
     quiet_armed: bool,
+    nodes: KnownNodes,
 }
 
 impl Feed {
@@ -153,6 +153,7 @@ impl Feed {
             // The subscription may take a moment to reach the server that
             // republishes: look at the stream again once it is quiet.
             quiet_armed: true,
+            nodes: KnownNodes::default(),
         };
         feed.initial_pending = feed.begin_catch_up(true, false).await?;
         Ok(feed)
@@ -249,6 +250,7 @@ impl Feed {
             pending,
             msg.headers.as_ref(),
             msg.payload,
+            &mut self.nodes,
         )))
     }
 
@@ -264,7 +266,13 @@ impl Feed {
                 match self.cursor.live(seq, prev) {
                     Step::Deliver => {
                         self.arm_quiet();
-                        Some(Delivery::from_parts(seq, 0, msg.headers.as_ref(), msg.payload))
+                        Some(Delivery::from_parts(
+                            seq,
+                            0,
+                            msg.headers.as_ref(),
+                            msg.payload,
+                            &mut self.nodes,
+                        ))
                     }
                     Step::Skip => None,
                     Step::Gap => {

@@ -192,6 +192,7 @@ async fn pipeline(
     events: Events,
     queued: Arc<AtomicUsize>,
 ) {
+    let _drains = Drains(frames.clone());
     let mut in_flight: VecDeque<(Outgoing, Option<PublishAckFuture>)> = VecDeque::new();
     loop {
         // Fill the window with whatever is queued (waiting only when idle).
@@ -261,6 +262,18 @@ struct OutboxState {
     frames: VecDeque<Outgoing>,
     /// No frame comes any more: the pipeline ends once it has the rest.
     closed: bool,
+    /// Nobody takes frames any more.
+    abandoned: bool,
+}
+
+/// Abandons the outbox when the pipeline that drains it ends, however it
+/// ends.
+struct Drains(Arc<Outbox>);
+
+impl Drop for Drains {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
 }
 
 impl Outbox {
@@ -270,13 +283,26 @@ impl Outbox {
     }
 
     fn push(&self, frame: Outgoing) {
-        self.lock().frames.push_back(frame);
+        let mut state = self.lock();
+        if state.abandoned {
+            return;
+        }
+        state.frames.push_back(frame);
+        drop(state);
         self.ready.notify_one();
     }
 
     fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_one();
+    }
+
+    /// The pipeline is gone (it ended or was dropped): what is queued, and
+    /// whatever comes later, is dropped instead of kept for nobody.
+    fn abandon(&self) {
+        let mut state = self.lock();
+        state.abandoned = true;
+        state.frames = VecDeque::new();
     }
 
     /// The next frame, if one is queued.
@@ -373,6 +399,20 @@ mod tests {
         }
         assert!(outbox.recv().await.is_none(), "closed and drained");
         assert!(outbox.lock().frames.capacity() <= IDLE_ROOM);
+    }
+
+    /// A pipeline that ended early (its owner's shard gone) or was dropped
+    /// leaves no queue growing for nobody: what waits and what comes later
+    /// is dropped, as an mpsc channel's sends fail once its receiver is gone.
+    #[tokio::test]
+    async fn frames_for_a_pipeline_that_is_gone_are_dropped() {
+        let outbox = Arc::new(Outbox::default());
+        let drains = Drains(outbox.clone());
+        outbox.push(frame(1));
+        drop(drains);
+        outbox.push(frame(2));
+        let state = outbox.lock();
+        assert!(state.frames.is_empty() && state.frames.capacity() == 0);
     }
 
     /// Both tasks live as long as their channel is followed, so their futures

@@ -165,12 +165,7 @@ impl History {
         for f in mine.iter() {
             match f.len() {
                 0..=INLINE_MAX => self.append_inline(f),
-                _ => self.append(
-                    shared
-                        .next()
-                        .expect("a shared frame per SHARED length")
-                        .clone(),
-                ),
+                _ => self.append(next_shared(&mut shared).clone()),
             }
         }
         keep
@@ -229,10 +224,7 @@ impl History {
             .iter()
             .map(|&n| {
                 if n == SHARED {
-                    return shared
-                        .next()
-                        .expect("a shared frame per SHARED length")
-                        .clone();
+                    return next_shared(&mut shared).clone();
                 }
                 let at = inline.next(n as usize);
                 match self.sealed_at(inline.piece) {
@@ -262,12 +254,7 @@ impl History {
             if n == SHARED {
                 self.flush_run(piece, from..inline.at, &mut out);
                 from = inline.at;
-                out.push(
-                    shared
-                        .next()
-                        .expect("a shared frame per SHARED length")
-                        .clone(),
-                );
+                out.push(next_shared(&mut shared).clone());
                 continue;
             }
             let end = inline.at;
@@ -328,6 +315,12 @@ impl History {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+}
+
+/// The next of the frames over [`INLINE_MAX`], whose place a [`SHARED`]
+/// length marks.
+fn next_shared<'a>(shared: &mut std::collections::vec_deque::Iter<'a, Bytes>) -> &'a Bytes {
+    shared.next().expect("a shared frame per SHARED length")
 }
 
 /// Where the inline frames of a [`History`] are, oldest first: frames never

@@ -24,6 +24,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
@@ -47,10 +48,6 @@ const CATCH_UP_EXPIRES: Duration = Duration::from_secs(10);
 
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-
-/// Republish headers: the frame's stream sequence, and the sequence of the
-/// last frame stored on the same subject before it (0 if none).
-use async_nats::header::{NATS_LAST_SEQUENCE as LAST_SEQUENCE, NATS_SEQUENCE as SEQUENCE};
 
 /// What [`Feed::next`] yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,12 +391,14 @@ impl Feed {
     }
 }
 
-/// A republished frame's stream sequence and its predecessor's; `None` for
-/// anything else on the live subject.
+/// A republished frame's stream sequence and its predecessor's (the
+/// sequence of the last frame stored on the same subject before it, 0 if
+/// none), from the headers the stream's republish adds; `None` for anything
+/// else on the live subject.
 fn republished(msg: &Message) -> Option<(u64, u64)> {
     let h = msg.headers.as_ref()?;
-    let seq = h.get(SEQUENCE)?.as_str().parse().ok()?;
-    let prev = h.get(LAST_SEQUENCE)?.as_str().parse().ok()?;
+    let seq = h.get(NATS_SEQUENCE)?.as_str().parse().ok()?;
+    let prev = h.get(NATS_LAST_SEQUENCE)?.as_str().parse().ok()?;
     Some((seq, prev))
 }
 

@@ -162,6 +162,9 @@ async fn outbound_queues_count_against_the_budget() {
     closed_for_memory(&srv, &mut stuck).await;
 }
 
+/// Frames of 1,000 bytes in [`long_history_under_a_small_budget`].
+const LONG_HISTORY: usize = 16_000;
+
 /// A server whose channel holds about 16 MB of history (16,000 frames of
 /// 1,000 bytes) under a 4 MiB `--max-memory`.
 async fn long_history_under_a_small_budget() -> (TestServer, Client) {
@@ -186,8 +189,6 @@ async fn long_history_under_a_small_budget() -> (TestServer, Client) {
         .await;
     (srv, publisher)
 }
-
-const LONG_HISTORY: usize = 16_000;
 
 /// A joiner shares the channel's history while it writes it out
 /// (`History::replay`): only its copy of the newest piece is its own. So a

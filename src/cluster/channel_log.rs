@@ -307,27 +307,35 @@ impl Outbox {
 
     /// The next frame, if one is queued.
     fn try_recv(&self) -> Option<Outgoing> {
-        let mut state = self.lock();
-        let f = state.frames.pop_front();
-        if state.frames.is_empty() {
-            state.frames.shrink_to(IDLE_ROOM);
-        }
-        f
+        self.lock().pop()
     }
 
     /// The next frame, waiting for one; `None` once closed and drained.
     async fn recv(&self) -> Option<Outgoing> {
         loop {
-            if let Some(f) = self.try_recv() {
-                return Some(f);
-            }
-            if self.lock().closed {
-                return None;
+            {
+                let mut state = self.lock();
+                if let Some(f) = state.pop() {
+                    return Some(f);
+                }
+                if state.closed {
+                    return None;
+                }
             }
             // A push between the check and here left a permit: no wake-up
             // is lost.
             self.ready.notified().await;
         }
+    }
+}
+
+impl OutboxState {
+    fn pop(&mut self) -> Option<Outgoing> {
+        let f = self.frames.pop_front();
+        if self.frames.is_empty() {
+            self.frames.shrink_to(IDLE_ROOM);
+        }
+        f
     }
 }
 

@@ -13,7 +13,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // The NATS client logs every connection event at info; the
+                // cluster supervisor says what of them matters (link up or
+                // down, why NATS cannot be reached) once.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -152,6 +152,7 @@ impl Cluster {
                         }
                     };
                     runtime.block_on(async move {
+                        let diagnosis_node = node.clone();
                         let (conn_tx, conn_rx) = watch::channel(ConnEvent::Waiting);
                         let made = connect(&settings, &node, conn_tx).await;
                         let (client, js, registry) = match made {
@@ -174,6 +175,7 @@ impl Cluster {
                         let _ = made_tx.send(Ok((client.clone(), js.clone(), registry.clone())));
                         let supervisor = Supervisor {
                             settings,
+                            node: diagnosis_node,
                             client,
                             js,
                             registry,

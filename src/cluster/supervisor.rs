@@ -24,6 +24,8 @@ pub(super) enum ConnEvent {
     Waiting,
     Connected,
     Disconnected(String),
+    /// A connection attempt failed (the client retries).
+    Failing,
 }
 
 /// Connects in the background: returns at once, the client keeps trying.
@@ -32,25 +34,29 @@ pub(super) async fn connect(
     node: &NodeId,
     conn: watch::Sender<ConnEvent>,
 ) -> Result<Client, StartError> {
-    let servers: Vec<async_nats::ServerAddr> = settings
+    connect_options(settings, node, conn)
+        .await?
+        .connect(server_addrs(settings)?)
+        .await
+        .map_err(|e| StartError::Client(e.to_string()))
+}
+
+fn server_addrs(settings: &ClusterSettings) -> Result<Vec<async_nats::ServerAddr>, StartError> {
+    settings
         .servers
         .iter()
         .map(|s| {
             s.parse()
                 .map_err(|e: std::io::Error| StartError::Client(e.to_string()))
         })
-        .collect::<Result<_, _>>()?;
-    connect_options(settings, node, conn)
-        .await?
-        .connect(servers)
-        .await
-        .map_err(|e| StartError::Client(e.to_string()))
+        .collect()
 }
 
-async fn connect_options(
+/// Who we are to NATS and how we prove it: the credentials, the CA, the
+/// connection name.
+async fn base_options(
     settings: &ClusterSettings,
     node: &NodeId,
-    conn: watch::Sender<ConnEvent>,
 ) -> Result<ConnectOptions, StartError> {
     let mut options = match &settings.creds {
         Some(path) => ConnectOptions::with_credentials_file(path)
@@ -64,12 +70,21 @@ async fn connect_options(
     if let Some(ca) = &settings.ca {
         options = options.add_root_certificates(ca.clone());
     }
-    let conn = Arc::new(conn);
     Ok(options
         .name(format!("mles {node}"))
+        .connection_timeout(Duration::from_secs(5)))
+}
+
+async fn connect_options(
+    settings: &ClusterSettings,
+    node: &NodeId,
+    conn: watch::Sender<ConnEvent>,
+) -> Result<ConnectOptions, StartError> {
+    let conn = Arc::new(conn);
+    Ok(base_options(settings, node)
+        .await?
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
         // A NATS outage must not make clients wait for our own pings to notice.
         .ping_interval(Duration::from_secs(10))
         // Reconnect fast: a NATS failover should cost clients seconds, not minutes.
@@ -91,17 +106,16 @@ async fn connect_options(
                     }
                     Event::ServerError(e) => {
                         tracing::warn!(error = %e, "NATS server error");
-                        let _ = conn.send_if_modified(|c| {
-                            if *c == ConnEvent::Connected {
-                                false
-                            } else {
-                                *c = ConnEvent::Disconnected(format!("NATS: {e}"));
-                                true
-                            }
-                        });
+                        not_while_connected(&conn, ConnEvent::Disconnected(format!("NATS: {e}")));
                     }
+                    // While connecting, a failed attempt: explained once an
+                    // outage by `explain_failures`, not at every retry.
                     Event::ClientError(e) => {
-                        tracing::warn!(error = %e, "NATS client error");
+                        if not_while_connected(&conn, ConnEvent::Failing) {
+                            tracing::debug!(error = %e, "NATS connection attempt failed");
+                        } else {
+                            tracing::warn!(error = %e, "NATS client error");
+                        }
                     }
                     // A subscription overflowed: its feed finds the gap at
                     // its next frame or its quiet check. Not a resync of
@@ -114,9 +128,83 @@ async fn connect_options(
         }))
 }
 
+/// Sets `event` unless the connection is up (an error about something
+/// else); whether it did.
+fn not_while_connected(conn: &watch::Sender<ConnEvent>, event: ConnEvent) -> bool {
+    conn.send_if_modified(|c| {
+        if *c == ConnEvent::Connected {
+            false
+        } else {
+            *c = event;
+            true
+        }
+    })
+}
+
+/// Says why NATS cannot be reached, once an outage. The client's events
+/// name only the kind of a failed connection ("IO error"), so the first
+/// failure of an outage is tried again on a connection of our own, whose
+/// error says what went wrong (nothing listening, a certificate not
+/// trusted, credentials refused). It is logged, and kept as the link's
+/// reason for being down while it is.
+async fn explain_failures(
+    settings: ClusterSettings,
+    node: NodeId,
+    mut conn: watch::Receiver<ConnEvent>,
+    state: watch::Sender<LinkState>,
+) {
+    let mut explained = false;
+    while conn.changed().await.is_ok() {
+        let failing = match *conn.borrow_and_update() {
+            ConnEvent::Connected => {
+                explained = false;
+                false
+            }
+            ConnEvent::Failing => true,
+            _ => false,
+        };
+        if !failing || explained {
+            continue;
+        }
+        explained = true;
+        let Some(why) = diagnose(&settings, &node).await else {
+            continue;
+        };
+        tracing::warn!(servers = ?settings.servers, error = %why, "cannot connect to NATS; retrying");
+        let reason: Arc<str> = Arc::from(format!("NATS: {why}"));
+        state.send_if_modified(|s| {
+            let down = matches!(s, LinkState::Down(_)) && *conn.borrow() != ConnEvent::Connected;
+            if down {
+                *s = LinkState::Down(reason.clone());
+            }
+            down
+        });
+    }
+}
+
+/// One connection attempt to each server, as the client makes them; the
+/// last one's error in full, or `None` if one succeeds (NATS is back).
+async fn diagnose(settings: &ClusterSettings, node: &NodeId) -> Option<String> {
+    let attempt = async {
+        base_options(settings, node)
+            .await
+            .ok()?
+            .reconnect_delay_callback(|_| Duration::ZERO)
+            .connect(server_addrs(settings).ok()?)
+            .await
+            .err()
+            .map(|e| e.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(30), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Keeps the stream and bucket in place and the state truthful.
 pub(super) struct Supervisor {
     pub(super) settings: ClusterSettings,
+    pub(super) node: NodeId,
     pub(super) client: Client,
     pub(super) js: jetstream::Context,
     pub(super) registry: Registry,
@@ -138,11 +226,18 @@ impl Supervisor {
             self.settings.stream_name(),
             self.resync.clone(),
         );
+        let explain = explain_failures(
+            self.settings.clone(),
+            self.node.clone(),
+            self.conn.clone(),
+            self.state.clone(),
+        );
         let background = async move {
             tokio::join!(
                 registry::serve_probes(registry.clone(), prober),
                 registry::refresh_forever(registry),
                 leaders,
+                explain,
             );
         };
         tokio::select! {

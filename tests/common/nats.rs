@@ -66,15 +66,24 @@ struct Spec<'a> {
     client_port: Option<u16>,
     /// Route listen port and the route URLs of the other members.
     cluster: Option<(u16, Vec<String>)>,
+    /// More configuration (TLS, accounts), appended as it is.
+    extra: &'a str,
 }
 
 impl NatsServer {
     /// A single JetStream server on a port of its choosing.
     pub fn start() -> NatsServer {
+        Self::start_with("")
+    }
+
+    /// A single JetStream server with `extra` added to its configuration
+    /// (say a `tls` block: its URL is then `tls://`).
+    pub fn start_with(extra: &str) -> NatsServer {
         Self::spawn(&Spec {
             name: "solo",
             client_port: None,
             cluster: None,
+            extra,
         })
     }
 
@@ -84,6 +93,7 @@ impl NatsServer {
             name: "solo",
             client_port: Some(port),
             cluster: None,
+            extra: "",
         })
     }
 
@@ -109,6 +119,8 @@ impl NatsServer {
                 routes.join(", ")
             ));
         }
+        conf.push_str(spec.extra);
+        conf.push('\n');
         let conf_path = dir.path().join("nats.conf");
         std::fs::write(&conf_path, conf).expect("write nats.conf");
         let log = std::fs::File::create(dir.path().join("nats.log")).expect("nats log file");
@@ -129,13 +141,15 @@ impl NatsServer {
             _dir: dir,
         };
         let (client, monitor) = server.await_ports(&ports_file);
-        server.client_addr = client;
+        server.client_addr = client.1;
         server.monitor_addr = monitor;
-        server.url = format!("nats://{client}");
+        server.url = format!("{}://{}", client.0, client.1);
         server
     }
 
-    fn await_ports(&mut self, ports_file: &Path) -> (SocketAddr, SocketAddr) {
+    /// The client listener (its URL scheme, `nats` or `tls`, and address)
+    /// and the monitoring address, from the ports file.
+    fn await_ports(&mut self, ports_file: &Path) -> ((&'static str, SocketAddr), SocketAddr) {
         let start = Instant::now();
         loop {
             if let Some(p) = std::fs::read_to_string(ports_file)
@@ -143,10 +157,17 @@ impl NatsServer {
                 .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
             {
                 let addr = |key: &str, scheme: &str| -> Option<SocketAddr> {
-                    p[key][0].as_str()?.strip_prefix(scheme)?.parse().ok()
+                    p[key][0]
+                        .as_str()?
+                        .strip_prefix(scheme)?
+                        .strip_prefix("://")?
+                        .parse()
+                        .ok()
                 };
-                if let (Some(c), Some(m)) = (addr("nats", "nats://"), addr("monitoring", "http://"))
-                {
+                let client = ["nats", "tls"]
+                    .into_iter()
+                    .find_map(|scheme| Some((scheme, addr("nats", scheme)?)));
+                if let (Some(c), Some(m)) = (client, addr("monitoring", "http")) {
                     return (c, m);
                 }
             }
@@ -250,6 +271,7 @@ impl NatsCluster {
                     name: &names[i],
                     client_port: None,
                     cluster: Some((route_ports[i], routes)),
+                    extra: "",
                 })
             })
             .collect();

@@ -212,7 +212,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             let prober = Arc::new(crate::shard::ShardProber { mesh: mesh.clone() });
             let c = crate::cluster::Cluster::start(settings.clone(), prober)
                 .map_err(StartError::Cluster)?;
-            tracing::info!(nats = ?settings.servers, node = %c.node(), "cluster mode: connecting to NATS");
+            tracing::info!(nats = ?settings.servers_for_log(), node = %c.node(), "cluster mode: connecting to NATS");
             // Without the shared log a node can take no joins: not ready.
             let link = c.clone();
             readiness.check("nats connected", move || {

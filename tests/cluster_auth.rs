@@ -125,6 +125,12 @@ fn node_not_up(args: &[&str]) -> TestServer {
 /// Runs the binary with `args` until it logs why it cannot connect to NATS,
 /// and returns that line (the binary's own logging, default filter).
 fn why_nats_is_unreachable(args: &[&str]) -> String {
+    log_until(args, "cannot connect to NATS").pop().unwrap()
+}
+
+/// Runs the binary with `args` (default log filter) until it logs a line
+/// with `needle`; its log up to that line.
+fn log_until(args: &[&str], needle: &str) -> Vec<String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mles"))
         .args(["--listen", "127.0.0.1:0", "--shards", "1"])
         .args(args)
@@ -146,14 +152,47 @@ fn why_nats_is_unreachable(args: &[&str]) -> String {
     let found = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) if line.contains("cannot connect to NATS") => break Some(line),
-            Ok(line) => seen.push(line),
-            Err(_) => break None,
+            Ok(line) => {
+                let done = line.contains(needle);
+                seen.push(line);
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
         }
     };
     let _ = child.kill();
     let _ = child.wait();
-    found.unwrap_or_else(|| panic!("no explanation logged; the log:\n{}", seen.join("\n")))
+    assert!(found, "no {needle:?} logged; the log:\n{}", seen.join("\n"));
+    seen
+}
+
+/// User and password in the `--nats` URL (NATS's plain authorization):
+/// the nodes get in, and the password shows in no log line, whether it is
+/// taken or refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_the_url_works_and_is_never_logged() {
+    let nats = NatsServer::start_with("authorization { user: mles, password: \"pw-7e3b91\" }");
+    nats.await_healthy();
+    let addr = nats.client_addr;
+    let good = format!("nats://mles:pw-7e3b91@{addr}");
+    let (a, b) = (
+        node(&["--nats", &good]).await,
+        node(&["--nats", &good]).await,
+    );
+    members_meet(&a, &b, "with-password").await;
+    let log = log_until(&["--nats", &good], "cluster link up");
+    assert!(log.iter().any(|l| l.contains("nats://***@")), "{log:?}");
+    assert!(!log.iter().any(|l| l.contains("pw-7e3b91")), "{log:?}");
+
+    let bad = format!("nats://mles:wrong-5c2d@{addr}");
+    let log = log_until(&["--nats", &bad], "cannot connect to NATS");
+    assert!(
+        log.last().unwrap().contains("authorization violation"),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("wrong-5c2d")), "{log:?}");
 }
 
 /// A signed NATS JWT: `claims` with the standard fields added, signed by
@@ -327,4 +366,15 @@ fn bad_nats_credentials_and_ca_files_are_named_at_start() {
         ca.to_str().unwrap(),
     ]);
     assert!(err.contains("--nats-ca") && err.contains("ca.pem"), "{err}");
+}
+
+/// A token in the `--nats` URL (`nats://TOKEN@host`), percent-encoded as in
+/// any URL, reaches NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_url_works() {
+    let nats = NatsServer::start_with("authorization { token: \"tok/9f4e\" }");
+    nats.await_healthy();
+    let url = format!("nats://tok%2F9f4e@{}", nats.client_addr);
+    let (a, b) = (node(&["--nats", &url]).await, node(&["--nats", &url]).await);
+    members_meet(&a, &b, "with-token").await;
 }

@@ -42,6 +42,9 @@ pub enum SettingsError {
     /// `--nats-replicas` outside what JetStream accepts.
     #[error("--nats-replicas must be between 1 and {MAX_REPLICAS}")]
     BadReplicas,
+    /// Seed URLs that carry different credentials: one connection has one.
+    #[error("--nats: the URLs carry different credentials; give them once (or on every URL alike)")]
+    MixedCredentials,
     /// A prefix NATS would not accept as a stream name and subject token.
     #[error("--nats-prefix {0:?}: use 1 to 32 of A-Z a-z 0-9 _ -")]
     BadPrefix(String),
@@ -60,6 +63,12 @@ impl ClusterSettings {
     ) -> Result<ClusterSettings, SettingsError> {
         if let Some(bad) = servers.iter().find(|s| !valid_url(s)) {
             return Err(SettingsError::BadUrl(bad.clone()));
+        }
+        let mut userinfo = servers.iter().filter_map(|s| userinfo(s));
+        if let Some(first) = userinfo.next()
+            && userinfo.any(|u| u != first)
+        {
+            return Err(SettingsError::MixedCredentials);
         }
         if !(1..=MAX_REPLICAS).contains(&replicas) {
             return Err(SettingsError::BadReplicas);
@@ -90,6 +99,25 @@ impl ClusterSettings {
         format!("{}-members", self.prefix)
     }
 
+    /// The user and password, or the token, written in the seed URLs
+    /// (`nats://user:pass@host`, `nats://token@host`; percent-encoded as in
+    /// any URL), which the client crate would otherwise ignore.
+    pub fn url_credentials(&self) -> Option<UrlCredentials> {
+        let info = self.servers.iter().find_map(|s| userinfo(s))?;
+        Some(match info.split_once(':') {
+            Some((user, pass)) => {
+                UrlCredentials::UserAndPassword(percent_decoded(user), percent_decoded(pass))
+            }
+            None => UrlCredentials::Token(percent_decoded(info)),
+        })
+    }
+
+    /// The seed list as it may be logged: a user and password or a token
+    /// in a URL (`nats://user:pass@host`, `nats://token@host`) shows as `***`.
+    pub fn servers_for_log(&self) -> Vec<String> {
+        self.servers.iter().map(|s| without_secrets(s)).collect()
+    }
+
     /// The subject a node answers half-open probes on.
     pub fn probe_subject(&self, node: &str) -> String {
         format!("{}.node.{node}.probe", self.prefix)
@@ -107,6 +135,59 @@ pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(15);
 /// 64-byte frames per channel, outside `--max-memory`.
 pub const DEFAULT_FEED_BUFFER: usize = 8 * 1024;
 
+/// Credentials written in a `--nats` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlCredentials {
+    UserAndPassword(String, String),
+    Token(String),
+}
+
+/// A URL's scheme, its user information (what comes before the host's `@`)
+/// and the rest from that `@` on.
+fn split_userinfo(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    Some((scheme, &rest[..at], &rest[at..]))
+}
+
+fn userinfo(url: &str) -> Option<&str> {
+    split_userinfo(url)
+        .map(|(_, info, _)| info)
+        .filter(|i| !i.is_empty())
+}
+
+fn without_secrets(url: &str) -> String {
+    match split_userinfo(url) {
+        Some((scheme, _, host)) => format!("{scheme}://***{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// `%XX` escapes decoded; a malformed one is kept as it is.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn valid_url(s: &str) -> bool {
     (s.starts_with("nats://") || s.starts_with("tls://"))
         && async_nats::ServerAddr::from_str(s).is_ok_and(|a| !a.host().is_empty())
@@ -115,6 +196,59 @@ fn valid_url(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_taken_once() {
+        let one = |urls: &[&str]| {
+            ClusterSettings::new(
+                urls.iter().map(|u| u.to_string()).collect(),
+                None,
+                None,
+                1,
+                "mles".into(),
+                200,
+                1 << 20,
+            )
+        };
+        let s = one(&["nats://a:4222", "nats://mles:p%40ss%3Aw@b:4222"]).unwrap();
+        assert_eq!(
+            s.url_credentials(),
+            Some(UrlCredentials::UserAndPassword(
+                "mles".into(),
+                "p@ss:w".into()
+            ))
+        );
+        let s = one(&["tls://t0k%2Fen@b:4443", "tls://t0k%2Fen@c:4443"]).unwrap();
+        assert_eq!(
+            s.url_credentials(),
+            Some(UrlCredentials::Token("t0k/en".into()))
+        );
+        assert_eq!(one(&["nats://a:4222"]).unwrap().url_credentials(), None);
+        assert_eq!(
+            one(&["nats://u:p@a:4222", "nats://u:q@b:4222"]),
+            Err(SettingsError::MixedCredentials)
+        );
+        assert_eq!(percent_decoded("100%"), "100%");
+        assert_eq!(percent_decoded("%zz%41"), "%zzA");
+    }
+
+    #[test]
+    fn secrets_in_urls_are_not_logged() {
+        let s = ClusterSettings::new(
+            vec!["nats://mles:s3cret@a:4222".into(), "nats://c:4222".into()],
+            None,
+            None,
+            1,
+            "mles".into(),
+            200,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(s.servers_for_log(), ["nats://***@a:4222", "nats://c:4222"]);
+        assert_eq!(without_secrets("tls://t0ken@b:4443"), "tls://***@b:4443");
+        assert_eq!(without_secrets("nats://u:p@w@d"), "nats://***@d");
+        assert_eq!(without_secrets("nats://d/x@y"), "nats://d/x@y");
+    }
 
     fn settings(servers: &[&str], replicas: usize, prefix: &str) -> Result<(), SettingsError> {
         ClusterSettings::new(

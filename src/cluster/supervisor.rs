@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 use super::envelope::NodeId;
 use super::link::{LinkState, RETRY_FIRST, RETRY_MAX, STREAM_MAX_CONSUMERS, StartError};
 use super::registry::{self, Prober, Registry};
-use super::settings::ClusterSettings;
+use super::settings::{ClusterSettings, UrlCredentials};
 use super::subject::{all_channels, live_channels};
 
 /// What the connection callback last said.
@@ -70,6 +70,12 @@ async fn base_options(
     if let Some(ca) = &settings.ca {
         options = options.add_root_certificates(ca.clone());
     }
+    // The client crate reads no credentials from server URLs itself.
+    options = match settings.url_credentials() {
+        Some(UrlCredentials::UserAndPassword(user, pass)) => options.user_and_password(user, pass),
+        Some(UrlCredentials::Token(token)) => options.token(token),
+        None => options,
+    };
     Ok(options
         .name(format!("mles {node}"))
         .connection_timeout(Duration::from_secs(5)))
@@ -170,7 +176,7 @@ async fn explain_failures(
         let Some(why) = diagnose(&settings, &node).await else {
             continue;
         };
-        tracing::warn!(servers = ?settings.servers, error = %why, "cannot connect to NATS; retrying");
+        tracing::warn!(servers = ?settings.servers_for_log(), error = %why, "cannot connect to NATS; retrying");
         let reason: Arc<str> = Arc::from(format!("NATS: {why}"));
         state.send_if_modified(|s| {
             let down = matches!(s, LinkState::Down(_)) && *conn.borrow() != ConnEvent::Connected;

@@ -927,3 +927,48 @@ async fn a_uid_is_free_on_another_node_after_leaving() {
     let uids: Vec<_> = history.iter().filter_map(|h| header_uid(h)).collect();
     assert_eq!(uids, ["w", "a"]);
 }
+
+/// Two deployments on one NATS (`--nats-prefix`): the same channel name and
+/// the same uid in both are two channels and two members; nothing crosses,
+/// in live frames or in history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_prefixes_share_a_nats_without_sharing_a_frame() {
+    let nats = NatsServer::start();
+    let url = std::slice::from_ref(&nats.url);
+    let blue = [
+        node_with(url, &["--nats-prefix", "blue"]).await,
+        node_with(url, &["--nats-prefix", "blue"]).await,
+    ];
+    let green = node_with(url, &["--nats-prefix", "green"]).await;
+
+    let mut alice = blue[0].join("alice", "c").await;
+    let mut bob = blue[1].join("bob", "c").await;
+    assert_eq!(header_uids(&mut alice, 1).await, ["bob"]);
+    // The same uid on the same channel name in the other deployment is not
+    // a duplicate.
+    let mut green_alice = green.join("alice", "c").await;
+    let mut carol = green.join("carol", "c").await;
+    assert_eq!(header_uids(&mut green_alice, 1).await, ["carol"]);
+    // Each gets the other's header, live or as history, whichever came first.
+    assert_eq!(header_uids(&mut carol, 1).await, ["alice"]);
+    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
+
+    alice.send_text("blue 1").await;
+    green_alice.send_text("green 1").await;
+    assert_eq!(carol.recv_text().await, "green 1");
+    alice.send_text("blue 2").await;
+    assert_eq!(recv_within(&mut bob, WAIT).await, "blue 1");
+    assert_eq!(recv_within(&mut bob, WAIT).await, "blue 2");
+
+    // A joiner's history has blue's frames only (headers by their uid).
+    let mut dave = blue[0].join("dave", "c").await;
+    let mut history = Vec::new();
+    for _ in 0..4 {
+        let t = recv_within(&mut dave, WAIT).await;
+        history.push(header_uid(&t).unwrap_or(t));
+    }
+    history.sort();
+    assert_eq!(history, ["alice", "blue 1", "blue 2", "bob"]);
+    alice.send_text("blue 3").await;
+    assert_eq!(recv_within(&mut dave, WAIT).await, "blue 3");
+}

@@ -31,8 +31,8 @@ async fn node(args: &[&str]) -> TestServer {
 }
 
 /// Two members on two nodes hear each other: each node reached NATS, the
-/// stream and the registry.
-async fn members_meet(a: &TestServer, b: &TestServer, channel: &str) {
+/// stream and the registry. Returns them, still joined.
+async fn members_meet(a: &TestServer, b: &TestServer, channel: &str) -> (Client, Client) {
     let mut alice = a.join("alice", channel).await;
     let mut bob = b.join("bob", channel).await;
     // Alice gets Bob's join header, live or (had his come first) as history.
@@ -49,6 +49,7 @@ async fn members_meet(a: &TestServer, b: &TestServer, channel: &str) {
             break;
         }
     }
+    (alice, bob)
 }
 
 /// A join refused while the node cannot use NATS: 1013, and a reason that
@@ -377,4 +378,57 @@ async fn a_token_in_the_url_works() {
     let url = format!("nats://tok%2F9f4e@{}", nats.client_addr);
     let (a, b) = (node(&["--nats", &url]).await, node(&["--nats", &url]).await);
     members_meet(&a, &b, "with-token").await;
+}
+
+/// A NATS user allowed only what README's "NATS permissions" lists is
+/// enough: live frames, history, and a probe of a half-open incumbent on
+/// another node (PROTOCOL.md §4; its 2 s of silence are waited on purpose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_permissions_are_enough() {
+    let nats = NatsServer::start_with(
+        r#"authorization { users = [ { user: mles, password: pw, permissions: {
+            publish: { allow: ["$JS.API.>", "mles.ch.>", "$KV.mles-members.>", "mles.node.>"] }
+            subscribe: { allow: ["_INBOX.>", "mles.live.>", "mles.node.>",
+                                 "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.mles-channels"] }
+            allow_responses: true
+        } } ] }"#,
+    );
+    nats.await_healthy();
+    let url = format!("nats://mles:pw@{}", nats.client_addr);
+    let (a, b) = (node(&["--nats", &url]).await, node(&["--nats", &url]).await);
+    let (mut alice, _bob) = members_meet(&a, &b, "allowed").await;
+
+    // Erin on node a stops answering; Alice sees her join.
+    let mut dead = RawClient::connect(a.addr).await;
+    dead.join("erin", "allowed").await;
+    until(&mut alice, |t| header_uid(t).as_deref() == Some("erin")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Erin again on node b: b finds the uid held by a, a pings the silent
+    // incumbent and answers "gone": the newcomer is in, with the history.
+    let mut erin = b.join("erin", "allowed").await;
+    let mut history = Vec::new();
+    for _ in 0..5 {
+        let t = erin.recv_text().await;
+        history.push(header_uid(&t).unwrap_or(t));
+    }
+    history.sort();
+    assert_eq!(
+        history,
+        ["across the cluster", "alice", "and back", "bob", "erin"]
+    );
+    alice.send_text("welcome back").await;
+    until(&mut erin, |t| t == "welcome back").await;
+    let code = loop {
+        let (b0, p) = dead.frame().await.expect("ping then close");
+        if b0 == 0x88 {
+            break u16::from_be_bytes([p[0], p[1]]);
+        }
+    };
+    assert_eq!(code, 1008);
+    assert!(!nats.log().contains("Violation"), "{}", nats.log());
+}
+
+/// Reads text frames until one satisfies `done`.
+async fn until(c: &mut Client, done: impl Fn(&str) -> bool) {
+    while !done(&c.recv_text().await) {}
 }

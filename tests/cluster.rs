@@ -972,3 +972,64 @@ async fn two_prefixes_share_a_nats_without_sharing_a_frame() {
     alice.send_text("blue 3").await;
     assert_eq!(recv_within(&mut dave, WAIT).await, "blue 3");
 }
+
+/// A message NATS's `max_payload` cannot take closes its sender with 1009
+/// and a reason; the channel and its other members go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_nats_max_payload_closes_its_sender_with_1009() {
+    let nats = NatsServer::start_with("max_payload: 64KB");
+    nats.await_healthy();
+    let url = std::slice::from_ref(&nats.url);
+    let (a, b) = (node(url).await, node(url).await);
+    let mut alice = a.join("alice", "big").await;
+    let mut bob = b.join("bob", "big").await;
+    assert_eq!(header_uids(&mut alice, 1).await, ["bob"]);
+    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
+    alice.send_binary(&vec![7u8; 100 * 1024]).await;
+    let (code, reason) = alice.expect_close().await;
+    assert_eq!(code, 1009, "{reason}");
+    // Bob stays, and hears what comes next (Alice's own frame never came).
+    let mut carol = a.join("carol", "big").await;
+    assert_eq!(header_uids(&mut bob, 1).await, ["carol"]);
+    carol.send_text("small is fine").await;
+    assert_eq!(recv_within(&mut bob, WAIT).await, "small is fine");
+}
+
+/// `--history-bytes` bounds what a joiner is sent in cluster mode too: the
+/// newest frames that fit, on whichever node the joiner reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_bytes_bound_a_joiners_history_on_every_node() {
+    let nats = NatsServer::start();
+    let url = std::slice::from_ref(&nats.url);
+    let args = ["--limit", "5000", "--history-bytes", "100"];
+    let (a, b) = (node_with(url, &args).await, node_with(url, &args).await);
+    let mut alice = a.join("alice", "hb").await;
+    let mut bob = b.join("bob", "hb").await;
+    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
+    assert_eq!(header_uids(&mut alice, 1).await, ["bob"]);
+    for i in 0..20 {
+        alice
+            .send_text(&format!("frame {i:02} {}", "x".repeat(30)))
+            .await;
+    }
+    for i in 0..20 {
+        assert!(
+            recv_within(&mut bob, WAIT)
+                .await
+                .starts_with(&format!("frame {i:02}"))
+        );
+    }
+    // 41 bytes each as stored (39 and the frame header): the newest two fit
+    // in 100 bytes.
+    let mut carol = a.join("carol", "hb").await;
+    assert!(recv_within(&mut carol, WAIT).await.starts_with("frame 18"));
+    assert!(recv_within(&mut carol, WAIT).await.starts_with("frame 19"));
+    // On the other node, Carol's header (33 bytes) has taken frame 18's place.
+    let mut dave = b.join("dave", "hb").await;
+    assert!(recv_within(&mut dave, WAIT).await.starts_with("frame 19"));
+    assert_eq!(header_uids(&mut dave, 1).await, ["carol"]);
+    alice.send_text("live").await;
+    assert_eq!(header_uids(&mut carol, 1).await, ["dave"]);
+    assert_eq!(recv_within(&mut carol, WAIT).await, "live");
+    assert_eq!(recv_within(&mut dave, WAIT).await, "live");
+}

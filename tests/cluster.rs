@@ -1033,3 +1033,52 @@ async fn history_bytes_bound_a_joiners_history_on_every_node() {
     assert_eq!(recv_within(&mut carol, WAIT).await, "live");
     assert_eq!(recv_within(&mut dave, WAIT).await, "live");
 }
+
+/// NATS loses the stream and the bucket (a NATS restarted without its
+/// store, or an operator's mistake): the nodes set them up again and the
+/// channel goes on, nothing sent afterwards lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_lost_in_nats_is_set_up_again() {
+    let nats = NatsServer::start();
+    let url = std::slice::from_ref(&nats.url);
+    let (a, b) = (node(url).await, node(url).await);
+    let mut alice = a.join("alice", "lost").await;
+    let mut bob = b.join("bob", "lost").await;
+    assert_eq!(header_uids(&mut alice, 1).await, ["bob"]);
+    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
+    for i in 0..5 {
+        alice.send_text(&format!("before {i}")).await;
+    }
+    for i in 0..5 {
+        assert_eq!(recv_within(&mut bob, WAIT).await, format!("before {i}"));
+    }
+
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream("mles-channels").await.unwrap();
+    js.delete_key_value("mles-members").await.unwrap();
+
+    for i in 0..5 {
+        alice.send_text(&format!("after {i}")).await;
+    }
+    for i in 0..5 {
+        assert_eq!(recv_within(&mut bob, FAILOVER).await, format!("after {i}"));
+    }
+    bob.send_text("still here").await;
+    assert_eq!(recv_within(&mut alice, FAILOVER).await, "still here");
+    // A newcomer gets the history its node kept, the frames of both
+    // streams in their order.
+    let mut carol = a.join("carol", "lost").await;
+    let mut history = Vec::new();
+    for _ in 0..13 {
+        let t = recv_within(&mut carol, FAILOVER).await;
+        history.push(header_uid(&t).unwrap_or(t));
+    }
+    let mut want = vec!["alice".to_string(), "bob".to_string()];
+    want.extend((0..5).map(|i| format!("before {i}")));
+    want.extend((0..5).map(|i| format!("after {i}")));
+    want.push("still here".into());
+    assert_eq!(history[2..], want[2..]);
+    bob.send_text("hello carol").await;
+    assert_eq!(recv_within(&mut carol, FAILOVER).await, "hello carol");
+}

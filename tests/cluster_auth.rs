@@ -389,7 +389,7 @@ async fn the_documented_permissions_are_enough() {
         r#"authorization { users = [ { user: mles, password: pw, permissions: {
             publish: { allow: ["$JS.API.>", "mles.ch.>", "$KV.mles-members.>", "mles.node.>"] }
             subscribe: { allow: ["_INBOX.>", "mles.live.>", "mles.node.>",
-                                 "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.mles-channels"] }
+                                 "$JS.EVENT.ADVISORY.STREAM.*.mles-channels"] }
             allow_responses: true
         } } ] }"#,
     );

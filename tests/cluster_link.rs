@@ -89,6 +89,7 @@ async fn next(feed: &mut mles::cluster::Feed) -> Delivery {
     {
         Next::Frame(d) => d,
         Next::Behind => panic!("the feed fell behind"),
+        Next::Restarted => panic!("the stream was created anew"),
     }
 }
 
@@ -650,6 +651,78 @@ async fn the_sequencer_follows_only_held_channels_and_resumes_exactly() {
         o.origin.local_session(),
         Some(9),
         "another node's session is not ours"
+    );
+}
+
+/// The stream is created anew while a channel is not followed: when it is
+/// followed again, its log reads the new stream from its first frame (the
+/// old numbering would skip the new stream's first frames).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_followed_after_the_stream_was_created_anew_misses_nothing() {
+    use mles::channel::{Origin as OwnerOrigin, Sequencer};
+    use mles::cluster::sequencer::{ClusterSequencer, SeqEvent};
+    use mles::protocol::frame::{self, OP_TEXT};
+
+    let nats = NatsServer::start();
+    let (c, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&c).await;
+    let (mut seq, mut events) = ClusterSequencer::new(c.clone());
+    let (key, ch, uid): (u64, Arc<str>, Arc<str>) = (1, "room".into(), "a".into());
+    seq.claim(key, &ch, &uid, 5);
+    let mut next_seq = 1;
+    let mut next_frame = async |seq: &mut ClusterSequencer, events: &mut _| loop {
+        match seq_event(events).await {
+            SeqEvent::Claimed { outcome, .. } => seq.settled(key, &outcome),
+            SeqEvent::Log {
+                event: LogEvent::Frame(d),
+                ..
+            } => {
+                if let Some(o) = seq.ordered(key, d, next_seq) {
+                    next_seq += 1;
+                    return o.frame;
+                }
+            }
+            SeqEvent::Log {
+                event: LogEvent::Restarted,
+                ..
+            } => seq.restarted(key),
+            _ => {}
+        }
+    };
+    for text in ["one", "two", "three"] {
+        let f = frame::encode(OP_TEXT, text.as_bytes());
+        seq.order(key, &ch, 0, OwnerOrigin::local(5), f.clone());
+        assert_eq!(next_frame(&mut seq, &mut events).await, f);
+    }
+    seq.release(&ch, &uid);
+    assert_eq!(seq.following(), 0);
+
+    // NATS loses the stream; the link sets it up again and says so.
+    let mut epoch = c.stream_epoch();
+    epoch.borrow_and_update();
+    let admin = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    admin
+        .delete_stream(c.settings().stream_name())
+        .await
+        .unwrap();
+    tokio::time::timeout(LONG, epoch.changed())
+        .await
+        .expect("the new stream noticed in time")
+        .unwrap();
+    // Another node publishes into the new stream (sequence 1).
+    let (other, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&other).await;
+    other
+        .publish(
+            &other.subject("room"),
+            &frame(&other, 9, 0, Kind::Text, "anew"),
+        )
+        .await
+        .unwrap();
+    seq.claim(key, &ch, &"b".into(), 6);
+    assert_eq!(
+        next_frame(&mut seq, &mut events).await,
+        frame::encode(OP_TEXT, b"anew")
     );
 }
 

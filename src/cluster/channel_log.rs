@@ -51,6 +51,9 @@ pub enum LogEvent {
     /// frames (its per-channel retention) before this node read them: this
     /// node's copy of the channel may have a gap. The feed has stopped.
     Behind,
+    /// The stream was created anew: the frames that follow are numbered
+    /// from 1 again (what was delivered before stays delivered).
+    Restarted,
 }
 
 /// Where a log reports: its tag (the owner's name for the channel) and an event.
@@ -83,6 +86,20 @@ impl ChannelLog {
         cluster: &Cluster,
         channel: &str,
         after: u64,
+        tag: u64,
+        sink: LogSink,
+    ) -> ChannelLog {
+        let epoch = *cluster.stream_epoch().borrow();
+        Self::open_at(cluster, channel, (after, epoch), tag, sink)
+    }
+
+    /// As [`ChannelLog::open`], `after` a sequence of the stream of that
+    /// [`Cluster::stream_epoch`] (`(sequence, epoch)`): a stream created anew
+    /// since is read from its first frame, after [`LogEvent::Restarted`].
+    pub fn open_at(
+        cluster: &Cluster,
+        channel: &str,
+        after: (u64, u64),
         tag: u64,
         sink: LogSink,
     ) -> ChannelLog {
@@ -146,11 +163,11 @@ impl Events {
     }
 }
 
-async fn follow(cluster: Cluster, subject: Subject, after: u64, events: Events) {
+async fn follow(cluster: Cluster, subject: Subject, after: (u64, u64), events: Events) {
     let mut pause = std::time::Duration::from_millis(50);
     let mut feed = loop {
         cluster.up().await;
-        match Box::pin(cluster.follow(&subject, after)).await {
+        match Box::pin(cluster.follow_from(&subject, after.0, after.1)).await {
             Ok(f) => break f,
             Err(e) => {
                 tracing::debug!(%subject, error = %e, "cluster: cannot open channel feed yet");
@@ -170,6 +187,12 @@ async fn follow(cluster: Cluster, subject: Subject, after: u64, events: Events) 
                 tracing::warn!(%subject, "closing the channel's members here");
                 let _ = events.send(LogEvent::Behind);
                 return;
+            }
+            Next::Restarted => {
+                if !events.send(LogEvent::Restarted) {
+                    return;
+                }
+                continue;
             }
         };
         let last_of_history = !caught_up && d.pending == 0;
@@ -435,7 +458,7 @@ mod tests {
         let (sink, _rx) = mpsc::unbounded_channel();
         let events = Events { tag: 1, sink };
         let subject = cluster.subject("x");
-        let feed = follow(cluster.clone(), subject.clone(), 0, events.clone());
+        let feed = follow(cluster.clone(), subject.clone(), (0, 0), events.clone());
         let queued = Arc::new(AtomicUsize::new(0));
         let publish = pipeline(cluster.clone(), subject, Arc::default(), events, queued);
         assert!(

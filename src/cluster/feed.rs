@@ -58,6 +58,9 @@ pub enum Next {
     /// before this node read them: this node's copy may have a gap. The
     /// feed should not be read again.
     Behind,
+    /// The stream was created anew ([`Cluster::stream_epoch`]): the frames
+    /// that follow are the new stream's, from its first, numbered from 1.
+    Restarted,
 }
 
 /// A catch-up wanted but not open yet.
@@ -112,6 +115,9 @@ pub struct Feed {
     /// Any change (a disconnect and reconnect) may have cost live frames.
     state: watch::Receiver<LinkState>,
     resync: watch::Receiver<u64>,
+    epoch: watch::Receiver<u64>,
+    /// Set when the epoch changed, until [`Next::Restarted`] is handed out.
+    restarted: bool,
     quiet: Pin<Box<Sleep>>,
     quiet_armed: bool,
     nodes: KnownNodes,
@@ -124,11 +130,15 @@ impl Feed {
         cluster: &Cluster,
         subject: &Subject,
         after: u64,
+        after_epoch: u64,
     ) -> Result<Feed, FollowError> {
         let mut state = cluster.watch_state();
         state.borrow_and_update();
         let mut resync = cluster.resync();
         resync.borrow_and_update();
+        let mut epoch = cluster.stream_epoch();
+        let restarted = *epoch.borrow_and_update() != after_epoch;
+        let after = if restarted { 0 } else { after };
         // Listen first: a frame stored from now on comes live, or shows up
         // in the history read below (or both: the cursor drops the second).
         let live = cluster
@@ -146,6 +156,8 @@ impl Feed {
             initial_pending: 0,
             state,
             resync,
+            epoch,
+            restarted,
             quiet: Box::pin(tokio::time::sleep(QUIET)),
             // The subscription may take a moment to reach the server that
             // republishes: look at the stream again once it is quiet.
@@ -165,6 +177,9 @@ impl Feed {
     pub async fn next(&mut self) -> Next {
         let mut pause = RETRY_FIRST;
         loop {
+            if std::mem::take(&mut self.restarted) {
+                return Next::Restarted;
+            }
             if self.catch_up.is_some() {
                 if let Some(next) = self.read_catch_up().await {
                     return next;
@@ -205,6 +220,11 @@ impl Feed {
                 tracing::debug!(subject = %self.subject, "cluster link changed; re-opening the catch-up");
                 self.catch_up = None;
                 self.want = Some(Want::From { checks });
+                return None;
+            }
+            changed = self.epoch.changed() => {
+                shut_down_if(changed.is_err()).await;
+                self.restart();
                 return None;
             }
         };
@@ -289,12 +309,27 @@ impl Feed {
                 self.want = Some(Want::Tail);
                 None
             }
+            changed = self.epoch.changed() => {
+                shut_down_if(changed.is_err()).await;
+                self.restart();
+                None
+            }
             () = &mut self.quiet, if self.quiet_armed => {
                 self.quiet_armed = false;
                 self.want = Some(Want::Tail);
                 None
             }
         }
+    }
+
+    /// The stream was created anew: read it from its first frame (what the
+    /// cursor remembers is the old stream's numbering).
+    fn restart(&mut self) {
+        tracing::debug!(subject = %self.subject, last = self.cursor.last(), "cluster feed: the stream was created anew; reading it from the start");
+        self.catch_up = None;
+        self.cursor = Cursor::new(0);
+        self.want = Some(Want::From { checks: false });
+        self.restarted = true;
     }
 
     fn arm_quiet(&mut self) {

@@ -82,6 +82,8 @@ struct Inner {
     state: watch::Receiver<LinkState>,
     /// See [`Cluster::resync`].
     resync: watch::Receiver<u64>,
+    /// See [`Cluster::stream_epoch`].
+    epoch: watch::Receiver<u64>,
     /// Asks the supervisor to re-check the stream (a publish found it missing).
     recheck: Arc<Notify>,
     registry: Registry,
@@ -130,6 +132,7 @@ impl Cluster {
         let recheck = Arc::new(Notify::new());
         let (resync_tx, resync_rx) = watch::channel(0u64);
         let resync_tx = Arc::new(resync_tx);
+        let (epoch_tx, epoch_rx) = watch::channel(0u64);
         // The client's connection task must live on the cluster thread's
         // runtime, so the client is made there and handed back.
         let (made_tx, made_rx) = std::sync::mpsc::sync_channel(1);
@@ -183,6 +186,9 @@ impl Cluster {
                             conn: conn_rx,
                             recheck,
                             resync,
+                            epoch: epoch_tx,
+                            identity: None,
+                            stream_changed: Arc::new(Notify::new()),
                         };
                         supervisor.run(prober, shutdown_rx).await;
                     });
@@ -200,6 +206,7 @@ impl Cluster {
                 js,
                 state: state_rx,
                 resync: resync_rx,
+                epoch: epoch_rx,
                 recheck,
                 registry,
                 serial: std::sync::atomic::AtomicU64::new(0),
@@ -324,7 +331,21 @@ impl Cluster {
     /// Fails only when NATS cannot be asked (it is down); after that the feed
     /// survives NATS failovers by itself, resuming where it was.
     pub async fn follow(&self, subject: &Subject, after: u64) -> Result<Feed, FollowError> {
-        Feed::open(self, subject, after).await
+        let epoch = *self.inner.epoch.borrow();
+        self.follow_from(subject, after, epoch).await
+    }
+
+    /// As [`Cluster::follow`], with `after` a sequence of the stream of
+    /// [`Cluster::stream_epoch`] `epoch`: if the stream was created anew
+    /// since, the feed starts with [`Next::Restarted`](super::feed::Next)
+    /// and reads the new stream from its first frame.
+    pub async fn follow_from(
+        &self,
+        subject: &Subject,
+        after: u64,
+        epoch: u64,
+    ) -> Result<Feed, FollowError> {
+        Feed::open(self, subject, after, epoch).await
     }
 
     /// Bumped when live frames may have been lost without a gap to show it
@@ -332,6 +353,13 @@ impl Cluster {
     /// stream for frames they missed.
     pub fn resync(&self) -> watch::Receiver<u64> {
         self.inner.resync.clone()
+    }
+
+    /// Bumped when the stream turns out to have been created anew (NATS lost
+    /// it, or it was deleted): its sequences start again at 1, so what a
+    /// feed or sequencer remembers of the old numbering means nothing.
+    pub fn stream_epoch(&self) -> watch::Receiver<u64> {
+        self.inner.epoch.clone()
     }
 
     pub(super) fn jetstream(&self) -> &jetstream::Context {

@@ -98,6 +98,8 @@ pub struct ClusterSequencer {
     by_name: AHashMap<Arc<str>, ChannelKey>,
     logs: LogSink,
     claims: mpsc::UnboundedSender<SeqEvent>,
+    /// The [`Cluster::stream_epoch`] the channels' `last` sequences belong to.
+    epoch: u64,
 }
 
 impl ClusterSequencer {
@@ -105,7 +107,9 @@ impl ClusterSequencer {
     pub fn new(cluster: Cluster) -> (ClusterSequencer, SeqEvents) {
         let (logs, logs_rx) = mpsc::unbounded_channel();
         let (claims, claims_rx) = mpsc::unbounded_channel();
+        let epoch = *cluster.stream_epoch().borrow();
         let s = ClusterSequencer {
+            epoch,
             cluster,
             channels: AHashMap::new(),
             by_name: AHashMap::new(),
@@ -140,12 +144,30 @@ impl ClusterSequencer {
 
     /// The channel's log, opened (resuming after its last frame) if closed.
     fn log(&mut self, key: ChannelKey, name: &Arc<str>) -> &ChannelLog {
+        let epoch = *self.cluster.stream_epoch().borrow();
+        if epoch != self.epoch {
+            // The stream was created anew: a channel not followed now starts
+            // from its first frame when it is (a followed one is told by its
+            // feed, `LogEvent::Restarted`).
+            for ch in self.channels.values_mut().filter(|c| c.log.is_none()) {
+                ch.last = 0;
+            }
+            self.epoch = epoch;
+        }
         let (cluster, sink) = (self.cluster.clone(), self.logs.clone());
         let ch = self.channel(key, name);
         ch.log.get_or_insert_with(|| {
             tracing::debug!(node = %cluster.node(), channel = %ch.name, after = ch.last, "cluster: channel log opened");
-            ChannelLog::open(&cluster, &ch.name, ch.last, key, sink)
+            ChannelLog::open_at(&cluster, &ch.name, (ch.last, epoch), key, sink)
         })
+    }
+
+    /// The channel's stream was created anew: its next frame is numbered
+    /// from 1 (`LogEvent::Restarted`, before that frame).
+    pub fn restarted(&mut self, key: ChannelKey) {
+        if let Some(ch) = self.channels.get_mut(&key) {
+            ch.last = 0;
+        }
     }
 
     /// One holder of `key` is gone; the last one closes the log.

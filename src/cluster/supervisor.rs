@@ -218,7 +218,17 @@ pub(super) struct Supervisor {
     pub(super) conn: watch::Receiver<ConnEvent>,
     pub(super) recheck: Arc<Notify>,
     pub(super) resync: Arc<watch::Sender<u64>>,
+    /// See [`Cluster::stream_epoch`](super::link::Cluster::stream_epoch).
+    pub(super) epoch: watch::Sender<u64>,
+    /// When the stream we set up or last saw was created (Unix ns).
+    pub(super) identity: Option<i128>,
+    /// A stream advisory (created, deleted) says to look at the stream now.
+    pub(super) stream_changed: Arc<Notify>,
 }
+
+/// How often a node that is up looks at the stream to see that it is still
+/// the one it knows (between the stream advisories that say so at once).
+const STREAM_CHECK: Duration = Duration::from_secs(5);
 
 impl Supervisor {
     pub(super) async fn run(
@@ -227,10 +237,11 @@ impl Supervisor {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let registry = self.registry.clone();
-        let leaders = watch_leaders(
+        let advisories = watch_stream(
             self.client.clone(),
             self.settings.stream_name(),
             self.resync.clone(),
+            self.stream_changed.clone(),
         );
         let explain = explain_failures(
             self.settings.clone(),
@@ -242,7 +253,7 @@ impl Supervisor {
             tokio::join!(
                 registry::serve_probes(registry.clone(), prober),
                 registry::refresh_forever(registry),
-                leaders,
+                advisories,
                 explain,
             );
         };
@@ -293,26 +304,40 @@ impl Supervisor {
                 tracing::info!(stream = %self.settings.stream_name(), "cluster link up");
                 self.state.send_replace(LinkState::Up);
             }
-            // Up until the connection drops or the stream or bucket is found gone.
-            tokio::select! {
-                event = self.conn.wait_for(|c| *c != ConnEvent::Connected) => {
-                    let reason = match event.as_deref() {
-                        Ok(ConnEvent::Disconnected(r)) => r.clone(),
-                        _ => String::from("disconnected from NATS"),
-                    };
-                    tracing::warn!(%reason, "cluster link down");
-                    self.state.send_replace(LinkState::Down(Arc::from(reason.as_str())));
-                }
-                _ = self.recheck.notified() => {
-                    tracing::info!("cluster: checking the stream and bucket again");
-                    needs_setup = true;
+            // Up until the connection drops or the stream or bucket is found
+            // gone; the stream is looked at meanwhile.
+            loop {
+                let look = tokio::select! {
+                    event = self.conn.wait_for(|c| *c != ConnEvent::Connected) => {
+                        let reason = match event.as_deref() {
+                            Ok(ConnEvent::Disconnected(r)) => r.clone(),
+                            _ => String::from("disconnected from NATS"),
+                        };
+                        tracing::warn!(%reason, "cluster link down");
+                        self.state.send_replace(LinkState::Down(Arc::from(reason.as_str())));
+                        break;
+                    }
+                    _ = self.recheck.notified() => {
+                        tracing::info!("cluster: checking the stream and bucket again");
+                        needs_setup = true;
+                        break;
+                    }
+                    look = look_at_stream(&self.js, &self.settings, &self.stream_changed) => look,
+                };
+                match look {
+                    Look::Created(created) => self.saw_stream(created),
+                    Look::Gone => {
+                        needs_setup = true;
+                        break;
+                    }
+                    Look::NoAnswer => {}
                 }
             }
         }
     }
 
     /// Creates (or updates to our flags) the stream and the registry bucket.
-    async fn setup(&self) -> Result<(), String> {
+    async fn setup(&mut self) -> Result<(), String> {
         let s = &self.settings;
         let config = stream::Config {
             name: s.stream_name(),
@@ -333,12 +358,28 @@ impl Supervisor {
             }),
             ..Default::default()
         };
-        self.js
+        let info = self
+            .js
             .create_or_update_stream(config)
             .await
             .map_err(|e| format!("NATS stream {}: {e}", s.stream_name()))?;
         self.registry.setup().await?;
+        self.saw_stream(info.created.unix_timestamp_nanos());
         Ok(())
+    }
+
+    /// The stream as it is now was created at `created`: if that is not the
+    /// stream this node knew, its numbering started again, and every feed
+    /// must start again from its first frame.
+    fn saw_stream(&mut self, created: i128) {
+        if self.identity.is_some_and(|known| known != created) {
+            tracing::warn!(
+                stream = %self.settings.stream_name(),
+                "cluster: the stream was created anew (NATS lost it or it was deleted); channels go on from its first frame, the history kept on the nodes stays"
+            );
+            self.epoch.send_modify(|n| *n += 1);
+        }
+        self.identity = Some(created);
     }
 
     fn warn_if_payload_too_small(&self) {
@@ -354,20 +395,68 @@ impl Supervisor {
     }
 }
 
-/// Bumps `resync` whenever the stream gets a new leader: frames the old one
-/// stored but had not republished yet reach no feed live.
-async fn watch_leaders(client: Client, stream: String, resync: Arc<watch::Sender<u64>>) {
-    let subject = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}");
-    let mut elected = match client.subscribe(subject).await {
+/// What [`look_at_stream`] found.
+enum Look {
+    /// The stream, created at this time (Unix ns).
+    Created(i128),
+    /// No such stream: set it up again.
+    Gone,
+    /// Not an answer about the stream (a timeout, a reconnect).
+    NoAnswer,
+}
+
+/// Looks at the stream once an advisory says it changed, or after
+/// [`STREAM_CHECK`].
+async fn look_at_stream(
+    js: &jetstream::Context,
+    settings: &ClusterSettings,
+    changed: &Notify,
+) -> Look {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    tokio::select! {
+        _ = changed.notified() => {}
+        () = tokio::time::sleep(STREAM_CHECK) => {}
+    }
+    match js.get_stream(settings.stream_name()).await {
+        Ok(stream) => Look::Created(stream.cached_info().created.unix_timestamp_nanos()),
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                tracing::warn!(stream = %settings.stream_name(), "cluster: the stream is gone; setting it up again");
+                Look::Gone
+            }
+            _ => Look::NoAnswer,
+        },
+    }
+}
+
+/// Follows the stream's advisories: a new leader bumps `resync` (frames the
+/// old one stored but had not republished yet reach no feed live); the
+/// stream created or deleted has the supervisor look at it at once.
+async fn watch_stream(
+    client: Client,
+    stream: String,
+    resync: Arc<watch::Sender<u64>>,
+    changed: Arc<Notify>,
+) {
+    let subject = format!("$JS.EVENT.ADVISORY.STREAM.*.{stream}");
+    let mut advisories = match client.subscribe(subject).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "cluster: cannot watch stream leader elections; feeds rely on gaps and quiet checks");
+            tracing::warn!(error = %e, "cluster: cannot watch the stream's advisories; feeds rely on gaps, quiet and periodic checks");
             return std::future::pending().await;
         }
     };
-    while elected.next().await.is_some() {
-        tracing::info!(%stream, "cluster: stream leader elected; feeds check for missed frames");
-        resync.send_modify(|n| *n += 1);
+    while let Some(msg) = advisories.next().await {
+        let kind = msg.subject.split('.').nth(4).unwrap_or_default();
+        match kind {
+            "LEADER_ELECTED" => {
+                tracing::info!(%stream, "cluster: stream leader elected; feeds check for missed frames");
+                resync.send_modify(|n| *n += 1);
+            }
+            "CREATED" | "DELETED" => changed.notify_one(),
+            _ => {}
+        }
     }
     std::future::pending().await
 }

@@ -127,6 +127,14 @@ pub(super) fn on_event(
         } => {}
         SeqEvent::Log {
             key,
+            event: LogEvent::Restarted,
+        } => {
+            if let Some(s) = cluster_sequencer(owner) {
+                s.restarted(key);
+            }
+        }
+        SeqEvent::Log {
+            key,
             event: LogEvent::Behind,
         } => {
             // Only if the event is from the channel's current log: an old

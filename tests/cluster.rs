@@ -1081,4 +1081,20 @@ async fn a_stream_lost_in_nats_is_set_up_again() {
     assert_eq!(history[2..], want[2..]);
     bob.send_text("hello carol").await;
     assert_eq!(recv_within(&mut carol, FAILOVER).await, "hello carol");
+    // The uids held when the bucket was lost are held again cluster-wide
+    // once their nodes have written them into the new bucket (Alice, Bob,
+    // and Carol, who joined since).
+    let kv = js.get_key_value("mles-members").await.unwrap();
+    let deadline = std::time::Instant::now() + FAILOVER;
+    loop {
+        let keys: Vec<String> = kv.keys().await.unwrap().map(|k| k.unwrap()).collect().await;
+        if keys.len() == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "entries not restored: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut twin = b.join("alice", "lost").await;
+    let (code, reason) = twin.expect_close().await;
+    assert_eq!(code, 1008, "{reason}");
 }

@@ -188,6 +188,7 @@ impl Cluster {
                             resync,
                             epoch: epoch_tx,
                             identity: None,
+                            bucket_identity: None,
                             stream_changed: Arc::new(Notify::new()),
                         };
                         supervisor.run(prober, shutdown_rx).await;

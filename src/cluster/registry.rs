@@ -172,6 +172,57 @@ impl Registry {
         Ok(())
     }
 
+    /// The JetStream stream that holds the bucket.
+    pub(super) fn bucket_stream(&self) -> String {
+        format!("KV_{}", self.inner.bucket)
+    }
+
+    /// Writes every entry this node holds again, into a bucket created anew
+    /// (NATS lost the old one): until then a newcomer on another node would
+    /// find its uid free while our session holds it. An entry someone else
+    /// wrote meanwhile is theirs (as when a refresh finds it taken over).
+    pub(super) async fn restore(&self) {
+        let Ok(store) = self.store() else { return };
+        let held: Vec<(Pair, Held)> = match self.inner.held.lock() {
+            Ok(h) => h.iter().map(|(p, e)| (p.clone(), *e)).collect(),
+            Err(_) => return,
+        };
+        for (pair, Held { session, .. }) in held {
+            let key = member_key(&pair.0, &pair.1);
+            let value = self.value(session);
+            let revision = match store.create(&key, value.clone()).await {
+                Ok(revision) => Some(revision),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                    match store.entry(key.clone()).await {
+                        Ok(Some(entry)) if entry.value == value => Some(entry.revision),
+                        _ => None,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster registry: restore failed; the next refresh writes it");
+                    continue;
+                }
+            };
+            let Ok(mut h) = self.inner.held.lock() else {
+                return;
+            };
+            match revision {
+                Some(new) => {
+                    if let Some(e) = h.get_mut(&pair).filter(|e| e.session == session) {
+                        e.revision = new;
+                    }
+                }
+                None => {
+                    tracing::warn!(
+                        key,
+                        "cluster registry: an entry this node held was taken while the bucket was lost"
+                    );
+                    h.remove(&pair);
+                }
+            }
+        }
+    }
+
     fn store(&self) -> Result<&kv::Store, RegistryError> {
         self.inner
             .store

@@ -222,6 +222,8 @@ pub(super) struct Supervisor {
     pub(super) epoch: watch::Sender<u64>,
     /// When the stream we set up or last saw was created (Unix ns).
     pub(super) identity: Option<i128>,
+    /// The same for the registry's bucket.
+    pub(super) bucket_identity: Option<i128>,
     /// A stream advisory (created, deleted) says to look at the stream now.
     pub(super) stream_changed: Arc<Notify>,
 }
@@ -306,6 +308,7 @@ impl Supervisor {
             }
             // Up until the connection drops or the stream or bucket is found
             // gone; the stream is looked at meanwhile.
+            let bucket = self.registry.bucket_stream();
             loop {
                 let look = tokio::select! {
                     event = self.conn.wait_for(|c| *c != ConnEvent::Connected) => {
@@ -322,15 +325,17 @@ impl Supervisor {
                         needs_setup = true;
                         break;
                     }
-                    look = look_at_stream(&self.js, &self.settings, &self.stream_changed) => look,
+                    look = look_at_stream(&self.js, &self.settings, &bucket, &self.stream_changed) => look,
                 };
-                match look {
-                    Look::Created(created) => self.saw_stream(created),
-                    Look::Gone => {
-                        needs_setup = true;
-                        break;
-                    }
-                    Look::NoAnswer => {}
+                if matches!(look, (Look::Gone, _) | (_, Look::Gone)) {
+                    needs_setup = true;
+                    break;
+                }
+                if let Look::Created(created) = look.0 {
+                    self.saw_stream(created);
+                }
+                if let Look::Created(created) = look.1 {
+                    self.saw_bucket(created).await;
                 }
             }
         }
@@ -365,7 +370,29 @@ impl Supervisor {
             .map_err(|e| format!("NATS stream {}: {e}", s.stream_name()))?;
         self.registry.setup().await?;
         self.saw_stream(info.created.unix_timestamp_nanos());
+        match created(&self.js, &self.registry.bucket_stream()).await {
+            Look::Created(bucket) => self.saw_bucket(bucket).await,
+            Look::Gone | Look::NoAnswer => {
+                return Err(format!(
+                    "NATS bucket {}: not found after setup",
+                    self.registry.bucket_stream()
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The bucket as it is now was created at `created`: if it is not the one
+    /// this node knew, NATS lost the entries of the pairs this node holds.
+    async fn saw_bucket(&mut self, created: i128) {
+        let known = self.bucket_identity.replace(created);
+        if known.is_some_and(|known| known != created) {
+            tracing::warn!(
+                bucket = %self.registry.bucket_stream(),
+                "cluster: the registry's bucket was created anew (NATS lost it or it was deleted); writing this node's entries again"
+            );
+            self.registry.restore().await;
+        }
     }
 
     /// The stream as it is now was created at `created`: if that is not the
@@ -397,7 +424,7 @@ impl Supervisor {
 
 /// What [`look_at_stream`] found.
 enum Look {
-    /// The stream, created at this time (Unix ns).
+    /// The stream (or bucket), created at this time (Unix ns).
     Created(i128),
     /// No such stream: set it up again.
     Gone,
@@ -405,24 +432,37 @@ enum Look {
     NoAnswer,
 }
 
-/// Looks at the stream once an advisory says it changed, or after
-/// [`STREAM_CHECK`].
+/// Looks at the stream and the bucket once an advisory says the stream
+/// changed, or after [`STREAM_CHECK`]: when each was created, or that one is
+/// gone.
 async fn look_at_stream(
     js: &jetstream::Context,
     settings: &ClusterSettings,
+    bucket: &str,
     changed: &Notify,
-) -> Look {
-    use async_nats::jetstream::ErrorCode;
-    use async_nats::jetstream::context::GetStreamErrorKind;
+) -> (Look, Look) {
     tokio::select! {
         _ = changed.notified() => {}
         () = tokio::time::sleep(STREAM_CHECK) => {}
     }
-    match js.get_stream(settings.stream_name()).await {
+    (
+        created(js, &settings.stream_name()).await,
+        created(js, bucket).await,
+    )
+}
+
+/// When the JetStream stream `name` was created.
+async fn created(js: &jetstream::Context, name: &str) -> Look {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    match js.get_stream(name).await {
         Ok(stream) => Look::Created(stream.cached_info().created.unix_timestamp_nanos()),
         Err(e) => match e.kind() {
             GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
-                tracing::warn!(stream = %settings.stream_name(), "cluster: the stream is gone; setting it up again");
+                tracing::warn!(
+                    stream = name,
+                    "cluster: the stream is gone; setting it up again"
+                );
                 Look::Gone
             }
             _ => Look::NoAnswer,

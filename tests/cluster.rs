@@ -1091,7 +1091,10 @@ async fn a_stream_lost_in_nats_is_set_up_again() {
         if keys.len() == 3 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "entries not restored: {keys:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entries not restored: {keys:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut twin = b.join("alice", "lost").await;

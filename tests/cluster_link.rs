@@ -788,6 +788,33 @@ async fn a_closed_log_still_stores_what_was_queued() {
     assert_eq!(got, sent);
 }
 
+/// A channel's publish pipeline runs only while it has frames to store: it
+/// ends once they are stored, and the next frame starts another, in order
+/// after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_channel_holds_no_publish_pipeline() {
+    let nats = NatsServer::start();
+    let (a, _) = link(vec![nats.url.clone()], 1, 1000);
+    let (b, _) = link(vec![nats.url.clone()], 1, 1000);
+    up(&a).await;
+    up(&b).await;
+    let (log, _rx) = open_log(&a, "now and then", 0);
+    assert!(!log.publishing(), "nothing to store yet");
+    let mut feed = b.follow(&b.subject("now and then"), 0).await.unwrap();
+    for round in 0..3 {
+        for i in 0..50 {
+            log.publish(1, Kind::Text, Bytes::from(format!("r{round} f{i}")));
+        }
+        assert!(log.publishing());
+        for i in 0..50 {
+            let d = next(&mut feed).await;
+            assert_eq!(d.payload, format!("r{round} f{i}"));
+        }
+        eventually("the pipeline ends", || async { !log.publishing() }).await;
+        assert_eq!(log.queued_bytes(), 0);
+    }
+}
+
 /// nats-server 2.15 allows a stream 1,000 consumers unless the stream sets
 /// its own limit, and every node follows every channel it has members on
 /// with a consumer: the stream carries a limit of its own (joins stopped

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_nats::Subject;
 use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::envelope::{Delivery, Kind, Origin, Outgoing};
@@ -65,6 +65,8 @@ pub type LogSink = mpsc::UnboundedSender<(u64, LogEvent)>;
 /// one closing the log) still has its frames stored.
 pub struct ChannelLog {
     cluster: Cluster,
+    subject: Subject,
+    events: Events,
     outbox: Arc<Outbox>,
     queued: Arc<AtomicUsize>,
     feed: JoinHandle<()>,
@@ -72,16 +74,16 @@ pub struct ChannelLog {
 
 impl Drop for ChannelLog {
     fn drop(&mut self) {
+        // A pipeline still running stores what it was given, then ends.
         self.feed.abort();
-        // The pipeline ends by itself once its queue is settled.
-        self.outbox.close();
     }
 }
 
 impl ChannelLog {
     /// Opens `channel` and follows it after stream sequence `after` (0: load
-    /// the whole retained history). Spawns two tasks on the current runtime;
-    /// their events go to `sink`, tagged with `tag`, in order.
+    /// the whole retained history). Spawns the feed's task on the current
+    /// runtime, and a publish pipeline there whenever frames are queued and
+    /// none runs; their events go to `sink`, tagged with `tag`, in order.
     pub fn open(
         cluster: &Cluster,
         channel: &str,
@@ -105,25 +107,18 @@ impl ChannelLog {
     ) -> ChannelLog {
         let subject = cluster.subject(channel);
         let events = Events { tag, sink };
-        let outbox = Arc::new(Outbox::default());
-        let queued = Arc::new(AtomicUsize::new(0));
         let feed = tokio::spawn(follow(
             cluster.clone(),
             subject.clone(),
             after,
             events.clone(),
         ));
-        tokio::spawn(pipeline(
-            cluster.clone(),
-            subject,
-            outbox.clone(),
-            events,
-            queued.clone(),
-        ));
         ChannelLog {
             cluster: cluster.clone(),
-            outbox,
-            queued,
+            subject,
+            events,
+            outbox: Arc::default(),
+            queued: Arc::new(AtomicUsize::new(0)),
             feed,
         }
     }
@@ -140,7 +135,20 @@ impl ChannelLog {
             serial: self.cluster.next_serial(),
             payload,
         };
-        self.outbox.push(frame);
+        if self.outbox.push(frame) {
+            tokio::spawn(pipeline(
+                self.cluster.clone(),
+                self.subject.clone(),
+                self.outbox.clone(),
+                self.events.clone(),
+                self.queued.clone(),
+            ));
+        }
+    }
+
+    /// Whether a publish pipeline runs now (frames queued or in flight).
+    pub fn publishing(&self) -> bool {
+        self.outbox.lock().running
     }
 
     /// Payload bytes queued or in flight, not yet acknowledged (for backpressure).
@@ -208,6 +216,9 @@ async fn follow(cluster: Cluster, subject: Subject, after: (u64, u64), events: E
     }
 }
 
+/// Stores the outbox's frames, in order, until it is empty with nothing in
+/// flight; then it ends, and the next frame queued starts another. An idle
+/// channel (most of them, most of the time) holds no task for publishing.
 async fn pipeline(
     cluster: Cluster,
     subject: Subject,
@@ -215,29 +226,24 @@ async fn pipeline(
     events: Events,
     queued: Arc<AtomicUsize>,
 ) {
-    let _drains = Drains(frames.clone());
+    let mut drains = Drains {
+        outbox: frames.clone(),
+        idle: false,
+    };
     let mut in_flight: VecDeque<(Outgoing, Option<PublishAckFuture>)> = VecDeque::new();
     loop {
-        // Fill the window with whatever is queued (waiting only when idle).
-        if in_flight.is_empty() {
-            // Idle: the window's buffer, sized by the last burst (a hundred
-            // joins at once fill it), shrinks back to a few frames while
-            // the channel waits, perhaps for the rest of its life.
-            in_flight.shrink_to(IDLE_ROOM);
-            match frames.recv().await {
-                Some(f) => in_flight.push_back(send(&cluster, &subject, f).await),
-                None => return,
-            }
-        }
+        // Fill the window with whatever is queued; with nothing in flight
+        // and nothing queued, the pipeline's work is done.
         while in_flight.len() < WINDOW {
-            match frames.try_recv() {
+            match frames.next(in_flight.is_empty()) {
                 Some(f) => in_flight.push_back(send(&cluster, &subject, f).await),
                 None => break,
             }
         }
         // Settle the oldest.
         let Some((frame, ack)) = in_flight.pop_front() else {
-            continue;
+            drains.idle = true;
+            return;
         };
         let failed = match ack {
             Some(ack) => ack.await.err().map(|e| e.to_string()),
@@ -273,29 +279,36 @@ async fn pipeline(
 /// block of 32 frames (about 2.3 KB) when it is created and keeps the
 /// blocks a burst grew it to, for every channel a node follows, while this
 /// one holds nothing until a frame is queued and shrinks back to
-/// [`IDLE_ROOM`] once drained.
+/// [`IDLE_ROOM`] once drained. It also says whether a pipeline runs, so
+/// that one is started only when there is something to store.
 #[derive(Default)]
 struct Outbox {
     state: Mutex<OutboxState>,
-    ready: Notify,
 }
 
 #[derive(Default)]
 struct OutboxState {
     frames: VecDeque<Outgoing>,
-    /// No frame comes any more: the pipeline ends once it has the rest.
-    closed: bool,
+    /// A pipeline runs: it takes what is queued.
+    running: bool,
     /// Nobody takes frames any more.
     abandoned: bool,
 }
 
-/// Abandons the outbox when the pipeline that drains it ends, however it
-/// ends.
-struct Drains(Arc<Outbox>);
+/// Abandons the outbox when the pipeline that drains it ends other than
+/// idle (its events' sink gone, the task dropped), however it ends.
+struct Drains {
+    outbox: Arc<Outbox>,
+    /// Ended because nothing was left to store: the next frame starts
+    /// another pipeline.
+    idle: bool,
+}
 
 impl Drop for Drains {
     fn drop(&mut self) {
-        self.0.abandon();
+        if !self.idle {
+            self.outbox.abandon();
+        }
     }
 }
 
@@ -305,19 +318,14 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, frame: Outgoing) {
+    /// Queues `frame`; `true` if no pipeline runs and one must be started.
+    fn push(&self, frame: Outgoing) -> bool {
         let mut state = self.lock();
         if state.abandoned {
-            return;
+            return false;
         }
         state.frames.push_back(frame);
-        drop(state);
-        self.ready.notify_one();
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_one();
+        !std::mem::replace(&mut state.running, true)
     }
 
     /// The pipeline is gone (it ended or was dropped): what is queued, and
@@ -328,35 +336,18 @@ impl Outbox {
         state.frames = VecDeque::new();
     }
 
-    /// The next frame, if one is queued.
-    fn try_recv(&self) -> Option<Outgoing> {
-        self.lock().pop()
-    }
-
-    /// The next frame, waiting for one; `None` once closed and drained.
-    async fn recv(&self) -> Option<Outgoing> {
-        loop {
-            {
-                let mut state = self.lock();
-                if let Some(f) = state.pop() {
-                    return Some(f);
-                }
-                if state.closed {
-                    return None;
-                }
+    /// The next frame, if one is queued. With none queued and `done` (the
+    /// pipeline has nothing in flight either) the pipeline stops running,
+    /// under the same lock as [`Outbox::push`] looks at it: a frame queued
+    /// after this starts a new one.
+    fn next(&self, done: bool) -> Option<Outgoing> {
+        let mut state = self.lock();
+        let f = state.frames.pop_front();
+        if state.frames.is_empty() {
+            state.frames.shrink_to(IDLE_ROOM);
+            if f.is_none() && done {
+                state.running = false;
             }
-            // A push between the check and here left a permit: no wake-up
-            // is lost.
-            self.ready.notified().await;
-        }
-    }
-}
-
-impl OutboxState {
-    fn pop(&mut self) -> Option<Outgoing> {
-        let f = self.frames.pop_front();
-        if self.frames.is_empty() {
-            self.frames.shrink_to(IDLE_ROOM);
         }
         f
     }
@@ -373,8 +364,8 @@ async fn send(
         return (frame, None);
     }
     let headers = frame.headers();
-    // Boxed: the send future is large and the pipeline task lives as long
-    // as its channel is followed.
+    // Boxed: the send future is large and a pipeline task lives as long as
+    // its channel keeps publishing.
     let ack = Box::pin(cluster.send(subject, &frame, &headers)).await.ok();
     (frame, ack)
 }
@@ -405,51 +396,59 @@ mod tests {
         }
     }
 
-    /// The publish queue keeps order, hands out what was queued before it
-    /// closed, wakes a waiting pipeline, and holds no memory for frames
-    /// while empty: none before the first, room for [`IDLE_ROOM`] after a
-    /// burst of 100 has gone out (tokio's channel held a 2.3 KB block from
-    /// the start, and the blocks a burst grew it to).
-    #[tokio::test]
-    async fn the_publish_queue_keeps_order_and_no_room_it_does_not_need() {
-        let outbox = Arc::new(Outbox::default());
+    /// The publish queue keeps order, asks for a pipeline only when none
+    /// runs, and holds no memory for frames while empty: none before the
+    /// first, room for [`IDLE_ROOM`] after a burst of 100 has gone out
+    /// (tokio's channel held a 2.3 KB block from the start, and the blocks a
+    /// burst grew it to).
+    #[test]
+    fn the_publish_queue_keeps_order_and_no_room_it_does_not_need() {
+        let outbox = Outbox::default();
         assert_eq!(outbox.lock().frames.capacity(), 0);
-        let waiting = tokio::spawn({
-            let outbox = outbox.clone();
-            async move { outbox.recv().await.map(|f| f.serial) }
-        });
-        tokio::task::yield_now().await;
-        outbox.push(frame(0));
-        assert_eq!(waiting.await.unwrap(), Some(0));
+        assert!(outbox.push(frame(0)), "the first frame starts a pipeline");
         for serial in 1..=100 {
-            outbox.push(frame(serial));
+            assert!(!outbox.push(frame(serial)), "one runs already");
         }
-        outbox.close();
-        for serial in 1..=100 {
-            assert_eq!(outbox.recv().await.map(|f| f.serial), Some(serial));
+        for serial in 0..=100 {
+            assert_eq!(outbox.next(false).map(|f| f.serial), Some(serial));
         }
-        assert!(outbox.recv().await.is_none(), "closed and drained");
+        assert!(outbox.next(false).is_none());
+        assert!(outbox.lock().running, "frames still in flight: it runs on");
+        assert!(outbox.next(true).is_none());
+        assert!(!outbox.lock().running, "nothing left: it stopped");
         assert!(outbox.lock().frames.capacity() <= IDLE_ROOM);
+        assert!(outbox.push(frame(101)), "the next frame starts another");
     }
 
     /// A pipeline that ended early (its owner's shard gone) or was dropped
     /// leaves no queue growing for nobody: what waits and what comes later
-    /// is dropped, as an mpsc channel's sends fail once its receiver is gone.
-    #[tokio::test]
-    async fn frames_for_a_pipeline_that_is_gone_are_dropped() {
+    /// is dropped, as an mpsc channel's sends fail once its receiver is gone;
+    /// one that ended idle leaves the queue open for the next.
+    #[test]
+    fn frames_for_a_pipeline_that_is_gone_are_dropped() {
         let outbox = Arc::new(Outbox::default());
-        let drains = Drains(outbox.clone());
+        let idle = Drains {
+            outbox: outbox.clone(),
+            idle: true,
+        };
+        drop(idle);
+        assert!(outbox.push(frame(0)));
+        let drains = Drains {
+            outbox: outbox.clone(),
+            idle: false,
+        };
         outbox.push(frame(1));
         drop(drains);
-        outbox.push(frame(2));
+        assert!(!outbox.push(frame(2)), "no pipeline for nobody");
         let state = outbox.lock();
         assert!(state.frames.is_empty() && state.frames.capacity() == 0);
     }
 
-    /// Both tasks live as long as their channel is followed, so their futures
-    /// are paid per channel and node: the rare, large awaits inside them
-    /// (opening a feed, a catch-up, a retried publish) are boxed. Unboxed,
-    /// the feed task took 6,840 bytes.
+    /// The feed task lives as long as its channel is followed, and the
+    /// publish pipeline as long as it publishes, so their futures are paid
+    /// per channel and node: the rare, large awaits inside them (opening a
+    /// feed, a catch-up, a retried publish) are boxed. Unboxed, the feed
+    /// task took 6,840 bytes.
     #[tokio::test]
     async fn a_followed_channel_costs_small_tasks() {
         let url = vec!["nats://127.0.0.1:1".to_string()];

@@ -25,11 +25,15 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// Answers probes from a table: (channel, uid, session) -> alive; absent = gone.
 #[derive(Default)]
-struct TableProber(Mutex<HashMap<(String, String, u64), bool>>);
+struct TableProber {
+    alive: Mutex<HashMap<(String, String, u64), bool>>,
+    /// What `taken_over` was told, in order.
+    taken: Mutex<Vec<(String, String, u64)>>,
+}
 
 impl TableProber {
     fn set(&self, channel: &str, uid: &str, session: u64, alive: bool) {
-        self.0
+        self.alive
             .lock()
             .unwrap()
             .insert((channel.into(), uid.into(), session), alive);
@@ -39,13 +43,17 @@ impl TableProber {
 impl Prober for TableProber {
     fn probe(&self, channel: String, uid: String, session: u64) -> BoxFuture<bool> {
         let alive = self
-            .0
+            .alive
             .lock()
             .unwrap()
             .get(&(channel, uid, session))
             .copied()
             .unwrap_or(false);
         Box::pin(async move { alive })
+    }
+
+    fn taken_over(&self, channel: String, uid: String, session: u64) {
+        self.taken.lock().unwrap().push((channel, uid, session));
     }
 }
 
@@ -338,7 +346,7 @@ async fn a_uid_is_held_once_across_nodes_and_freed_by_probe_or_death() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_entries_are_refreshed_and_still_released() {
     let nats = NatsServer::start();
-    let (a, _) = link(vec![nats.url.clone()], 1, 200);
+    let (a, prober) = link(vec![nats.url.clone()], 1, 200);
     up(&a).await;
     let js = async_nats::jetstream::new(a.client().clone());
     let kv = js
@@ -363,6 +371,7 @@ async fn held_entries_are_refreshed_and_still_released() {
         "released at its refreshed revision"
     );
 
+    // Taken by another node meanwhile: let go, and the session told.
     let bob = member_key("ch", "bob");
     assert_eq!(a.registry().claim("ch", "bob", 8).await, Ok(Claim::Claimed));
     kv.put(&bob, Bytes::from_static(b"other 1")).await.unwrap();
@@ -370,6 +379,24 @@ async fn held_entries_are_refreshed_and_still_released() {
     assert_eq!(a.registry().held(), 0, "not ours any more");
     let now = kv.entry(&bob).await.unwrap().expect("kept");
     assert_eq!(&now.value[..], b"other 1");
+    assert_eq!(
+        *prober.taken.lock().unwrap(),
+        [("ch".into(), "bob".into(), 8)]
+    );
+
+    // Aged out (or deleted) with nobody taking it: written again, still ours.
+    let carol = member_key("ch", "carol");
+    assert_eq!(
+        a.registry().claim("ch", "carol", 9).await,
+        Ok(Claim::Claimed)
+    );
+    kv.delete(&carol).await.unwrap();
+    a.registry().refresh().await;
+    assert_eq!(a.registry().held(), 1);
+    let back = kv.entry(&carol).await.unwrap().expect("written again");
+    assert_eq!(back.operation, Operation::Put);
+    assert_eq!(&back.value[..], format!("{} 9", a.node()).as_bytes());
+    assert_eq!(prober.taken.lock().unwrap().len(), 1, "nobody else told");
 }
 
 /// Two racing claims for one pair: exactly one wins.

@@ -379,6 +379,8 @@ mod tests {
     struct NoProbes;
 
     impl Prober for NoProbes {
+        fn taken_over(&self, _: String, _: String, _: u64) {}
+
         fn probe(&self, _: String, _: String, _: u64) -> BoxFuture<bool> {
             Box::pin(async { false })
         }

@@ -167,6 +167,7 @@ impl Cluster {
                                     js.clone(),
                                     client.clone(),
                                     recheck.clone(),
+                                    prober.clone(),
                                 );
                                 (client, js, registry)
                             }

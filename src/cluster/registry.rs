@@ -37,6 +37,12 @@ pub trait Prober: Send + Sync + 'static {
     /// Whether `session` on this node is still joined to `channel` as `uid`
     /// (after the half-open ping, when it has been silent).
     fn probe(&self, channel: String, uid: String, session: u64) -> BoxFuture<bool>;
+
+    /// The entry `session` on this node held for (channel, uid) is another
+    /// node's now (taken while this node could not keep it up, say cut off
+    /// from NATS past the entry's age): the session is closed, so that the
+    /// uid stays joined once.
+    fn taken_over(&self, channel: String, uid: String, session: u64);
 }
 
 /// The outcome of a claim.
@@ -111,6 +117,8 @@ struct RegistryInner {
     store: tokio::sync::OnceCell<kv::Store>,
     /// Tells the link to check the bucket exists (a claim failed).
     recheck: Arc<tokio::sync::Notify>,
+    /// Closes this node's sessions whose entries another node took.
+    prober: Arc<dyn Prober>,
     /// Entries this node wrote and still holds, by (channel, uid). One per
     /// joined session of the node, so kept small: the names are the ones
     /// the channel and the session already share, the KV key and the value
@@ -135,6 +143,7 @@ impl Registry {
         js: jetstream::Context,
         client: Client,
         recheck: Arc<tokio::sync::Notify>,
+        prober: Arc<dyn Prober>,
     ) -> Registry {
         Registry {
             inner: Arc::new(RegistryInner {
@@ -147,6 +156,7 @@ impl Registry {
                 client,
                 store: tokio::sync::OnceCell::new(),
                 recheck,
+                prober,
                 held: Mutex::new(HashMap::new()),
             }),
         }
@@ -188,38 +198,63 @@ impl Registry {
             Err(_) => return,
         };
         for (pair, Held { session, .. }) in held {
-            let key = member_key(&pair.0, &pair.1);
-            let value = self.value(session);
-            let revision = match store.create(&key, value.clone()).await {
-                Ok(revision) => Some(revision),
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                    match store.entry(key.clone()).await {
-                        Ok(Some(entry)) if entry.value == value => Some(entry.revision),
-                        _ => None,
+            self.reassert(store, pair, session).await;
+        }
+    }
+
+    /// Writes the entry of `pair` for `session` where it is missing (the
+    /// bucket lost it, or it aged out): kept at its new revision; taken
+    /// by another node meanwhile: let go, and the session told.
+    async fn reassert(&self, store: &kv::Store, pair: Pair, session: u64) {
+        let key = member_key(&pair.0, &pair.1);
+        let value = self.value(session);
+        let (revision, wrote) = match store.create(&key, value.clone()).await {
+            Ok(revision) => (Some(revision), true),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                match store.entry(key.clone()).await {
+                    Ok(Some(entry)) if entry.value == value => (Some(entry.revision), false),
+                    Ok(_) => (None, false),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cluster registry: entry unreadable; next round");
+                        return;
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "cluster registry: restore failed; the next refresh writes it");
-                    continue;
-                }
-            };
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster registry: entry not written; next round");
+                return;
+            }
+        };
+        // Only if still held for that session: released meanwhile, what
+        // was just written goes again.
+        let still = {
             let Ok(mut h) = self.inner.held.lock() else {
                 return;
             };
-            match revision {
-                Some(new) => {
-                    if let Some(e) = h.get_mut(&pair).filter(|e| e.session == session) {
-                        e.revision = new;
-                    }
+            match (h.get_mut(&pair).filter(|e| e.session == session), revision) {
+                (None, _) => false,
+                (Some(e), Some(new)) => {
+                    e.revision = new;
+                    true
                 }
-                None => {
+                (Some(_), None) => {
                     tracing::warn!(
                         key,
-                        "cluster registry: an entry this node held was taken while the bucket was lost"
+                        "cluster registry: an entry this node held was taken over"
                     );
                     h.remove(&pair);
+                    true
                 }
             }
+        };
+        if !still {
+            if let (Some(revision), true) = (revision, wrote) {
+                let _ = store.delete_expect_revision(&key, Some(revision)).await;
+            }
+        } else if revision.is_none() {
+            self.inner
+                .prober
+                .taken_over(pair.0.to_string(), pair.1.to_string(), session);
         }
     }
 
@@ -358,22 +393,19 @@ impl Registry {
         for (pair, Held { revision, session }) in held {
             let key = member_key(&pair.0, &pair.1);
             let result = store.update(&key, self.value(session), revision).await;
-            let Ok(mut h) = self.inner.held.lock() else {
-                return;
-            };
             match result {
                 // Only if still held at that revision (not released meanwhile).
                 Ok(new) => {
+                    let Ok(mut h) = self.inner.held.lock() else {
+                        return;
+                    };
                     if let Some(e) = h.get_mut(&pair).filter(|e| e.revision == revision) {
                         e.revision = new;
                     }
                 }
+                // Aged out, or taken: write it again where nobody holds it.
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                    tracing::warn!(
-                        key,
-                        "cluster registry: an entry this node held was taken over"
-                    );
-                    h.remove(&pair);
+                    self.reassert(store, pair, session).await;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cluster registry: refresh failed; next round")

@@ -42,6 +42,9 @@ pub const PEER_CYCLE: Close = Close::new(1008, "peer link would form a cycle");
 pub const AUTH_REQUIRED: Close = Close::new(1008, "auth required");
 pub const AUTH_FAILED: Close = Close::new(1008, "auth failed");
 pub const DUPLICATE: Close = Close::new(1008, "uid already joined on this channel");
+/// Cluster mode: the uid's registry entry is another node's now (it was
+/// taken while this node could not keep it, say cut off from NATS).
+pub const UID_TAKEN: Close = Close::new(1008, "uid joined on another node");
 pub const HEADER_TIMEOUT: Close = Close::new(1008, "no header frame in time");
 pub const PROBE_FAILED: Close =
     Close::new(1008, "no answer to a liveness probe: the uid joined again");

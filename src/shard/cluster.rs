@@ -73,6 +73,21 @@ impl Shard {
         self.apply(Action::Probe { session, key, id });
     }
 
+    /// Another node holds (channel, uid) now: `session`, if it still holds it
+    /// here, is closed (1008).
+    pub(super) fn on_taken_over(&self, channel: &str, uid: &str, session: SessionId) {
+        let key = self
+            .owner
+            .borrow()
+            .channel(channel)
+            .filter(|c| c.holder(uid) == Some(session))
+            .map(|c| c.key());
+        if let Some(key) = key {
+            tracing::warn!(%channel, %uid, session, "cluster: uid taken over on another node; closing it here");
+            self.with_owner(|o, out| o.abandon(key, session, close::UID_TAKEN, out));
+        }
+    }
+
     /// A probe of `session` was answered (or it left): tell the nodes that asked.
     pub(super) fn answer_remote_probes(&self, key: ChannelKey, session: SessionId, alive: bool) {
         let mut probes = self.remote_probes.borrow_mut();
@@ -186,6 +201,17 @@ pub struct ShardProber {
 }
 
 impl Prober for ShardProber {
+    fn taken_over(&self, channel: String, uid: String, session: u64) {
+        let owner = router::owner(&channel, self.mesh.shards());
+        let msg = ShardMsg::TakenOver {
+            channel: Arc::from(channel),
+            uid: Arc::from(uid),
+            session,
+        };
+        // A shard that stopped has no session to close.
+        let _ = self.mesh.send(owner, msg);
+    }
+
     fn probe(&self, channel: String, uid: String, session: u64) -> BoxFuture<bool> {
         let (reply, answer) = oneshot::channel();
         let owner = router::owner(&channel, self.mesh.shards());

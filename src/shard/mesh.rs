@@ -95,6 +95,13 @@ pub enum ShardMsg {
         session: SessionId,
         reply: tokio::sync::oneshot::Sender<bool>,
     },
+    /// To the owner, in cluster mode: the registry entry `session` held for
+    /// (channel, uid) is another node's now; close it.
+    TakenOver {
+        channel: Arc<str>,
+        uid: Arc<str>,
+        session: SessionId,
+    },
 }
 
 impl ShardMsg {

@@ -359,6 +359,11 @@ impl Shard {
                 session,
                 reply,
             } => self.on_remote_probe(channel, uid, session, reply),
+            ShardMsg::TakenOver {
+                channel,
+                uid,
+                session,
+            } => self.on_taken_over(&channel, &uid, session),
             ShardMsg::LinkControl {
                 key,
                 session,

@@ -34,7 +34,8 @@ use super::link::{Cluster, LinkState, PublishError};
 /// a failover.
 pub const WINDOW: usize = 256;
 
-/// Frames the publish window and queue keep room for while idle.
+/// Frames the publish queue keeps room for while it is drained and the
+/// pipeline still runs (none once it stops).
 const IDLE_ROOM: usize = 4;
 
 /// What the log tells the channel's owner.
@@ -278,9 +279,10 @@ async fn pipeline(
 /// than an mpsc channel, for memory: tokio's channel allocates a first
 /// block of 32 frames (about 2.3 KB) when it is created and keeps the
 /// blocks a burst grew it to, for every channel a node follows, while this
-/// one holds nothing until a frame is queued and shrinks back to
-/// [`IDLE_ROOM`] once drained. It also says whether a pipeline runs, so
-/// that one is started only when there is something to store.
+/// one holds nothing until a frame is queued, shrinks back to [`IDLE_ROOM`]
+/// once drained and to nothing once its pipeline stops. It also says
+/// whether a pipeline runs, so that one is started only when there is
+/// something to store.
 #[derive(Default)]
 struct Outbox {
     state: Mutex<OutboxState>,
@@ -344,9 +346,12 @@ impl Outbox {
         let mut state = self.lock();
         let f = state.frames.pop_front();
         if state.frames.is_empty() {
-            state.frames.shrink_to(IDLE_ROOM);
             if f.is_none() && done {
+                // Idle, perhaps for the rest of the channel's life.
                 state.running = false;
+                state.frames = VecDeque::new();
+            } else {
+                state.frames.shrink_to(IDLE_ROOM);
             }
         }
         f
@@ -399,10 +404,10 @@ mod tests {
     }
 
     /// The publish queue keeps order, asks for a pipeline only when none
-    /// runs, and holds no memory for frames while empty: none before the
-    /// first, room for [`IDLE_ROOM`] after a burst of 100 has gone out
-    /// (tokio's channel held a 2.3 KB block from the start, and the blocks a
-    /// burst grew it to).
+    /// runs, and holds no memory for frames it does not need: none before
+    /// the first, room for [`IDLE_ROOM`] after a burst of 100 has gone out
+    /// while frames are still in flight, none once idle (tokio's channel
+    /// held a 2.3 KB block from the start, and the blocks a burst grew it to).
     #[test]
     fn the_publish_queue_keeps_order_and_no_room_it_does_not_need() {
         let outbox = Outbox::default();
@@ -416,9 +421,10 @@ mod tests {
         }
         assert!(outbox.next(false).is_none());
         assert!(outbox.lock().running, "frames still in flight: it runs on");
+        assert!(outbox.lock().frames.capacity() <= IDLE_ROOM);
         assert!(outbox.next(true).is_none());
         assert!(!outbox.lock().running, "nothing left: it stopped");
-        assert!(outbox.lock().frames.capacity() <= IDLE_ROOM);
+        assert_eq!(outbox.lock().frames.capacity(), 0, "and keeps no room");
         assert!(outbox.push(frame(101)), "the next frame starts another");
     }
 

@@ -1101,3 +1101,33 @@ async fn a_stream_lost_in_nats_is_set_up_again() {
     let (code, reason) = twin.expect_close().await;
     assert_eq!(code, 1008, "{reason}");
 }
+
+/// A node stopped gracefully (SIGTERM) stores what its members sent before
+/// it stopped, though the shards that read it are gone: another node's
+/// members get every frame, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopping_stores_what_its_members_sent() {
+    const FRAMES: usize = 300;
+    let nats = NatsServer::start();
+    let url = std::slice::from_ref(&nats.url);
+    let (a, b) = (node(url).await, node(url).await);
+    let mut bob = b.join("bob", "bye").await;
+    let mut alice = RawClient::connect(a.addr).await;
+    alice.join("alice", "bye").await;
+    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
+    // Her frames, then one that is not UTF-8: the node reads her frames in
+    // order, so her close (1007) says it has taken every frame before it.
+    let mut frames = Vec::new();
+    for k in 0..FRAMES {
+        frames.extend(masked(0x81, format!("a{k}").as_bytes()));
+    }
+    frames.extend(masked(0x81, &[0xff, 0xfe]));
+    alice.send(&frames).await;
+    let (code, reason) = alice.expect_close().await;
+    assert_eq!(code, 1007, "{reason}");
+    // Stopped at once: most of her frames are still on their way to NATS.
+    assert!(a.stop(), "node stops cleanly");
+    for k in 0..FRAMES {
+        assert_eq!(recv_within(&mut bob, WAIT).await, format!("a{k}"));
+    }
+}

@@ -83,8 +83,9 @@ impl Drop for ChannelLog {
 impl ChannelLog {
     /// Opens `channel` and follows it after stream sequence `after` (0: load
     /// the whole retained history). Spawns the feed's task on the current
-    /// runtime, and a publish pipeline there whenever frames are queued and
-    /// none runs; their events go to `sink`, tagged with `tag`, in order.
+    /// runtime, and a publish pipeline on the link's whenever frames are
+    /// queued and none runs; their events go to `sink`, tagged with `tag`,
+    /// in order.
     pub fn open(
         cluster: &Cluster,
         channel: &str,
@@ -137,7 +138,7 @@ impl ChannelLog {
             payload,
         };
         if self.outbox.push(frame) {
-            tokio::spawn(pipeline(
+            self.cluster.spawn_pipeline(pipeline(
                 self.cluster.clone(),
                 self.subject.clone(),
                 self.outbox.clone(),

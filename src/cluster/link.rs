@@ -91,6 +91,11 @@ struct Inner {
     serial: std::sync::atomic::AtomicU64,
     shutdown: watch::Sender<bool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The link thread's runtime: publish pipelines run there, so that they
+    /// outlive the shards at shutdown and store what they were given.
+    runtime: tokio::runtime::Handle,
+    /// Publish pipelines running now.
+    pipelines: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for Inner {
@@ -176,7 +181,12 @@ impl Cluster {
                                 return;
                             }
                         };
-                        let _ = made_tx.send(Ok((client.clone(), js.clone(), registry.clone())));
+                        let _ = made_tx.send(Ok((
+                            client.clone(),
+                            js.clone(),
+                            registry.clone(),
+                            tokio::runtime::Handle::current(),
+                        )));
                         let supervisor = Supervisor {
                             settings,
                             node: diagnosis_node,
@@ -197,7 +207,7 @@ impl Cluster {
                 })
                 .map_err(StartError::Thread)?
         };
-        let (client, js, registry) = made_rx
+        let (client, js, registry, runtime) = made_rx
             .recv()
             .map_err(|_| StartError::Client("cluster thread ended at start".into()))??;
         Ok(Cluster {
@@ -214,8 +224,21 @@ impl Cluster {
                 serial: std::sync::atomic::AtomicU64::new(0),
                 shutdown,
                 thread: Mutex::new(Some(thread)),
+                runtime,
+                pipelines: Arc::default(),
             }),
         })
+    }
+
+    /// Runs a channel's publish pipeline on the link's thread (see
+    /// [`Cluster::shutdown`]).
+    pub(super) fn spawn_pipeline(&self, pipeline: impl Future<Output = ()> + Send + 'static) {
+        let running = self.inner.pipelines.clone();
+        running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.inner.runtime.spawn(async move {
+            let _done = Done(running);
+            pipeline.await;
+        });
     }
 
     /// This run of this node.
@@ -368,8 +391,25 @@ impl Cluster {
         &self.inner.js
     }
 
-    /// Stops the link and waits for its thread (at most `wait`).
+    /// Stops the link and waits for its thread. Publish pipelines still
+    /// running (frames members sent before the server stopped) are given
+    /// until the publish deadline to store what they hold.
     pub fn shutdown(&self) {
+        let deadline = std::time::Instant::now() + self.inner.settings.publish_deadline;
+        let running = || {
+            self.inner
+                .pipelines
+                .load(std::sync::atomic::Ordering::Acquire)
+        };
+        while running() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if running() > 0 {
+            tracing::warn!(
+                channels = running(),
+                "cluster: frames of some channels not stored by the publish deadline; stopping anyway"
+            );
+        }
         let _ = self.inner.shutdown.send(true);
         let thread = self.inner.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = thread {
@@ -380,6 +420,15 @@ impl Cluster {
     /// The raw client, for tests and tools.
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+}
+
+/// Counts a pipeline out when it ends, however it ends.
+struct Done(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -121,6 +121,14 @@ impl ShardMsg {
     }
 }
 
+/// Where shutdown stands across the shards.
+#[derive(Default)]
+struct Stopping {
+    /// Shards with no session left.
+    ended: AtomicUsize,
+    all_ended: Notify,
+}
+
 struct Inbox {
     tx: Sender<ShardMsg>,
     wake: Notify,
@@ -182,6 +190,7 @@ pub struct Mesh {
     pub failure: Failure,
     /// What sessions hold between reads, against `--max-memory`.
     pub memory: MemoryBudget,
+    stopping: Stopping,
 }
 
 /// One shard's receiving end.
@@ -216,6 +225,7 @@ impl Mesh {
             metrics: Metrics::new(shards),
             failure: Failure::default(),
             memory: MemoryBudget::default(),
+            stopping: Stopping::default(),
         };
         (Arc::new(mesh), rxs)
     }
@@ -241,6 +251,29 @@ impl Mesh {
                 inbox.bytes.fetch_sub(w, Ordering::Relaxed);
                 Err(e.into_inner())
             }
+        }
+    }
+
+    /// Shutdown: this shard has no session left. What sessions sent before
+    /// they ended may still be on its way to other shards' channels.
+    pub fn sessions_ended(&self) {
+        let n = self.stopping.ended.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= self.shards() {
+            self.stopping.all_ended.notify_waiters();
+        }
+    }
+
+    /// Shutdown: waits until no shard has a session left, so that nothing
+    /// more is sent to any shard's channels.
+    pub async fn all_sessions_ended(&self) {
+        loop {
+            let ended = self.stopping.all_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.stopping.ended.load(Ordering::Acquire) >= self.shards() {
+                return;
+            }
+            ended.await;
         }
     }
 

@@ -208,6 +208,17 @@ async fn run(start: ShardStart) {
         shard.kill_all();
         tokio::task::yield_now().await;
     }
+    // What the sessions of every shard sent before they ended is handled by
+    // its channel's owner (in cluster mode: queued for the shared log, which
+    // stores it before the link stops), not dropped with the inboxes.
+    mesh.sessions_ended();
+    let ended = tokio::time::timeout(SHUTDOWN_GRACE, mesh.all_sessions_ended()).await;
+    if ended.is_ok() {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while mesh.backlog(id) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     for t in &aborts {
         t.abort();
     }

@@ -1131,3 +1131,32 @@ async fn a_node_stopping_stores_what_its_members_sent() {
         assert_eq!(recv_within(&mut bob, WAIT).await, format!("a{k}"));
     }
 }
+
+/// The longest channel and uid a header may carry (1 KiB each), of
+/// characters that all need escaping in a NATS subject: joins, frames and
+/// history work across nodes as for any name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_names_work_across_nodes() {
+    let nats = NatsServer::start();
+    let url = std::slice::from_ref(&nats.url);
+    let (a, b) = (node(url).await, node(url).await);
+    let channel = ".* >".repeat(256);
+    let (alice_uid, bob_uid) = ("ä".repeat(512), "ö".repeat(512));
+    assert_eq!((channel.len(), alice_uid.len()), (1024, 1024));
+    let mut alice = a.join(&alice_uid, &channel).await;
+    let mut bob = b.join(&bob_uid, &channel).await;
+    assert_eq!(header_uids(&mut alice, 1).await, [bob_uid.clone()]);
+    assert_eq!(header_uids(&mut bob, 1).await, [alice_uid.clone()]);
+    alice.send_text("long names").await;
+    assert_eq!(recv_within(&mut bob, WAIT).await, "long names");
+    let mut carol = b.join("carol", &channel).await;
+    let mut history = Vec::new();
+    for _ in 0..3 {
+        let t = recv_within(&mut carol, WAIT).await;
+        history.push(header_uid(&t).unwrap_or(t));
+    }
+    history.sort();
+    let mut want = vec![alice_uid, bob_uid, "long names".to_string()];
+    want.sort();
+    assert_eq!(history, want);
+}

@@ -1160,3 +1160,50 @@ async fn the_longest_names_work_across_nodes() {
     want.sort();
     assert_eq!(history, want);
 }
+
+/// NATS loses the registry's bucket while Alice is joined on one node, and
+/// Alice joins again on another: whichever node's view lands first, the uid
+/// ends up joined once (the newcomer refused, or the incumbent closed with
+/// 1008 "uid joined on another node" once its node finds its entry taken).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_stays_joined_once_when_the_bucket_is_lost() {
+    let nats = NatsServer::start();
+    let url = std::slice::from_ref(&nats.url);
+    let (a, b) = (node(url).await, node(url).await);
+    let mut alice = a.join("alice", "once").await;
+    let mut bob = b.join("bob", "once").await;
+    assert_eq!(header_uids(&mut alice, 1).await, ["bob"]);
+    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
+
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    js.delete_key_value("mles-members").await.unwrap();
+    // Until node b has set the bucket up again its joins are refused (1013).
+    let deadline = std::time::Instant::now() + FAILOVER;
+    let twin = loop {
+        assert!(std::time::Instant::now() < deadline, "no answer but 1013");
+        let mut twin = b.join("alice", "once").await;
+        match twin.next().await {
+            Message::Close(Some(f)) if u16::from(f.code) == 1013 => continue,
+            Message::Close(Some(f)) => {
+                assert_eq!(u16::from(f.code), 1008, "{}", f.reason);
+                break None;
+            }
+            Message::Text(t) => {
+                // Admitted (its history begins): the incumbent must go.
+                assert!(header_uid(&t).is_some(), "{t}");
+                break Some(twin);
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    if twin.is_some() {
+        let (code, reason) = alice.expect_close().await;
+        assert_eq!(
+            (code, reason.as_str()),
+            (1008, "uid joined on another node")
+        );
+    } else {
+        alice.send_text("still alice").await;
+        assert_eq!(recv_within(&mut bob, WAIT).await, "still alice");
+    }
+}

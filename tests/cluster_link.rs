@@ -930,3 +930,111 @@ async fn a_feed_that_overflows_reads_what_it_dropped_from_the_stream() {
     let d = next(&mut feed).await;
     assert_eq!((d.seq, d.payload), (seq, Bytes::from("after")));
 }
+
+/// A TCP proxy in front of a NATS server that can stop reading what the
+/// client sends (as a server that hangs before it dies), then cut every
+/// connection; later connections go through.
+struct Stalling {
+    addr: std::net::SocketAddr,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Stalling {
+    async fn start(to: std::net::SocketAddr) -> Stalling {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Stalling {
+            addr: listener.local_addr().unwrap(),
+            stalled: Arc::default(),
+            cut: Arc::default(),
+        };
+        let (stalled, cut) = (proxy.stalled.clone(), proxy.cut.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(to).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (stalled, cut) = (stalled.clone(), cut.clone());
+                tokio::spawn(async move {
+                    let up = async {
+                        let mut buf = vec![0u8; 65536];
+                        while !stalled.load(Ordering::Acquire) {
+                            let Ok(n @ 1..) = cr.read(&mut buf).await else {
+                                return;
+                            };
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        std::future::pending::<()>().await
+                    };
+                    let down = tokio::io::copy(&mut sr, &mut cw);
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// Cuts every connection through it; later ones go through.
+    fn cut(&self) {
+        self.stalled
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.cut.notify_waiters();
+    }
+}
+
+/// Frames sent to a NATS server that stops answering, some still in the
+/// client's buffers when the connection is cut: the stream stores every
+/// frame in the order it was sent. (With several frames in flight, those
+/// left in the client's buffers went out on the new connection and were
+/// stored before the lost ones were retried.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_lost_with_a_connection_are_stored_before_later_ones() {
+    use std::sync::atomic::Ordering;
+    const FRAMES: usize = 16;
+    const SIZE: usize = 1_000_000;
+    let nats = NatsServer::start();
+    let proxy = Stalling::start(nats.client_addr).await;
+    let (a, _) = link(vec![proxy.url()], 1, 1000);
+    let (b, _) = link(vec![nats.url.clone()], 1, 1000);
+    up(&a).await;
+    up(&b).await;
+    let (log, mut rx) = open_log(&a, "in order", 0);
+    while event(&mut rx).await != LogEvent::CaughtUp {}
+    let mut feed = b.follow(&b.subject("in order"), 0).await.unwrap();
+    let frame = |k: usize| {
+        let mut f = format!("f{k:02}").into_bytes();
+        f.resize(SIZE, b'.');
+        Bytes::from(f)
+    };
+    log.publish(1, Kind::Binary, frame(0));
+    assert_eq!(next(&mut feed).await.payload, frame(0));
+
+    proxy.stalled.store(true, Ordering::Release);
+    let stats = a.client().statistics();
+    let before = stats.out_bytes.load(Ordering::Relaxed);
+    for k in 1..=FRAMES {
+        log.publish(1, Kind::Binary, frame(k));
+    }
+    // At least the first is written to a connection that will be cut.
+    eventually("a frame written into the stalled connection", || async {
+        stats.out_bytes.load(Ordering::Relaxed) - before >= SIZE as u64
+    })
+    .await;
+    proxy.cut();
+    for k in 1..=FRAMES {
+        let d = next(&mut feed).await;
+        assert_eq!(&d.payload[..3], format!("f{k:02}").as_bytes(), "frame {k}");
+    }
+}

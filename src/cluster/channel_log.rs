@@ -7,13 +7,13 @@
 //! reports through [`LogEvent`]s on a channel the owner drains; it never
 //! touches sessions itself.
 //!
-//! The publish pipeline keeps up to [`WINDOW`] frames in flight on the one
-//! NATS connection (the connection keeps their order) and settles their acks
-//! in order. When an ack fails (a NATS failover), the frames still in flight
-//! are retried one by one with their message ids, so none is stored twice and
-//! none is lost silently: a frame that still fails by the deadline is
-//! reported as [`LogEvent::Lost`] for its sender to be closed. Closing the
-//! log does not cut the pipeline short: what it was given is still stored.
+//! The publish pipeline keeps [`WINDOW`] frames in flight (one: see there)
+//! and settles their acks in order. When an ack fails (a NATS failover), the
+//! frames still in flight are retried one by one with their message ids, so
+//! none is stored twice and none is lost silently: a frame that still fails
+//! by the deadline is reported as [`LogEvent::Lost`] for its sender to be
+//! closed. Closing the log does not cut the pipeline short: what it was
+//! given is still stored.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,10 +29,17 @@ use super::envelope::{Delivery, Kind, Origin, Outgoing};
 use super::feed::Next;
 use super::link::{Cluster, LinkState, PublishError};
 
-/// Frames in flight per channel. Enough to keep a channel's publishes
-/// streaming over a loopback or LAN round trip; more only adds retries after
-/// a failover.
-pub const WINDOW: usize = 256;
+/// Frames in flight per channel: one. A frame is sent once the one before it
+/// is stored, because with more in flight a failover reorders them: frames
+/// sent to a NATS server that died, or to a stream electing a new leader,
+/// fail, while frames sent after them reach the new server or leader and are
+/// stored first; retrying the failed ones then stores them after their
+/// successors (seen in `one_nats_server_of_three_dies_under_load` with 256 in
+/// flight). JetStream has no per-publisher order to check a pipelined frame
+/// against (a channel's subject takes every node's frames), so order costs
+/// a round trip per frame and channel: what one node publishes into one
+/// channel is bounded by one frame per round trip to NATS.
+pub const WINDOW: usize = 1;
 
 /// Frames the publish queue keeps room for while it is drained and the
 /// pipeline still runs (none once it stops).

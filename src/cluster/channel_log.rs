@@ -7,13 +7,12 @@
 //! reports through [`LogEvent`]s on a channel the owner drains; it never
 //! touches sessions itself.
 //!
-//! The publish pipeline keeps [`WINDOW`] frames in flight (one: see there)
-//! and settles their acks in order. When an ack fails (a NATS failover), the
-//! frames still in flight are retried one by one with their message ids, so
-//! none is stored twice and none is lost silently: a frame that still fails
-//! by the deadline is reported as [`LogEvent::Lost`] for its sender to be
-//! closed. Closing the log does not cut the pipeline short: what it was
-//! given is still stored.
+//! The publish pipeline stores one frame at a time (see [`pipeline`] for
+//! why). When its ack fails (a NATS failover), the frame is retried with its
+//! message id, so it is not stored twice and not lost silently: a frame that
+//! still fails by the deadline is reported as [`LogEvent::Lost`] for its
+//! sender to be closed. Closing the log does not cut the pipeline short:
+//! what it was given is still stored.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,20 +28,8 @@ use super::envelope::{Delivery, Kind, Origin, Outgoing};
 use super::feed::Next;
 use super::link::{Cluster, LinkState, PublishError};
 
-/// Frames in flight per channel: one. A frame is sent once the one before it
-/// is stored, because with more in flight a failover reorders them: frames
-/// sent to a NATS server that died, or to a stream electing a new leader,
-/// fail, while frames sent after them reach the new server or leader and are
-/// stored first; retrying the failed ones then stores them after their
-/// successors (seen in `one_nats_server_of_three_dies_under_load` with 256 in
-/// flight). JetStream has no per-publisher order to check a pipelined frame
-/// against (a channel's subject takes every node's frames), so order costs
-/// a round trip per frame and channel: what one node publishes into one
-/// channel is bounded by one frame per round trip to NATS.
-pub const WINDOW: usize = 1;
-
 /// Frames the publish queue keeps room for while it is drained and the
-/// pipeline still runs (none once it stops).
+/// pipeline still runs (its last frame in flight; none once it stops).
 const IDLE_ROOM: usize = 4;
 
 /// What the log tells the channel's owner.
@@ -225,9 +212,20 @@ async fn follow(cluster: Cluster, subject: Subject, after: (u64, u64), events: E
     }
 }
 
-/// Stores the outbox's frames, in order, until it is empty with nothing in
-/// flight; then it ends, and the next frame queued starts another. An idle
-/// channel (most of them, most of the time) holds no task for publishing.
+/// Stores the outbox's frames, in order, until it is empty; then it ends,
+/// and the next frame queued starts another. An idle channel (most of them,
+/// most of the time) holds no task for publishing.
+///
+/// One frame is in flight at a time: a frame is sent once the one before it
+/// is stored. With more in flight a failover reorders them: frames sent to
+/// a NATS server that died, or to a stream electing a new leader, fail,
+/// while frames sent after them reach the new server or leader and are
+/// stored first; retrying the failed ones then stores them after their
+/// successors (seen in `one_nats_server_of_three_dies_under_load` with 256
+/// in flight). JetStream has no per-publisher order to check a pipelined
+/// frame against (a channel's subject takes every node's frames), so order
+/// costs a round trip per frame and channel: what one node publishes into
+/// one channel is bounded by one frame per round trip to NATS.
 async fn pipeline(
     cluster: Cluster,
     subject: Subject,
@@ -239,47 +237,31 @@ async fn pipeline(
         outbox: frames.clone(),
         idle: false,
     };
-    let mut in_flight: VecDeque<(Outgoing, Option<PublishAckFuture>)> = VecDeque::new();
-    loop {
-        // Fill the window with whatever is queued; with nothing in flight
-        // and nothing queued, the pipeline's work is done.
-        while in_flight.len() < WINDOW {
-            match frames.next(in_flight.is_empty()) {
-                Some(f) => in_flight.push_back(send(&cluster, &subject, f).await),
-                None => break,
-            }
-        }
-        // Settle the oldest.
-        let Some((frame, ack)) = in_flight.pop_front() else {
-            drains.idle = true;
-            return;
-        };
+    while let Some(frame) = frames.next() {
+        let (frame, ack) = send(&cluster, &subject, frame).await;
         let failed = match ack {
             Some(ack) => ack.await.err().map(|e| e.to_string()),
             None => Some(String::from("not sent")),
         };
+        queued.fetch_sub(frame.payload.len(), Ordering::Relaxed);
         let Some(failed) = failed else {
-            queued.fetch_sub(frame.payload.len(), Ordering::Relaxed);
             continue;
         };
-        tracing::debug!(%subject, error = %failed, in_flight = in_flight.len() + 1, "cluster: publish failed; retrying what is in flight");
-        // A failover (or NATS down): retry this and every frame in flight, in
-        // order, each until the deadline. Message ids keep them stored once.
-        in_flight.push_front((frame, None));
-        for (frame, _) in std::mem::take(&mut in_flight) {
-            queued.fetch_sub(frame.payload.len(), Ordering::Relaxed);
-            if let Err(error) = Box::pin(cluster.publish(&subject, &frame)).await {
-                tracing::warn!(%subject, session = frame.origin.session, %error, "frame not stored");
-                let lost = LogEvent::Lost {
-                    session: frame.origin.session,
-                    error,
-                };
-                if !events.send(lost) {
-                    return;
-                }
+        tracing::debug!(%subject, error = %failed, "cluster: publish failed; retrying");
+        // A failover (or NATS down): retried until the deadline; its message
+        // id keeps it stored once.
+        if let Err(error) = Box::pin(cluster.publish(&subject, &frame)).await {
+            tracing::warn!(%subject, session = frame.origin.session, %error, "frame not stored");
+            let lost = LogEvent::Lost {
+                session: frame.origin.session,
+                error,
+            };
+            if !events.send(lost) {
+                return;
             }
         }
     }
+    drains.idle = true;
 }
 
 /// The frames a channel's members queued for the stream, from the owner to
@@ -346,21 +328,18 @@ impl Outbox {
         state.frames = VecDeque::new();
     }
 
-    /// The next frame, if one is queued. With none queued and `done` (the
-    /// pipeline has nothing in flight either) the pipeline stops running,
-    /// under the same lock as [`Outbox::push`] looks at it: a frame queued
-    /// after this starts a new one.
-    fn next(&self, done: bool) -> Option<Outgoing> {
+    /// The next frame, if one is queued. With none queued the pipeline
+    /// stops running, under the same lock as [`Outbox::push`] looks at it: a
+    /// frame queued after this starts a new one.
+    fn next(&self) -> Option<Outgoing> {
         let mut state = self.lock();
         let f = state.frames.pop_front();
-        if state.frames.is_empty() {
-            if f.is_none() && done {
-                // Idle, perhaps for the rest of the channel's life.
-                state.running = false;
-                state.frames = VecDeque::new();
-            } else {
-                state.frames.shrink_to(IDLE_ROOM);
-            }
+        if f.is_none() {
+            // Idle, perhaps for the rest of the channel's life.
+            state.running = false;
+            state.frames = VecDeque::new();
+        } else if state.frames.is_empty() {
+            state.frames.shrink_to(IDLE_ROOM);
         }
         f
     }
@@ -414,8 +393,9 @@ mod tests {
     /// The publish queue keeps order, asks for a pipeline only when none
     /// runs, and holds no memory for frames it does not need: none before
     /// the first, room for [`IDLE_ROOM`] after a burst of 100 has gone out
-    /// while frames are still in flight, none once idle (tokio's channel
-    /// held a 2.3 KB block from the start, and the blocks a burst grew it to).
+    /// while its last frame is still in flight, none once idle (tokio's
+    /// channel held a 2.3 KB block from the start, and the blocks a burst
+    /// grew it to).
     #[test]
     fn the_publish_queue_keeps_order_and_no_room_it_does_not_need() {
         let outbox = Outbox::default();
@@ -425,12 +405,14 @@ mod tests {
             assert!(!outbox.push(frame(serial)), "one runs already");
         }
         for serial in 0..=100 {
-            assert_eq!(outbox.next(false).map(|f| f.serial), Some(serial));
+            assert_eq!(outbox.next().map(|f| f.serial), Some(serial));
         }
-        assert!(outbox.next(false).is_none());
-        assert!(outbox.lock().running, "frames still in flight: it runs on");
+        assert!(
+            outbox.lock().running,
+            "its last frame in flight: it runs on"
+        );
         assert!(outbox.lock().frames.capacity() <= IDLE_ROOM);
-        assert!(outbox.next(true).is_none());
+        assert!(outbox.next().is_none());
         assert!(!outbox.lock().running, "nothing left: it stopped");
         assert_eq!(outbox.lock().frames.capacity(), 0, "and keeps no room");
         assert!(outbox.push(frame(101)), "the next frame starts another");

@@ -193,13 +193,19 @@ impl Registry {
     /// wrote meanwhile is theirs (as when a refresh finds it taken over).
     pub(super) async fn restore(&self) {
         let Ok(store) = self.store() else { return };
-        let held: Vec<(Pair, Held)> = match self.inner.held.lock() {
-            Ok(h) => h.iter().map(|(p, e)| (p.clone(), *e)).collect(),
-            Err(_) => return,
-        };
+        let held = self.held_now();
         for (pair, Held { session, .. }) in held {
             self.reassert(store, pair, session).await;
         }
+    }
+
+    /// The entries held now (a copy: each is then written with the lock let go).
+    fn held_now(&self) -> Vec<(Pair, Held)> {
+        self.inner
+            .held
+            .lock()
+            .map(|h| h.iter().map(|(p, e)| (p.clone(), *e)).collect())
+            .unwrap_or_default()
     }
 
     /// Writes the entry of `pair` for `session` where it is missing (the
@@ -386,10 +392,7 @@ impl Registry {
     /// is let go instead.
     pub async fn refresh(&self) {
         let Ok(store) = self.store() else { return };
-        let held: Vec<(Pair, Held)> = match self.inner.held.lock() {
-            Ok(h) => h.iter().map(|(p, e)| (p.clone(), *e)).collect(),
-            Err(_) => return,
-        };
+        let held = self.held_now();
         for (pair, Held { revision, session }) in held {
             let key = member_key(&pair.0, &pair.1);
             let result = store.update(&key, self.value(session), revision).await;

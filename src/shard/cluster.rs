@@ -46,6 +46,15 @@ impl Shard {
         std::future::pending::<()>().await
     }
 
+    /// The channel whose (channel, uid) `session` holds here, if it does.
+    fn held_by(&self, channel: &str, uid: &str, session: SessionId) -> Option<ChannelKey> {
+        self.owner
+            .borrow()
+            .channel(channel)
+            .filter(|c| c.holder(uid) == Some(session))
+            .map(|c| c.key())
+    }
+
     /// Another node asks whether `session` still holds (channel, uid) here.
     pub(super) fn on_remote_probe(
         &self,
@@ -54,13 +63,7 @@ impl Shard {
         session: SessionId,
         reply: oneshot::Sender<bool>,
     ) {
-        let key = self
-            .owner
-            .borrow()
-            .channel(&channel)
-            .filter(|c| c.holder(&uid) == Some(session))
-            .map(|c| c.key());
-        let Some(key) = key else {
+        let Some(key) = self.held_by(&channel, &uid, session) else {
             let _ = reply.send(false);
             return;
         };
@@ -76,13 +79,7 @@ impl Shard {
     /// Another node holds (channel, uid) now: `session`, if it still holds it
     /// here, is closed (1008).
     pub(super) fn on_taken_over(&self, channel: &str, uid: &str, session: SessionId) {
-        let key = self
-            .owner
-            .borrow()
-            .channel(channel)
-            .filter(|c| c.holder(uid) == Some(session))
-            .map(|c| c.key());
-        if let Some(key) = key {
+        if let Some(key) = self.held_by(channel, uid, session) {
             tracing::warn!(%channel, %uid, session, "cluster: uid taken over on another node; closing it here");
             self.with_owner(|o, out| o.abandon(key, session, close::UID_TAKEN, out));
         }

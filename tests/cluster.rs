@@ -39,6 +39,16 @@ async fn node_with(nats: &[String], extra: &[&str]) -> TestServer {
     s
 }
 
+/// Alice on node `a` and Bob on node `b`, joined to `channel`, each having
+/// had the other's join header (live or as history, whichever came first).
+async fn alice_and_bob(a: &TestServer, b: &TestServer, channel: &str) -> (Client, Client) {
+    let mut alice = a.join("alice", channel).await;
+    let mut bob = b.join("bob", channel).await;
+    assert_eq!(header_uids(&mut alice, 1).await, ["bob"]);
+    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
+    (alice, bob)
+}
+
 async fn nodes(nats: &[String], n: usize) -> Vec<TestServer> {
     let mut v = Vec::new();
     for _ in 0..n {
@@ -981,10 +991,7 @@ async fn a_message_over_nats_max_payload_closes_its_sender_with_1009() {
     nats.await_healthy();
     let url = std::slice::from_ref(&nats.url);
     let (a, b) = (node(url).await, node(url).await);
-    let mut alice = a.join("alice", "big").await;
-    let mut bob = b.join("bob", "big").await;
-    assert_eq!(header_uids(&mut alice, 1).await, ["bob"]);
-    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
+    let (mut alice, mut bob) = alice_and_bob(&a, &b, "big").await;
     alice.send_binary(&vec![7u8; 100 * 1024]).await;
     let (code, reason) = alice.expect_close().await;
     assert_eq!(code, 1009, "{reason}");
@@ -1003,10 +1010,7 @@ async fn history_bytes_bound_a_joiners_history_on_every_node() {
     let url = std::slice::from_ref(&nats.url);
     let args = ["--limit", "5000", "--history-bytes", "100"];
     let (a, b) = (node_with(url, &args).await, node_with(url, &args).await);
-    let mut alice = a.join("alice", "hb").await;
-    let mut bob = b.join("bob", "hb").await;
-    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
-    assert_eq!(header_uids(&mut alice, 1).await, ["bob"]);
+    let (mut alice, mut bob) = alice_and_bob(&a, &b, "hb").await;
     for i in 0..20 {
         alice
             .send_text(&format!("frame {i:02} {}", "x".repeat(30)))
@@ -1042,10 +1046,7 @@ async fn a_stream_lost_in_nats_is_set_up_again() {
     let nats = NatsServer::start();
     let url = std::slice::from_ref(&nats.url);
     let (a, b) = (node(url).await, node(url).await);
-    let mut alice = a.join("alice", "lost").await;
-    let mut bob = b.join("bob", "lost").await;
-    assert_eq!(header_uids(&mut alice, 1).await, ["bob"]);
-    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
+    let (mut alice, mut bob) = alice_and_bob(&a, &b, "lost").await;
     for i in 0..5 {
         alice.send_text(&format!("before {i}")).await;
     }
@@ -1170,10 +1171,7 @@ async fn a_uid_stays_joined_once_when_the_bucket_is_lost() {
     let nats = NatsServer::start();
     let url = std::slice::from_ref(&nats.url);
     let (a, b) = (node(url).await, node(url).await);
-    let mut alice = a.join("alice", "once").await;
-    let mut bob = b.join("bob", "once").await;
-    assert_eq!(header_uids(&mut alice, 1).await, ["bob"]);
-    assert_eq!(header_uids(&mut bob, 1).await, ["alice"]);
+    let (mut alice, mut bob) = alice_and_bob(&a, &b, "once").await;
 
     let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
     js.delete_key_value("mles-members").await.unwrap();

@@ -335,38 +335,24 @@ fn mles_fails(args: &[&str]) -> String {
 #[test]
 fn bad_nats_credentials_and_ca_files_are_named_at_start() {
     let dir = TempDir::new().unwrap();
-    let missing = dir.path().join("missing.creds");
-    let err = mles_fails(&[
-        "--nats",
-        "nats://127.0.0.1:4222",
-        "--nats-creds",
-        missing.to_str().unwrap(),
-    ]);
-    assert!(
-        err.contains("--nats-creds") && err.contains("missing.creds"),
-        "{err}"
-    );
     let junk = dir.path().join("junk.creds");
     std::fs::write(&junk, "not a creds file\n").unwrap();
-    let err = mles_fails(&[
-        "--nats",
-        "nats://127.0.0.1:4222",
-        "--nats-creds",
-        junk.to_str().unwrap(),
-    ]);
-    assert!(
-        err.contains("--nats-creds") && err.contains("junk.creds"),
-        "{err}"
-    );
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, "no certificate here\n").unwrap();
-    let err = mles_fails(&[
-        "--nats",
-        "tls://127.0.0.1:4222",
-        "--nats-ca",
-        ca.to_str().unwrap(),
-    ]);
-    assert!(err.contains("--nats-ca") && err.contains("ca.pem"), "{err}");
+    let cases = [
+        (
+            "nats://127.0.0.1:4222",
+            "--nats-creds",
+            dir.path().join("missing.creds"),
+        ),
+        ("nats://127.0.0.1:4222", "--nats-creds", junk),
+        ("tls://127.0.0.1:4222", "--nats-ca", ca),
+    ];
+    for (url, flag, file) in cases {
+        let err = mles_fails(&["--nats", url, flag, file.to_str().unwrap()]);
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(err.contains(flag) && err.contains(name), "{err}");
+    }
 }
 
 /// A token in the `--nats` URL (`nats://TOKEN@host`), percent-encoded as in

@@ -111,7 +111,7 @@ fn config() -> Criterion {
 /// predecessor's) and the frame's kind and origin.
 fn cluster_delivery(c: &mut Criterion) {
     use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE};
-    use mles::cluster::envelope::{Delivery, Kind, KnownNodes, NodeId, Origin, Outgoing};
+    use mles::cluster::envelope::{Delivery, Kind, KnownNodes, NodeId, Origin, Outgoing, Unit};
     let frame = Outgoing {
         origin: Origin {
             node: NodeId::generate(),
@@ -134,6 +134,28 @@ fn cluster_delivery(c: &mut Criterion) {
             let prev: u64 = h.get(NATS_LAST_SEQUENCE).unwrap().as_str().parse().unwrap();
             let d = Delivery::from_parts(seq, 0, Some(h), frame.payload.clone(), &mut nodes);
             assert_eq!(prev + 1, d.seq);
+            d
+        })
+    });
+    // A batch of 32 such frames (what queues during one round trip to NATS
+    // under a flood), per frame.
+    let frames: Vec<Outgoing> = (0..32)
+        .map(|serial| Outgoing {
+            serial,
+            ..frame.clone()
+        })
+        .collect();
+    let batch = Unit::new(&frames);
+    let mut headers = batch.headers.clone();
+    headers.insert(NATS_SEQUENCE, "1001");
+    headers.insert(NATS_LAST_SEQUENCE, "1000");
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("Delivery::from_parts batch of 32", |b| {
+        b.iter(|| {
+            let h = black_box(&headers);
+            let seq: u64 = h.get(NATS_SEQUENCE).unwrap().as_str().parse().unwrap();
+            let d = Delivery::from_parts(seq, 0, Some(h), batch.payload.clone(), &mut nodes);
+            assert_eq!(d.frames.len(), 32);
             d
         })
     });

@@ -94,28 +94,17 @@ impl Witness {
     }
 
     /// Waits until `channel` holds `n` frames in the stream.
-    async fn stored(&self, channel: &str, n: u64) {
-        use async_nats::jetstream::consumer::pull::OrderedConfig;
-        let subject = mles::cluster::subject::channel_subject("mles", channel);
+    async fn stored(&self, channel: &str, n: usize) {
         let deadline = std::time::Instant::now() + FAILOVER;
-        let mut last = None;
+        let mut last = 0;
         while std::time::Instant::now() < deadline {
-            let config = OrderedConfig {
-                filter_subject: subject.clone(),
-                ..Default::default()
-            };
-            match self
-                .js
-                .create_consumer_on_stream(config, "mles-channels")
-                .await
-            {
-                Ok(c) if c.cached_info().num_pending >= n => return,
-                Ok(c) => last = Some(c.cached_info().num_pending),
-                Err(_) => {}
+            last = self.contents(channel).await.len();
+            if last >= n {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("{channel}: {n} frames not stored in time (last seen: {last:?})");
+        panic!("{channel}: {n} frames not stored in time (last seen: {last})");
     }
 
     /// Waits until `channel` holds a frame with this payload.
@@ -135,7 +124,8 @@ impl Witness {
         panic!("{channel}: {payload:?} not stored in time");
     }
 
-    /// Everything `channel` holds in the stream: (stream sequence, payload).
+    /// Every frame `channel` holds in the stream: (stream sequence, payload);
+    /// a batch's frames share its sequence.
     async fn contents(&self, channel: &str) -> Vec<(u64, String)> {
         use async_nats::jetstream::consumer::pull::OrderedConfig;
         let subject = mles::cluster::subject::channel_subject("mles", channel);
@@ -158,7 +148,17 @@ impl Witness {
                 .expect("stream goes on")
                 .expect("stored frame");
             let seq = m.info().expect("jetstream message").stream_sequence;
-            out.push((seq, String::from_utf8_lossy(&m.payload).into_owned()));
+            let m = m.message;
+            let d = mles::cluster::Delivery::from_parts(
+                seq,
+                0,
+                m.headers.as_ref(),
+                m.payload,
+                &mut Default::default(),
+            );
+            for f in d.frames {
+                out.push((seq, String::from_utf8_lossy(&f.payload).into_owned()));
+            }
             left -= 1;
         }
         out
@@ -179,7 +179,7 @@ async fn join_with_history(
     for _ in 0..history {
         h.push(recv_within(&mut c, FAILOVER).await);
     }
-    w.stored(channel, history as u64 + 1).await;
+    w.stored(channel, history + 1).await;
     (c, h)
 }
 

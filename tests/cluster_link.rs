@@ -16,8 +16,8 @@ use common::nats::{NatsCluster, NatsServer};
 use mles::cluster::link::{BoxFuture, STREAM_MAX_CONSUMERS};
 use mles::cluster::subject::member_key;
 use mles::cluster::{
-    ChannelLog, Claim, Cluster, ClusterSettings, Delivery, Kind, LinkState, LogEvent, Next, Origin,
-    Outgoing, Prober, PublishError,
+    ChannelLog, Claim, Cluster, ClusterSettings, Delivery, Frame, Kind, LinkState, LogEvent, Next,
+    Origin, Outgoing, Prober, PublishError,
 };
 
 /// Generous: a NATS failover (leader election, feed re-creation) takes seconds.
@@ -90,7 +90,7 @@ fn frame(c: &Cluster, session: u64, serial: u64, kind: Kind, payload: &str) -> O
     }
 }
 
-async fn next(feed: &mut mles::cluster::Feed) -> Delivery {
+async fn next_message(feed: &mut mles::cluster::Feed) -> Delivery {
     match tokio::time::timeout(LONG, feed.next())
         .await
         .expect("a frame in time")
@@ -99,6 +99,42 @@ async fn next(feed: &mut mles::cluster::Feed) -> Delivery {
         Next::Behind => panic!("the feed fell behind"),
         Next::Restarted => panic!("the stream was created anew"),
     }
+}
+
+/// A message of one frame (as [`Cluster::publish`] stores them).
+struct Lone {
+    seq: u64,
+    pending: u64,
+    frame: Frame,
+}
+
+impl std::ops::Deref for Lone {
+    type Target = Frame;
+    fn deref(&self) -> &Frame {
+        &self.frame
+    }
+}
+
+/// The feed's next message, which must be a lone frame.
+async fn next(feed: &mut mles::cluster::Feed) -> Lone {
+    let mut d = next_message(feed).await;
+    assert_eq!(d.frames.len(), 1, "a lone frame");
+    Lone {
+        seq: d.seq,
+        pending: d.pending,
+        frame: d.frames.remove(0),
+    }
+}
+
+/// The feed's next `n` frames, whatever messages carry them (a channel log
+/// batches what queues while a message is in flight).
+async fn next_frames(feed: &mut mles::cluster::Feed, n: usize) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while frames.len() < n {
+        frames.extend(next_message(feed).await.frames);
+    }
+    assert_eq!(frames.len(), n, "no more than asked for");
+    frames
 }
 
 /// The stream of `c` as NATS describes it now.
@@ -223,7 +259,7 @@ async fn retention_is_the_history_limit_and_retries_are_stored_once() {
     let got: Vec<Bytes> = {
         let mut v = Vec::new();
         for _ in 0..5 {
-            v.push(next(&mut feed).await.payload);
+            v.push(next(&mut feed).await.payload.clone());
         }
         v
     };
@@ -459,7 +495,7 @@ async fn r3_stream_survives_a_nats_server_killed_mid_stream() {
     let mut got = Vec::new();
     while got.len() < N as usize {
         let d = next(&mut feed).await;
-        got.push((d.seq, d.payload));
+        got.push((d.seq, d.payload.clone()));
     }
     let expected: Vec<(u64, Bytes)> = acked
         .iter()
@@ -508,13 +544,14 @@ async fn channel_logs_on_two_nodes_see_one_order() {
     }
     let mut seen_a = Vec::new();
     let mut seen_b = Vec::new();
-    while seen_a.len() < 2 * N {
+    let frames = |v: &[Delivery]| v.iter().map(|d| d.frames.len()).sum::<usize>();
+    while frames(&seen_a) < 2 * N {
         match event(&mut rx_a).await {
             LogEvent::Frame(d) => seen_a.push(d),
             other => panic!("{other:?}"),
         }
     }
-    while seen_b.len() < 2 * N {
+    while frames(&seen_b) < 2 * N {
         match event(&mut rx_b).await {
             LogEvent::Frame(d) => seen_b.push(d),
             other => panic!("{other:?}"),
@@ -522,12 +559,15 @@ async fn channel_logs_on_two_nodes_see_one_order() {
     }
     // `pending` is each consumer's own count; the order is what must match.
     let order = |v: &[Delivery]| -> Vec<(u64, Bytes)> {
-        v.iter().map(|d| (d.seq, d.payload.clone())).collect()
+        v.iter()
+            .flat_map(|d| d.frames.iter().map(|f| (d.seq, f.payload.clone())))
+            .collect()
     };
     assert!(order(&seen_a) == order(&seen_b), "one order on both nodes");
     for (who, node) in [("a", &a), ("b", &b)] {
         let mine: Vec<String> = seen_a
             .iter()
+            .flat_map(|d| &d.frames)
             .filter(|d| d.is_from(node.node(), 1))
             .map(|d| String::from_utf8(d.payload.to_vec()).unwrap())
             .collect();
@@ -551,8 +591,9 @@ async fn channel_logs_on_two_nodes_see_one_order() {
     }
     assert_eq!(history, seen_a.iter().map(|d| d.seq).collect::<Vec<_>>());
 
-    // Re-opened after a known frame, a log resumes right after it.
-    let (_resumed, mut rx_resumed) = open_log(&b, "shared room", seen_a[2 * N - 3].seq);
+    // Re-opened after a known message, a log resumes right after it.
+    let last = seen_a.len() - 1;
+    let (_resumed, mut rx_resumed) = open_log(&b, "shared room", seen_a[last - 2].seq);
     let mut tail = Vec::new();
     loop {
         match event(&mut rx_resumed).await {
@@ -561,7 +602,7 @@ async fn channel_logs_on_two_nodes_see_one_order() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(tail, [seen_a[2 * N - 2].seq, seen_a[2 * N - 1].seq]);
+    assert_eq!(tail, [seen_a[last - 1].seq, seen_a[last].seq]);
 }
 
 /// With NATS gone past the deadline, a queued frame is reported lost for its
@@ -589,6 +630,13 @@ async fn a_frame_that_cannot_be_stored_is_reported() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The one frame of an ordered message.
+fn only(mut frames: impl Iterator<Item = mles::channel::Ordered>) -> mles::channel::Ordered {
+    let o = frames.next().expect("a frame");
+    assert!(frames.next().is_none(), "only one");
+    o
 }
 
 async fn seq_event(
@@ -644,9 +692,9 @@ async fn the_sequencer_follows_only_held_channels_and_resumes_exactly() {
             break d;
         }
     };
-    let o = seq.ordered(key, d.clone(), 1).expect("new frame");
-    assert_eq!((o.seq, o.origin, o.frame), (1, OwnerOrigin::local(5), hi));
-    assert!(seq.ordered(key, d, 2).is_none(), "never handed over twice");
+    let o = only(seq.ordered(key, d.clone()).expect("new frame"));
+    assert_eq!((o.origin, o.frame), (OwnerOrigin::local(5), hi));
+    assert!(seq.ordered(key, d).is_none(), "never handed over twice");
 
     seq.release(&ch, &uid);
     assert_eq!(seq.following(), 0, "the last holder closes the log");
@@ -672,7 +720,7 @@ async fn the_sequencer_follows_only_held_channels_and_resumes_exactly() {
             break d;
         }
     };
-    let o = seq.ordered(key, d, 2).expect("new frame");
+    let o = only(seq.ordered(key, d).expect("new frame"));
     assert_eq!(o.frame, frame::encode(OP_TEXT, b"while away"));
     assert_ne!(
         o.origin.local_session(),
@@ -696,17 +744,15 @@ async fn a_channel_followed_after_the_stream_was_created_anew_misses_nothing() {
     let (mut seq, mut events) = ClusterSequencer::new(c.clone());
     let (key, ch, uid): (u64, Arc<str>, Arc<str>) = (1, "room".into(), "a".into());
     seq.claim(key, &ch, &uid, 5);
-    let mut next_seq = 1;
-    let mut next_frame = async |seq: &mut ClusterSequencer, events: &mut _| loop {
+    let next_frame = async |seq: &mut ClusterSequencer, events: &mut _| loop {
         match seq_event(events).await {
             SeqEvent::Claimed { outcome, .. } => seq.settled(key, &outcome),
             SeqEvent::Log {
                 event: LogEvent::Frame(d),
                 ..
             } => {
-                if let Some(o) = seq.ordered(key, d, next_seq) {
-                    next_seq += 1;
-                    return o.frame;
+                if let Some(o) = seq.ordered(key, d) {
+                    return only(o).frame;
                 }
             }
             SeqEvent::Log {
@@ -806,11 +852,11 @@ async fn a_closed_log_still_stores_what_was_queued() {
     }
     drop(log);
     let mut feed = b.follow(&b.subject("parting words"), 0).await.unwrap();
-    let mut got = Vec::new();
-    for _ in 0..N {
-        let d = next(&mut feed).await;
-        got.push(String::from_utf8(d.payload.to_vec()).unwrap());
-    }
+    let got: Vec<String> = next_frames(&mut feed, N)
+        .await
+        .into_iter()
+        .map(|f| String::from_utf8(f.payload.to_vec()).unwrap())
+        .collect();
     let sent: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
     assert_eq!(got, sent);
 }
@@ -833,9 +879,8 @@ async fn an_idle_channel_holds_no_publish_pipeline() {
             log.publish(1, Kind::Text, Bytes::from(format!("r{round} f{i}")));
         }
         assert!(log.publishing());
-        for i in 0..50 {
-            let d = next(&mut feed).await;
-            assert_eq!(d.payload, format!("r{round} f{i}"));
+        for (i, f) in next_frames(&mut feed, 50).await.into_iter().enumerate() {
+            assert_eq!(f.payload, format!("r{round} f{i}"));
         }
         eventually("the pipeline ends", || async { !log.publishing() }).await;
         assert_eq!(log.queued_bytes(), 0);
@@ -888,7 +933,10 @@ async fn followed_channels_hold_no_consumer_once_caught_up() {
         let f = frame(&a, 1, 100 + i as u64, Kind::Text, &format!("live {i}"));
         let seq = a.publish(subject, &f).await.unwrap();
         let d = next(feed).await;
-        assert_eq!((d.seq, d.payload), (seq, Bytes::from(format!("live {i}"))));
+        assert_eq!(
+            (d.seq, d.payload.clone()),
+            (seq, Bytes::from(format!("live {i}")))
+        );
     }
 }
 
@@ -899,7 +947,11 @@ async fn followed_channels_hold_no_consumer_once_caught_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_that_overflows_reads_what_it_dropped_from_the_stream() {
     let nats = NatsServer::start();
-    let (a, _) = link(vec![nats.url.clone()], 1, 5000);
+    // Messages this small hold one frame each: every frame is a message
+    // of its own, as when publishers are no faster than a round trip.
+    let mut one_by_one = settings(vec![nats.url.clone()], 1, 5000);
+    one_by_one.max_message = 8;
+    let a = Cluster::start(one_by_one, Arc::new(TableProber::default())).unwrap();
     let mut small = settings(vec![nats.url.clone()], 1, 5000);
     small.feed_buffer = 1024;
     let b = Cluster::start(small, Arc::new(TableProber::default())).unwrap();
@@ -920,7 +972,7 @@ async fn a_feed_that_overflows_reads_what_it_dropped_from_the_stream() {
     .await;
     let mut got = Vec::new();
     for _ in 0..N {
-        got.push(next(&mut feed).await.payload);
+        got.push(next(&mut feed).await.payload.clone());
     }
     let sent: Vec<Bytes> = (0..N).map(|i| Bytes::from(format!("b{i}"))).collect();
     assert_eq!(got, sent);
@@ -928,26 +980,25 @@ async fn a_feed_that_overflows_reads_what_it_dropped_from_the_stream() {
     let f = frame(&a, 2, 0, Kind::Text, "after");
     let seq = a.publish(&subject, &f).await.unwrap();
     let d = next(&mut feed).await;
-    assert_eq!((d.seq, d.payload), (seq, Bytes::from("after")));
+    assert_eq!((d.seq, d.payload.clone()), (seq, Bytes::from("after")));
 }
 
-/// A TCP proxy in front of a NATS server that can stop reading what the
-/// client sends (as a server that hangs before it dies), then cut every
-/// connection; later connections go through.
+/// A TCP proxy in front of a NATS server that can hold what the client
+/// sends (as a server that hangs), then pass it on or cut every connection;
+/// later connections go through.
 struct Stalling {
     addr: std::net::SocketAddr,
-    stalled: Arc<std::sync::atomic::AtomicBool>,
+    stalled: Arc<tokio::sync::watch::Sender<bool>>,
     cut: Arc<tokio::sync::Notify>,
 }
 
 impl Stalling {
     async fn start(to: std::net::SocketAddr) -> Stalling {
-        use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = Stalling {
             addr: listener.local_addr().unwrap(),
-            stalled: Arc::default(),
+            stalled: Arc::new(tokio::sync::watch::Sender::new(false)),
             cut: Arc::default(),
         };
         let (stalled, cut) = (proxy.stalled.clone(), proxy.cut.clone());
@@ -956,25 +1007,29 @@ impl Stalling {
                 let server = tokio::net::TcpStream::connect(to).await.unwrap();
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
-                let (stalled, cut) = (stalled.clone(), cut.clone());
+                let (mut stalled, cut) = (stalled.subscribe(), cut.clone());
                 tokio::spawn(async move {
                     let up = async {
                         let mut buf = vec![0u8; 65536];
-                        while !stalled.load(Ordering::Acquire) {
+                        loop {
                             let Ok(n @ 1..) = cr.read(&mut buf).await else {
                                 return;
                             };
-                            if sw.write_all(&buf[..n]).await.is_err() {
+                            // Held while stalled.
+                            if stalled.wait_for(|s| !*s).await.is_err()
+                                || sw.write_all(&buf[..n]).await.is_err()
+                            {
                                 return;
                             }
                         }
-                        std::future::pending::<()>().await
                     };
                     let down = tokio::io::copy(&mut sr, &mut cw);
+                    // Cut first: `cut` un-stalls only after it notified.
                     tokio::select! {
+                        biased;
+                        _ = cut.notified() => {}
                         _ = up => {}
                         _ = down => {}
-                        _ = cut.notified() => {}
                     }
                 });
             }
@@ -986,12 +1041,45 @@ impl Stalling {
         format!("nats://{}", self.addr)
     }
 
-    /// Cuts every connection through it; later ones go through.
-    fn cut(&self) {
-        self.stalled
-            .store(false, std::sync::atomic::Ordering::Release);
-        self.cut.notify_waiters();
+    /// Holds what clients send from now on.
+    fn stall(&self) {
+        self.stalled.send_replace(true);
     }
+
+    /// Passes on what it held, and what comes later.
+    fn resume(&self) {
+        self.stalled.send_replace(false);
+    }
+
+    /// Cuts every connection through it (what they held is lost); later
+    /// ones go through.
+    fn cut(&self) {
+        self.cut.notify_waiters();
+        self.resume();
+    }
+}
+
+/// Node `a` on a NATS server behind a [`Stalling`] proxy, its log of
+/// `channel` caught up, and another node's feed of it (straight to NATS).
+async fn through_a_proxy(
+    channel: &str,
+) -> (
+    NatsServer,
+    Stalling,
+    Cluster,
+    ChannelLog,
+    mles::cluster::Feed,
+) {
+    let nats = NatsServer::start();
+    let proxy = Stalling::start(nats.client_addr).await;
+    let (a, _) = link(vec![proxy.url()], 1, 1000);
+    let (b, _) = link(vec![nats.url.clone()], 1, 1000);
+    up(&a).await;
+    up(&b).await;
+    let (log, mut rx) = open_log(&a, channel, 0);
+    while event(&mut rx).await != LogEvent::CaughtUp {}
+    let feed = b.follow(&b.subject(channel), 0).await.unwrap();
+    (nats, proxy, a, log, feed)
 }
 
 /// Frames sent to a NATS server that stops answering, some still in the
@@ -1004,15 +1092,7 @@ async fn frames_lost_with_a_connection_are_stored_before_later_ones() {
     use std::sync::atomic::Ordering;
     const FRAMES: usize = 16;
     const SIZE: usize = 1_000_000;
-    let nats = NatsServer::start();
-    let proxy = Stalling::start(nats.client_addr).await;
-    let (a, _) = link(vec![proxy.url()], 1, 1000);
-    let (b, _) = link(vec![nats.url.clone()], 1, 1000);
-    up(&a).await;
-    up(&b).await;
-    let (log, mut rx) = open_log(&a, "in order", 0);
-    while event(&mut rx).await != LogEvent::CaughtUp {}
-    let mut feed = b.follow(&b.subject("in order"), 0).await.unwrap();
+    let (_nats, proxy, a, log, mut feed) = through_a_proxy("in order").await;
     let frame = |k: usize| {
         let mut f = format!("f{k:02}").into_bytes();
         f.resize(SIZE, b'.');
@@ -1021,7 +1101,7 @@ async fn frames_lost_with_a_connection_are_stored_before_later_ones() {
     log.publish(1, Kind::Binary, frame(0));
     assert_eq!(next(&mut feed).await.payload, frame(0));
 
-    proxy.stalled.store(true, Ordering::Release);
+    proxy.stall();
     let stats = a.client().statistics();
     let before = stats.out_bytes.load(Ordering::Relaxed);
     for k in 1..=FRAMES {
@@ -1037,4 +1117,46 @@ async fn frames_lost_with_a_connection_are_stored_before_later_ones() {
         let d = next(&mut feed).await;
         assert_eq!(&d.payload[..3], format!("f{k:02}").as_bytes(), "frame {k}");
     }
+}
+
+/// What a node's members send while its message before is in flight goes
+/// into the stream as one message, and every node reads it back as those
+/// frames, in order. (One message in flight per channel, each frame its own
+/// message, bounded a publishing node to one frame per round trip.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_queued_while_one_is_in_flight_go_as_one_message() {
+    const FRAMES: usize = 20;
+    let (_nats, proxy, a, log, mut feed) = through_a_proxy("chatty").await;
+    // Nothing NATS acknowledges while stalled: at most one message in
+    // flight, everything after it queued.
+    proxy.stall();
+    for k in 0..FRAMES {
+        let kind = if k % 2 == 0 { Kind::Text } else { Kind::Binary };
+        log.publish(k as u64 % 3, kind, Bytes::from(format!("f{k}")));
+    }
+    proxy.resume();
+    let mut messages = Vec::new();
+    let mut frames = Vec::new();
+    while frames.len() < FRAMES {
+        let d = next_message(&mut feed).await;
+        messages.push(d.frames.len());
+        frames.extend(d.frames);
+    }
+    assert!(
+        messages.len() <= 2,
+        "one in flight, the rest one batch: {messages:?}"
+    );
+    for (k, f) in frames.iter().enumerate() {
+        assert_eq!(f.payload, format!("f{k}"));
+        assert_eq!(f.kind, if k % 2 == 0 { Kind::Text } else { Kind::Binary });
+        assert!(
+            f.is_from(a.node(), k as u64 % 3),
+            "frame {k} names its sender"
+        );
+    }
+    assert_eq!(stream_info(&a).await.state.messages, messages.len() as u64);
+    eventually("every frame acknowledged", || async {
+        log.queued_bytes() == 0
+    })
+    .await;
 }

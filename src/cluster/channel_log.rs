@@ -7,11 +7,12 @@
 //! reports through [`LogEvent`]s on a channel the owner drains; it never
 //! touches sessions itself.
 //!
-//! The publish pipeline stores one frame at a time (see [`pipeline`] for
-//! why). When its ack fails (a NATS failover), the frame is retried with its
-//! message id, so it is not stored twice and not lost silently: a frame that
-//! still fails by the deadline is reported as [`LogEvent::Lost`] for its
-//! sender to be closed. Closing the log does not cut the pipeline short:
+//! The publish pipeline stores one message at a time (see [`pipeline`] for
+//! why): the frame queued first, with the frames queued after it while the
+//! one before was in flight as one batch ([`Unit`]). When its ack fails (a
+//! NATS failover), the message is retried with its message id, so it is not
+//! stored twice and not lost silently: one that still fails by the deadline
+//! is reported as [`LogEvent::Lost`] for each of its senders to be closed. Closing the log does not cut the pipeline short:
 //! what it was given is still stored.
 
 use std::collections::VecDeque;
@@ -24,9 +25,17 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::envelope::{Delivery, Kind, Origin, Outgoing};
+use super::envelope::{Delivery, Kind, Origin, Outgoing, RECORD_OVERHEAD, Unit};
 use super::feed::Next;
 use super::link::{Cluster, LinkState, PublishError};
+
+/// At most this many frames go into the stream as one message, and at most
+/// this many bytes of them (or `--max-message`, if smaller; a larger frame
+/// goes alone). A batch takes one place of the stream's per-channel
+/// retention, so these also bound how much more than `--limit` frames the
+/// stream keeps.
+pub const BATCH_FRAMES: usize = 32;
+pub const BATCH_BYTES: usize = 32 << 10;
 
 /// Frames the publish queue keeps room for while it is drained and the
 /// pipeline still runs (its last frame in flight; none once it stops).
@@ -216,16 +225,17 @@ async fn follow(cluster: Cluster, subject: Subject, after: (u64, u64), events: E
 /// and the next frame queued starts another. An idle channel (most of them,
 /// most of the time) holds no task for publishing.
 ///
-/// One frame is in flight at a time: a frame is sent once the one before it
-/// is stored. With more in flight a failover reorders them: frames sent to
-/// a NATS server that died, or to a stream electing a new leader, fail,
-/// while frames sent after them reach the new server or leader and are
+/// One message is in flight at a time: the next is sent once the one before
+/// it is stored. With more in flight a failover reorders them: messages sent
+/// to a NATS server that died, or to a stream electing a new leader, fail,
+/// while messages sent after them reach the new server or leader and are
 /// stored first; retrying the failed ones then stores them after their
 /// successors (seen in `one_nats_server_of_three_dies_under_load` with 256
-/// in flight). JetStream has no per-publisher order to check a pipelined
-/// frame against (a channel's subject takes every node's frames), so order
-/// costs a round trip per frame and channel: what one node publishes into
-/// one channel is bounded by one frame per round trip to NATS.
+/// frames in flight). JetStream has no per-publisher order to check a
+/// pipelined message against (a channel's subject takes every node's
+/// frames), so order costs a round trip per message. What queues during
+/// that round trip goes as one batch, so a node's publishers are not bounded
+/// by one frame per round trip.
 async fn pipeline(
     cluster: Cluster,
     subject: Subject,
@@ -237,31 +247,57 @@ async fn pipeline(
         outbox: frames.clone(),
         idle: false,
     };
-    while let Some(frame) = frames.next() {
-        let (frame, ack) = send(&cluster, &subject, frame).await;
-        let failed = match ack {
-            Some(ack) => ack.await.err().map(|e| e.to_string()),
-            None => Some(String::from("not sent")),
+    let max_bytes = BATCH_BYTES.min(cluster.settings().max_message);
+    while let Some(batch) = frames.next(BATCH_FRAMES, max_bytes) {
+        let unit = Unit::new(&batch);
+        let acked = match send(&cluster, &subject, &unit).await {
+            Some(ack) => ack.await.is_ok(),
+            None => false,
         };
-        queued.fetch_sub(frame.payload.len(), Ordering::Relaxed);
-        let Some(failed) = failed else {
+        queued.fetch_sub(unit.bytes, Ordering::Relaxed);
+        if acked {
             continue;
-        };
-        tracing::debug!(%subject, error = %failed, "cluster: publish failed; retrying");
+        }
+        tracing::debug!(%subject, "cluster: publish failed; retrying");
         // A failover (or NATS down): retried until the deadline; its message
         // id keeps it stored once.
-        if let Err(error) = Box::pin(cluster.publish(&subject, &frame)).await {
-            tracing::warn!(%subject, session = frame.origin.session, %error, "frame not stored");
-            let lost = LogEvent::Lost {
-                session: frame.origin.session,
-                error,
-            };
-            if !events.send(lost) {
+        let lost = match Box::pin(cluster.store(&subject, &unit)).await {
+            Ok(_) => continue,
+            // Over NATS max_payload (set below `--max-message` plus headers):
+            // not stored, so its frames may go alone; only one too large by
+            // itself is refused.
+            Err(PublishError::TooLarge) if batch.len() > 1 => {
+                Box::pin(store_one_by_one(&cluster, &subject, &batch)).await
+            }
+            Err(error) => unit.senders.iter().map(|&s| (s, error.clone())).collect(),
+        };
+        for (session, error) in lost {
+            tracing::warn!(%subject, session, %error, "frame not stored");
+            if !events.send(LogEvent::Lost { session, error }) {
                 return;
             }
         }
     }
     drains.idle = true;
+}
+
+/// Stores `frames` each as a message of its own; the senders of those that
+/// could not be stored.
+async fn store_one_by_one(
+    cluster: &Cluster,
+    subject: &Subject,
+    frames: &[Outgoing],
+) -> Vec<(u64, PublishError)> {
+    let mut lost = Vec::new();
+    for f in frames {
+        if let Err(e) = cluster
+            .store(subject, &Unit::new(std::slice::from_ref(f)))
+            .await
+        {
+            lost.push((f.origin.session, e));
+        }
+    }
+    lost
 }
 
 /// The frames a channel's members queued for the stream, from the owner to
@@ -328,38 +364,44 @@ impl Outbox {
         state.frames = VecDeque::new();
     }
 
-    /// The next frame, if one is queued. With none queued the pipeline
-    /// stops running, under the same lock as [`Outbox::push`] looks at it: a
-    /// frame queued after this starts a new one.
-    fn next(&self) -> Option<Outgoing> {
+    /// The next frames to store as one message, if any is queued: the
+    /// first, and those after it while there are at most `max_frames` of at
+    /// most `max_bytes` as a batch. With none queued the pipeline stops
+    /// running, under the same lock as [`Outbox::push`] looks at it: a frame
+    /// queued after this starts a new one.
+    fn next(&self, max_frames: usize, max_bytes: usize) -> Option<Vec<Outgoing>> {
         let mut state = self.lock();
-        let f = state.frames.pop_front();
-        if f.is_none() {
+        let Some(first) = state.frames.pop_front() else {
             // Idle, perhaps for the rest of the channel's life.
             state.running = false;
             state.frames = VecDeque::new();
-        } else if state.frames.is_empty() {
+            return None;
+        };
+        let mut size = RECORD_OVERHEAD + first.payload.len();
+        let mut batch = vec![first];
+        while let Some(f) = state.frames.front() {
+            size += RECORD_OVERHEAD + f.payload.len();
+            if batch.len() == max_frames || size > max_bytes {
+                break;
+            }
+            batch.extend(state.frames.pop_front());
+        }
+        if state.frames.is_empty() {
             state.frames.shrink_to(IDLE_ROOM);
         }
-        f
+        Some(batch)
     }
 }
 
 /// Sends without waiting for the ack; `None` if it could not even be sent
 /// (the pipeline then retries it like a failed ack).
-async fn send(
-    cluster: &Cluster,
-    subject: &Subject,
-    frame: Outgoing,
-) -> (Outgoing, Option<PublishAckFuture>) {
+async fn send(cluster: &Cluster, subject: &Subject, unit: &Unit) -> Option<PublishAckFuture> {
     if cluster.state() != LinkState::Up {
-        return (frame, None);
+        return None;
     }
-    let headers = frame.headers();
     // Boxed: the send future is large and a pipeline task lives as long as
     // its channel keeps publishing.
-    let ack = Box::pin(cluster.send(subject, &frame, &headers)).await.ok();
-    (frame, ack)
+    Box::pin(cluster.send(subject, unit)).await.ok()
 }
 
 #[cfg(test)]
@@ -379,6 +421,10 @@ mod tests {
     }
 
     fn frame(serial: u64) -> Outgoing {
+        sized(serial, 0)
+    }
+
+    fn sized(serial: u64, len: usize) -> Outgoing {
         Outgoing {
             origin: Origin {
                 node: crate::cluster::envelope::NodeId::generate(),
@@ -386,8 +432,25 @@ mod tests {
             },
             kind: Kind::Binary,
             serial,
-            payload: Bytes::new(),
+            payload: Bytes::from(vec![0; len]),
         }
+    }
+
+    /// What queued while a message was in flight goes as one batch, in
+    /// order, cut at the most frames or bytes a batch takes; a frame too
+    /// large to share a batch goes alone, and never waits behind a later one.
+    #[test]
+    fn frames_queued_meanwhile_go_as_batches() {
+        let outbox = Outbox::default();
+        let lens = [10, 10, 10, 10, 10, 200, 10, 10];
+        for (serial, len) in lens.into_iter().enumerate() {
+            outbox.push(sized(serial as u64, len));
+        }
+        let mut batches = Vec::new();
+        while let Some(b) = outbox.next(3, 3 * (RECORD_OVERHEAD + 10)) {
+            batches.push(b.iter().map(|f| f.serial).collect::<Vec<_>>());
+        }
+        assert_eq!(batches, [vec![0, 1, 2], vec![3, 4], vec![5], vec![6, 7]]);
     }
 
     /// The publish queue keeps order, asks for a pipeline only when none
@@ -405,14 +468,17 @@ mod tests {
             assert!(!outbox.push(frame(serial)), "one runs already");
         }
         for serial in 0..=100 {
-            assert_eq!(outbox.next().map(|f| f.serial), Some(serial));
+            let one = outbox
+                .next(1, usize::MAX)
+                .map(|b| b.iter().map(|f| f.serial).collect());
+            assert_eq!(one, Some(vec![serial]));
         }
         assert!(
             outbox.lock().running,
             "its last frame in flight: it runs on"
         );
         assert!(outbox.lock().frames.capacity() <= IDLE_ROOM);
-        assert!(outbox.next().is_none());
+        assert!(outbox.next(1, usize::MAX).is_none());
         assert!(!outbox.lock().running, "nothing left: it stopped");
         assert_eq!(outbox.lock().frames.capacity(), 0, "and keeps no room");
         assert!(outbox.push(frame(101)), "the next frame starts another");

@@ -21,7 +21,7 @@ use async_nats::{Client, Subject};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::envelope::{NodeId, Outgoing};
+use super::envelope::{NodeId, Outgoing, Unit};
 use super::feed::Feed;
 use super::registry::{Prober, Registry};
 use super::settings::ClusterSettings;
@@ -282,13 +282,18 @@ impl Cluster {
     /// failovers until `publish_deadline`; after that the caller must tell the
     /// sender, never drop the frame silently.
     pub async fn publish(&self, subject: &Subject, frame: &Outgoing) -> Result<u64, PublishError> {
+        self.store(subject, &Unit::new(std::slice::from_ref(frame)))
+            .await
+    }
+
+    /// Stores one message (a frame or a batch), as [`Cluster::publish`].
+    pub async fn store(&self, subject: &Subject, unit: &Unit) -> Result<u64, PublishError> {
         let deadline = Instant::now() + self.inner.settings.publish_deadline;
-        let headers = frame.headers();
         let mut pause = RETRY_FIRST;
         let mut last = String::from("not connected to NATS");
         loop {
             if *self.inner.state.borrow() == LinkState::Up {
-                let acked = match self.send(subject, frame, &headers).await {
+                let acked = match self.send(subject, unit).await {
                     Ok(ack) => ack.await,
                     Err(e) => Err(e),
                 };
@@ -313,17 +318,15 @@ impl Cluster {
         }
     }
 
-    /// Hands one frame to the connection without waiting for its ack, so a
-    /// caller can keep several in flight (in order: one connection, one order).
+    /// Hands one message to the connection without waiting for its ack.
     pub(super) async fn send(
         &self,
         subject: &Subject,
-        frame: &Outgoing,
-        headers: &async_nats::HeaderMap,
+        unit: &Unit,
     ) -> Result<PublishAckFuture, jetstream::context::PublishError> {
         let message = PublishMessage::build()
-            .payload(frame.payload.clone())
-            .headers(headers.clone());
+            .payload(unit.payload.clone())
+            .headers(unit.headers.clone());
         self.inner.js.send_publish(subject.clone(), message).await
     }
 

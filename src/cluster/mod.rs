@@ -27,7 +27,7 @@ pub mod subject;
 mod supervisor;
 
 pub use channel_log::{ChannelLog, LogEvent, LogSink};
-pub use envelope::{Delivery, Kind, NodeId, Origin, Outgoing};
+pub use envelope::{Delivery, Frame, Kind, NodeId, Origin, Outgoing, Unit};
 pub use feed::{Feed, Next};
 pub use link::{Cluster, FollowError, LinkState, PublishError, StartError};
 pub use registry::{Claim, Prober, Registry, RegistryError};

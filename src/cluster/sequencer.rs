@@ -190,33 +190,41 @@ impl ClusterSequencer {
         self.channels.get(&key).map(|c| &c.name)
     }
 
-    /// A stored frame for the owner, or `None` if it was already handed over
-    /// (a resumed log overlapping an old one). `next_seq` is the owner's next number.
-    pub fn ordered(&mut self, key: ChannelKey, d: Delivery, next_seq: u64) -> Option<Ordered> {
+    /// A stored message's frames for the owner, or `None` if it was already
+    /// handed over (a resumed log overlapping an old one). Their
+    /// [`Ordered::seq`] is left 0 for the caller to number them as the owner
+    /// takes them.
+    pub fn ordered(
+        &mut self,
+        key: ChannelKey,
+        d: Delivery,
+    ) -> Option<impl Iterator<Item = Ordered> + use<>> {
         let node = self.cluster.node().clone();
         let ch = self.channels.get_mut(&key)?;
         if d.seq <= ch.last {
             return None;
         }
         ch.last = d.seq;
-        let origin = match &d.origin {
-            Some(o) if o.node == node => Origin::local(o.session),
-            Some(o) => Origin {
-                node: OTHER_NODE,
-                session: o.session,
-            },
-            // Published by something other than mles: nobody to skip.
-            None => Origin {
-                node: OTHER_NODE,
-                session: SessionId::MAX,
-            },
-        };
-        let op = if d.kind.is_text() { OP_TEXT } else { OP_BINARY };
-        Some(Ordered {
-            seq: next_seq,
-            origin,
-            frame: frame::encode(op, &d.payload),
-        })
+        Some(d.frames.into_iter().map(move |f| {
+            let origin = match &f.origin {
+                Some(o) if o.node == node => Origin::local(o.session),
+                Some(o) => Origin {
+                    node: OTHER_NODE,
+                    session: o.session,
+                },
+                // Published by something other than mles: nobody to skip.
+                None => Origin {
+                    node: OTHER_NODE,
+                    session: SessionId::MAX,
+                },
+            };
+            let op = if f.kind.is_text() { OP_TEXT } else { OP_BINARY };
+            Ordered {
+                seq: 0,
+                origin,
+                frame: frame::encode(op, &f.payload),
+            }
+        }))
     }
 
     /// A claim ended: a refused one no longer holds the channel's log open.

@@ -124,14 +124,16 @@ pub(super) fn on_event(
             let Some(name) = cluster_sequencer(owner).and_then(|s| s.name(key).cloned()) else {
                 return;
             };
-            let next = owner
-                .channel(&name)
-                .filter(|c| c.key() == key)
-                .map_or(1, |c| c.history().last_seq() + 1);
-            let Some(o) = cluster_sequencer(owner).and_then(|s| s.ordered(key, d, next)) else {
+            let Some(frames) = cluster_sequencer(owner).and_then(|s| s.ordered(key, d)) else {
                 return;
             };
-            owner.ordered(key, o, now, out);
+            for mut o in frames {
+                o.seq = owner
+                    .channel(&name)
+                    .filter(|c| c.key() == key)
+                    .map_or(1, |c| c.history().last_seq() + 1);
+                owner.ordered(key, o, now, out);
+            }
         }
         SeqEvent::Log {
             event: LogEvent::CaughtUp,

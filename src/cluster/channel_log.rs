@@ -34,7 +34,7 @@ use super::link::{Cluster, LinkState, PublishError};
 /// goes alone). A batch takes one place of the stream's per-channel
 /// retention, so these also bound how much more than `--limit` frames the
 /// stream keeps.
-pub const BATCH_FRAMES: usize = 32;
+pub const BATCH_FRAMES: usize = 128;
 pub const BATCH_BYTES: usize = 32 << 10;
 
 /// Frames the publish queue keeps room for while it is drained and the

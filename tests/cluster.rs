@@ -444,6 +444,69 @@ async fn identical_payloads_are_all_delivered() {
     }
 }
 
+/// A member joins while another member on the same node floods the
+/// channel, so its header most likely goes into the stream inside a batch
+/// of the flood's frames: the joiner gets, as history and then live,
+/// exactly the frames around its header in the stream's order (none twice,
+/// none missed at the seam), and a member on another node sees that order
+/// too. Whatever the batches were, this is what must hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_amid_a_flood_gets_exactly_the_frames_around_its_header() {
+    use futures_util::SinkExt;
+    const FRAMES: usize = 2000;
+    let nats = NatsServer::start();
+    let w = Witness::new(&nats.url).await;
+    let nodes = nodes(std::slice::from_ref(&nats.url), 2).await;
+    let (mut bob, _) = join_with_history(&w, &nodes[1], "bob", "flood", 0).await;
+    // Without Nagle's delay, so that the flood reaches the node as it is
+    // sent, not in bursts a delayed ack apart.
+    let mut alice = connect_url_with(&format!("ws://{}/", nodes[0].addr), true).await;
+    alice.send_text(&header("alice", "flood")).await;
+    assert_eq!(recv_within(&mut alice, WAIT).await, header("bob", "flood"));
+    assert_eq!(header_uid(&bob.recv_text().await).as_deref(), Some("alice"));
+    let (half, mut halfway) = tokio::sync::oneshot::channel();
+    let flood = tokio::spawn(async move {
+        let mut half = Some(half);
+        for k in 0..FRAMES {
+            alice.ws.send(Message::text(format!("a{k}"))).await.unwrap();
+            if k == FRAMES / 10 {
+                let _ = half.take().unwrap().send(());
+            }
+        }
+        alice
+    });
+    (&mut halfway).await.unwrap();
+    let mut carol = nodes[0].join("carol", "flood").await;
+    let mut alice = flood.await.unwrap();
+    w.stored("flood", 2 + FRAMES + 1).await;
+    let order: Vec<String> = w
+        .contents("flood")
+        .await
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect();
+    let is_carol = |p: &String| header_uid(p).as_deref() == Some("carol");
+    let mut for_carol = order.clone();
+    for_carol.retain(|p| !is_carol(p));
+    let mut got = Vec::new();
+    for _ in 0..for_carol.len() {
+        got.push(recv_within(&mut carol, FAILOVER).await);
+    }
+    assert!(
+        got == for_carol,
+        "the joiner's history and live frames are the order without its header"
+    );
+    let mut got = Vec::new();
+    for _ in 2..order.len() {
+        got.push(recv_within(&mut bob, FAILOVER).await);
+    }
+    assert!(
+        got == order[2..],
+        "another node's member sees the same order"
+    );
+    assert!(is_carol(&recv_within(&mut alice, FAILOVER).await));
+}
+
 /// The built binary as a node, so it can be killed with SIGKILL.
 struct ProcessNode {
     child: Child,
@@ -494,11 +557,17 @@ impl Drop for ProcessNode {
 
 /// A WebSocket with the mles subprotocol to any URL.
 async fn connect_url(url: &str) -> Client {
+    connect_url_with(url, false).await
+}
+
+/// As [`connect_url`], with Nagle's algorithm off if `nodelay`.
+async fn connect_url_with(url: &str, nodelay: bool) -> Client {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", "mles-websocket".parse().unwrap());
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+    let connect = tokio_tungstenite::connect_async_with_config(req, None, nodelay);
+    let (ws, _) = tokio::time::timeout(WAIT, connect)
         .await
         .expect("connect in time")
         .expect("handshake");

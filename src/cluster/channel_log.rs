@@ -12,8 +12,9 @@
 //! one before was in flight as one batch ([`Unit`]). When its ack fails (a
 //! NATS failover), the message is retried with its message id, so it is not
 //! stored twice and not lost silently: one that still fails by the deadline
-//! is reported as [`LogEvent::Lost`] for each of its senders to be closed. Closing the log does not cut the pipeline short:
-//! what it was given is still stored.
+//! is reported as [`LogEvent::Lost`] for each of its senders to be closed.
+//! Closing the log does not cut the pipeline short: what it was given is
+//! still stored.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -17,7 +17,7 @@ use mles::cluster::link::{BoxFuture, STREAM_MAX_CONSUMERS};
 use mles::cluster::subject::member_key;
 use mles::cluster::{
     ChannelLog, Claim, Cluster, ClusterSettings, Delivery, Frame, Kind, LinkState, LogEvent, Next,
-    Origin, Outgoing, Prober, PublishError,
+    Origin, Outgoing, Prober, PublishError, Unit,
 };
 
 /// Generous: a NATS failover (leader election, feed re-creation) takes seconds.
@@ -264,6 +264,34 @@ async fn retention_is_the_history_limit_and_retries_are_stored_once() {
         v
     };
     assert_eq!(got, ["m4", "m5", "m6", "m7", "m7"].map(Bytes::from));
+}
+
+/// A batch retried after a failover (the same unit, so the same message
+/// id) is stored once; a batch that starts with the same frame but holds
+/// more is another message, as is that frame sent alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_batch_is_stored_once() {
+    let nats = NatsServer::start();
+    let (c, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&c).await;
+    let subject = c.subject("batched");
+    let frames: Vec<Outgoing> = (0..3)
+        .map(|i| frame(&c, 1, i, Kind::Text, &format!("m{i}")))
+        .collect();
+    let batch = Unit::new(&frames[..2]);
+    let seq = c.store(&subject, &batch).await.unwrap();
+    assert_eq!(c.store(&subject, &batch).await.unwrap(), seq, "a retry");
+    let longer = Unit::new(&frames);
+    assert_eq!(c.store(&subject, &longer).await.unwrap(), seq + 1);
+    assert_eq!(c.publish(&subject, &frames[0]).await.unwrap(), seq + 2);
+    let mut feed = c.follow(&subject, 0).await.unwrap();
+    let got: Vec<Bytes> = next_frames(&mut feed, 6)
+        .await
+        .into_iter()
+        .map(|f| f.payload)
+        .collect();
+    assert_eq!(got, ["m0", "m1", "m0", "m1", "m2", "m0"].map(Bytes::from));
+    assert_eq!(stream_info(&c).await.state.messages, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

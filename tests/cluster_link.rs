@@ -720,9 +720,9 @@ async fn the_sequencer_follows_only_held_channels_and_resumes_exactly() {
             break d;
         }
     };
-    let o = only(seq.ordered(key, d.clone()).expect("new frame"));
-    assert_eq!((o.origin, o.frame), (OwnerOrigin::local(5), hi));
-    assert!(seq.ordered(key, d).is_none(), "never handed over twice");
+    let o = only(seq.ordered(key, d.clone(), 1).expect("new frame"));
+    assert_eq!((o.seq, o.origin, o.frame), (1, OwnerOrigin::local(5), hi));
+    assert!(seq.ordered(key, d, 2).is_none(), "never handed over twice");
 
     seq.release(&ch, &uid);
     assert_eq!(seq.following(), 0, "the last holder closes the log");
@@ -748,7 +748,7 @@ async fn the_sequencer_follows_only_held_channels_and_resumes_exactly() {
             break d;
         }
     };
-    let o = only(seq.ordered(key, d).expect("new frame"));
+    let o = only(seq.ordered(key, d, 2).expect("new frame"));
     assert_eq!(o.frame, frame::encode(OP_TEXT, b"while away"));
     assert_ne!(
         o.origin.local_session(),
@@ -779,7 +779,7 @@ async fn a_channel_followed_after_the_stream_was_created_anew_misses_nothing() {
                 event: LogEvent::Frame(d),
                 ..
             } => {
-                if let Some(o) = seq.ordered(key, d) {
+                if let Some(o) = seq.ordered(key, d, 1) {
                     return only(o).frame;
                 }
             }

@@ -190,14 +190,14 @@ impl ClusterSequencer {
         self.channels.get(&key).map(|c| &c.name)
     }
 
-    /// A stored message's frames for the owner, or `None` if it was already
-    /// handed over (a resumed log overlapping an old one). Their
-    /// [`Ordered::seq`] is left 0 for the caller to number them as the owner
-    /// takes them.
+    /// A stored message's frames for the owner, numbered from `next_seq`
+    /// (the owner's next number), or `None` if it was already handed over
+    /// (a resumed log overlapping an old one).
     pub fn ordered(
         &mut self,
         key: ChannelKey,
         d: Delivery,
+        next_seq: u64,
     ) -> Option<impl Iterator<Item = Ordered> + use<>> {
         let node = self.cluster.node().clone();
         let ch = self.channels.get_mut(&key)?;
@@ -205,7 +205,7 @@ impl ClusterSequencer {
             return None;
         }
         ch.last = d.seq;
-        Some(d.frames.into_iter().map(move |f| {
+        Some(d.frames.into_iter().zip(next_seq..).map(move |(f, seq)| {
             let origin = match &f.origin {
                 Some(o) if o.node == node => Origin::local(o.session),
                 Some(o) => Origin {
@@ -220,7 +220,7 @@ impl ClusterSequencer {
             };
             let op = if f.kind.is_text() { OP_TEXT } else { OP_BINARY };
             Ordered {
-                seq: 0,
+                seq,
                 origin,
                 frame: frame::encode(op, &f.payload),
             }

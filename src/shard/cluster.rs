@@ -124,14 +124,15 @@ pub(super) fn on_event(
             let Some(name) = cluster_sequencer(owner).and_then(|s| s.name(key).cloned()) else {
                 return;
             };
-            let Some(frames) = cluster_sequencer(owner).and_then(|s| s.ordered(key, d)) else {
+            let next = owner
+                .channel(&name)
+                .filter(|c| c.key() == key)
+                .map_or(1, |c| c.history().last_seq() + 1);
+            let Some(frames) = cluster_sequencer(owner).and_then(|s| s.ordered(key, d, next))
+            else {
                 return;
             };
-            for mut o in frames {
-                o.seq = owner
-                    .channel(&name)
-                    .filter(|c| c.key() == key)
-                    .map_or(1, |c| c.history().last_seq() + 1);
+            for o in frames {
                 owner.ordered(key, o, now, out);
             }
         }

@@ -676,19 +676,31 @@ async fn seq_event(
         .expect("open")
 }
 
+/// A link up on `nats` and an owner shard's cluster sequencer on it.
+async fn sequencer_on(
+    nats: &NatsServer,
+) -> (
+    Cluster,
+    mles::cluster::sequencer::ClusterSequencer,
+    mles::cluster::sequencer::SeqEvents,
+) {
+    let (c, _) = link(vec![nats.url.clone()], 1, 200);
+    up(&c).await;
+    let (seq, events) = mles::cluster::sequencer::ClusterSequencer::new(c.clone());
+    (c, seq, events)
+}
+
 /// The owner's sequencer in cluster mode: it follows a channel only while
 /// someone holds a claim on it, maps origins (own sessions are local), and a
 /// log opened again resumes without handing over a frame twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sequencer_follows_only_held_channels_and_resumes_exactly() {
     use mles::channel::{Origin as OwnerOrigin, Sequencer};
-    use mles::cluster::sequencer::{ClaimOutcome, ClusterSequencer, SeqEvent};
+    use mles::cluster::sequencer::{ClaimOutcome, SeqEvent};
     use mles::protocol::frame::{self, OP_TEXT};
 
     let nats = NatsServer::start();
-    let (c, _) = link(vec![nats.url.clone()], 1, 200);
-    up(&c).await;
-    let (mut seq, mut events) = ClusterSequencer::new(c.clone());
+    let (_c, mut seq, mut events) = sequencer_on(&nats).await;
     let (key, ch, uid): (u64, Arc<str>, Arc<str>) = (1, "room".into(), "a".into());
 
     assert_eq!(seq.following(), 0);
@@ -767,9 +779,7 @@ async fn a_channel_followed_after_the_stream_was_created_anew_misses_nothing() {
     use mles::protocol::frame::{self, OP_TEXT};
 
     let nats = NatsServer::start();
-    let (c, _) = link(vec![nats.url.clone()], 1, 200);
-    up(&c).await;
-    let (mut seq, mut events) = ClusterSequencer::new(c.clone());
+    let (c, mut seq, mut events) = sequencer_on(&nats).await;
     let (key, ch, uid): (u64, Arc<str>, Arc<str>) = (1, "room".into(), "a".into());
     seq.claim(key, &ch, &uid, 5);
     let next_frame = async |seq: &mut ClusterSequencer, events: &mut _| loop {
